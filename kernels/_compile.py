@@ -1,0 +1,98 @@
+"""Ahead-of-time compilation of the shipped kernel configurations for real GPUs.
+
+``triton.compile`` lowers a kernel to PTX and cubin for a chosen architecture without a GPU,
+so a CPU-only machine can prove every configuration we ship builds for sm_80 and sm_90 and
+read what the compiler reports (registers, local-memory spills, shared memory). Each kernel module lists
+its shipped configurations as ``CompileSpec``s in ``compile_specs()``.
+
+Run ``python -m kernels._compile`` for the report. It must run with ``TRITON_INTERPRET``
+unset: under the interpreter ``@triton.jit`` yields interpreted functions that cannot be
+lowered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from typing import Any, Callable
+
+ARCHS = (80, 90)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileSpec:
+    name: str  # human-readable, e.g. "attention_fwd[D=64,BLOCK_M=64,fp16]"
+    fn: Callable  # the @triton.jit function
+    signature: dict[str, str]  # argument -> Triton type ("*fp32", "i32", "constexpr", ...)
+    constexprs: dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 2
+    tensor_cores: bool = False  # the PTX must contain mma/wgmma instructions
+
+
+@dataclasses.dataclass
+class CompileReport:
+    spec: CompileSpec
+    arch: int
+    shared_bytes: int
+    num_warps: int
+    registers: int | None
+    spill_bytes: int | None
+    ptx: str
+
+    def line(self) -> str:
+        regs = "?" if self.registers is None else self.registers
+        spill = "?" if self.spill_bytes is None else self.spill_bytes
+        return (f"sm_{self.arch} {self.spec.name}: warps={self.num_warps} shared={self.shared_bytes} B "
+                f"registers={regs} spills={spill} B")
+
+
+def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
+    """Registers per thread and local-memory (spill) bytes, read from the cubin by ``cuobjdump``."""
+    import os
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):  # pragma: no cover - layout differs between Triton builds
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", text)
+    local = re.search(r"LOCAL:(\d+)", text)
+    return (int(regs.group(1)) if regs else None, int(local.group(1)) if local else None)
+
+
+def compile_spec(spec: CompileSpec, arch: int) -> CompileReport:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    ptx = compiled.asm["ptx"]
+    regs, spill = _resource_usage(compiled.asm["cubin"])
+    return CompileReport(spec, arch, compiled.metadata.shared, compiled.metadata.num_warps, regs, spill, ptx)
+
+
+def all_specs() -> list[CompileSpec]:
+    """Every shipped configuration of every kernel in the package."""
+    import importlib
+
+    specs: list[CompileSpec] = []
+    for module in ("attention", "adamw", "init", "layer_norm"):
+        mod = importlib.import_module(f"kernels.{module}")
+        if hasattr(mod, "compile_specs"):
+            specs.extend(mod.compile_specs())
+    return specs
+
+
+if __name__ == "__main__":
+    for spec in all_specs():
+        for arch in ARCHS:
+            print(compile_spec(spec, arch).line())

@@ -135,8 +135,16 @@ def validate(cfg: Config) -> None:
     if cfg.train_size is not None:
         _positive_int("train_size", cfg.train_size)
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size",
-                 "n_layers", "hidden", "heads", "ffn", "max_len", "vocab_size"):
+                 "n_layers", "hidden", "heads", "ffn"):
         _positive_int(name, getattr(cfg, name))
+    if cfg.dataset != "modular":  # the modular task fixes its own vocabulary and length
+        _positive_int("max_len", cfg.max_len)
+        _positive_int("vocab_size", cfg.vocab_size)
+    if cfg.checkpoint_every % cfg.eval_every:
+        # Checkpoints follow an eval, so a checkpoint is never taken after an unchecked non-finite loss.
+        raise UsageError(f"--checkpoint-every {cfg.checkpoint_every} must be a multiple of --eval-every {cfg.eval_every}")
+    if cfg.resume and cfg.force:
+        raise UsageError("--resume continues a run and --force overwrites it; give one of them")
     if cfg.hidden % cfg.heads:
         raise UsageError(f"--hidden {cfg.hidden} must be divisible by --heads {cfg.heads}")
     _finite("lr", cfg.lr, 0.0, lo_open=True)

@@ -1,0 +1,117 @@
+"""``grokfast-train``: the command line. Parses flags into a Config, runs it, turns errors into exit codes.
+
+Exit codes: 0 done, 1 runtime error (data, checkpoint, non-finite loss), 2 usage error,
+130 interrupted (a checkpoint has been written; --resume continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .config import DATA_SOURCES, DATASETS, MODULAR_OPS, Config, resolve, validate
+from .errors import GrokfastError, UsageError
+
+PROG = "grokfast-train"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise UsageError(f"{message} (see {PROG} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, argument_default=argparse.SUPPRESS,
+                description="Train a small transformer in the grokking configuration of 'Critical Data Size "
+                            "of Language Models from a Grokking Perspective'. Unset options take the "
+                            "dataset's paper preset.")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=DATASETS, help="modular (default), imdb or yelp")
+    d.add_argument("--frac", type=float, help="fraction of the training pool to train on, in (0, 1]")
+    d.add_argument("--train-size", type=int, help="absolute number of training examples (instead of --frac)")
+    d.add_argument("--data-source", help=f"where text data comes from: {', '.join(DATA_SOURCES)} "
+                                         f"(default hub; local with --data-dir)")
+    d.add_argument("--data-dir", help="local copy: aclImdb layout, or train/test .parquet/.csv/.jsonl with text,label")
+    d.add_argument("--tokenizer", help="a tokenizer.json to use instead of training WordPiece on the pool")
+    d.add_argument("--cache-dir", help="tokeniser and token cache (default ~/.cache/grokfast-train)")
+    d.add_argument("--max-len", type=int, help="text sequence length (default 256)")
+    d.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size (default 30522)")
+    d.add_argument("--p", type=int, help="modulus for --dataset modular (default 113)")
+    d.add_argument("--op", choices=MODULAR_OPS, help="modular operation (default add)")
+    d.add_argument("--split-seed", type=int, help="seed of the fixed train/test split (default 0)")
+    m = p.add_argument_group("model")
+    m.add_argument("--layers", dest="n_layers", type=int, help="transformer layers (default 1)")
+    m.add_argument("--hidden", type=int, help="hidden size (default 128)")
+    m.add_argument("--heads", type=int, help="attention heads (default 4)")
+    m.add_argument("--ffn", type=int, help="feed-forward size (default 512)")
+    m.add_argument("--init-std", type=float, help="std of the normal init (default 0.02)")
+    m.add_argument("--init-scale", type=float, help="alpha: every parameter x alpha after init "
+                                                    "(default 10 for text, 1 for modular)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    o.add_argument("--weight-decay", type=float, help="decoupled weight decay (default 1e-2 text, 1 modular)")
+    o.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas (default 0.9 0.999)")
+    o.add_argument("--eps", type=float, help="AdamW epsilon (default 1e-8)")
+    o.add_argument("--batch-size", type=int, help="batch size (default 128 text, 512 modular)")
+    o.add_argument("--steps", type=int, help="optimiser steps (default 700000 text, 100000 modular)")
+    o.add_argument("--grokfast-alpha", type=float, help="turn on the Grokfast EMA gradient filter with this alpha (e.g. 0.98)")
+    o.add_argument("--grokfast-lamb", type=float, help="Grokfast amplification lambda (default 2.0)")
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, help="seed of the subset, init and batch order (default 0)")
+    r.add_argument("--eval-every", type=int, help="steps between full test-set evaluations")
+    r.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 1024)")
+    r.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: every eval)")
+    r.add_argument("--gen-threshold", type=float, help="test accuracy that counts as generalised "
+                                                       "(default 0.95 modular, 0.8 text)")
+    r.add_argument("--mem-threshold", type=float, help="train accuracy that counts as memorised (default 0.99)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA when present")
+    r.add_argument("--backend", choices=("auto", "torch", "triton"),
+                   help="torch: plain PyTorch; triton: fused kernels (CUDA); default auto")
+    r.add_argument("--out", help="run directory (default runs/<dataset>-<frac>-seed<seed>)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out (or extend it to a larger --steps)")
+    r.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
+    r.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    return p
+
+
+def config_from_args(argv: list[str] | None) -> Config:
+    given = vars(build_parser().parse_args(argv))
+    if "betas" in given:
+        given["betas"] = tuple(given["betas"])
+    cfg = resolve(Config(**given))
+    if not cfg.resume:
+        return cfg
+    from . import rundir
+
+    run_dir = Path(cfg.out or rundir.default_out(cfg))
+    merged = rundir.merge_for_resume(rundir.saved_config(run_dir), given)
+    merged = dataclasses.replace(merged, out=str(run_dir))
+    validate(merged)
+    return merged
+
+
+def describe(cfg: Config) -> str:
+    items = [f"{k}={v}" for k, v in sorted(dataclasses.asdict(cfg).items()) if v is not None]
+    return "config: " + " ".join(items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = config_from_args(argv)
+        from .train import run  # imported late: torch start-up is not needed for --help or a bad flag
+
+        print(describe(cfg), flush=True)
+        summary = run(cfg)
+        return 0 if summary is not None else 130
+    except GrokfastError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

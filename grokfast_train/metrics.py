@@ -1,0 +1,94 @@
+"""What a run measures: accumulated train metrics, evaluation, weight norm, and the summary."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data.task import TaskData
+
+
+class IntervalMeter:
+    """Train loss and accuracy summed on the device over an eval interval; read only at eval points."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct count
+        self.count = 0  # examples seen; known on the host, so no sync
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        n = labels.shape[0]
+        correct = (logits.argmax(-1) == labels).sum()
+        self.sums += torch.stack([loss.detach().double() * n, correct.double()])
+        self.count += n
+
+    def read_and_reset(self) -> tuple[float, float]:
+        """Mean loss and accuracy since the last read; the one host sync of an interval."""
+        loss_sum, correct = self.sums.tolist()
+        count = max(self.count, 1)
+        self.sums.zero_()
+        self.count = 0
+        return loss_sum / count, correct / count
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums.cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums.copy_(state["sums"])
+        self.count = state["count"]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+             batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the whole of (x, y), in batches."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=x.device)
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        mb = None if mask is None else mask[i:i + batch_size]
+        logits = model(xb, mb)
+        totals[0] += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+        totals[1] += (logits.argmax(-1) == yb).sum().double()
+    model.train(was_training)
+    loss_sum, correct = totals.tolist()
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
+def evaluate_test(model: torch.nn.Module, task: TaskData, batch_size: int) -> tuple[float, float]:
+    return evaluate(model, task.test_x, task.test_y, task.test_mask, batch_size)
+
+
+@torch.no_grad()
+def weight_norm(params) -> float:
+    """L2 norm of all weights together (tied weights counted once)."""
+    unique = {id(p): p for p in params}.values()
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.float()) for p in unique])).item()
+
+
+def first_step(history: list[dict], key: str, threshold: float) -> int | None:
+    for row in history:
+        if row[key] >= threshold:
+            return row["step"]
+    return None
+
+
+def summarize(history: list[dict], mem_threshold: float, gen_threshold: float,
+              steps_per_s: float) -> dict:
+    """The grokking landmarks of a run, from its eval history."""
+    mem = first_step(history, "train_acc", mem_threshold)
+    gen = first_step(history, "test_acc", gen_threshold)
+    return {
+        "memorization_step": mem,
+        "generalization_step": gen,
+        "grokking_delay": (gen - mem) if mem is not None and gen is not None else None,
+        "memorization_threshold": mem_threshold,
+        "generalization_threshold": gen_threshold,
+        "best_test_acc": max((r["test_acc"] for r in history), default=None),
+        "final_test_acc": history[-1]["test_acc"] if history else None,
+        "final_train_acc": history[-1]["train_acc"] if history else None,
+        "final_step": history[-1]["step"] if history else 0,
+        "steps_per_s": steps_per_s,
+    }
+

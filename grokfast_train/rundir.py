@@ -1,0 +1,72 @@
+"""The run directory: what is in it, when it may be reused, and how a resumed run's config is merged.
+
+A run directory holds config.json, metrics.jsonl, checkpoint.pt and, once finished, summary.json.
+Nothing in it is overwritten without --force; --resume continues it (or extends a finished run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT
+from .config import Config
+from .errors import RunError, UsageError
+
+CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT)
+
+# Settings a resumed run may change; anything else would make it a different experiment.
+RESUMABLE = {"steps", "quiet", "device", "backend", "eval_batch_size", "checkpoint_every", "resume", "force", "out"}
+
+
+def default_out(cfg: Config) -> str:
+    amount = f"n{cfg.train_size}" if cfg.train_size is not None else f"frac{cfg.frac:g}"
+    return str(Path("runs") / f"{cfg.dataset}-{amount}-seed{cfg.seed}")
+
+
+def saved_config(run_dir: Path) -> Config:
+    try:
+        return Config.from_dict(json.loads((run_dir / CONFIG).read_text()))
+    except FileNotFoundError:
+        raise UsageError(f"nothing to resume in {run_dir}: it has no {CONFIG}; start a new run without --resume") from None
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{run_dir / CONFIG} is unreadable ({e}); rerun with --force to start over") from None
+
+
+def _normal(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def merge_for_resume(saved: Config, given: dict) -> Config:
+    """The saved config with the few settings a resume may change taken from ``given``."""
+    saved_values = dataclasses.asdict(saved)
+    for key, value in given.items():
+        if key in RESUMABLE or key not in saved_values:
+            continue
+        old = saved_values[key]
+        if _normal(value) != _normal(old):
+            raise UsageError(f"--{key.replace('_', '-')} {value} differs from the resumed run's {old}; "
+                             f"a resumed run keeps its configuration (only --steps and display settings change)")
+    updates = {k: v for k, v in given.items() if k in RESUMABLE and k in saved_values}
+    return dataclasses.replace(saved, **updates)
+
+
+def prepare(run_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to clobber an existing run unless asked; clear it with --force."""
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if resume:
+        if CHECKPOINT not in present:
+            raise UsageError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
+        return
+    if not present:
+        return
+    if not force:
+        what = "a finished run" if SUMMARY in present else "an unfinished run"
+        raise UsageError(f"{run_dir} holds {what}; pass --resume to continue it, --force to overwrite it, "
+                         f"or choose another --out")
+    for name in present:
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "plots", ignore_errors=True)

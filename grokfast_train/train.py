@@ -1,0 +1,267 @@
+"""The training loop: one run, from a resolved Config to summary.json.
+
+Read top to bottom: set up (device, data, model, optimiser), then a loop whose body is one
+``train_step`` -- a function of device tensors only, so that a later backend can capture it
+in a CUDA graph -- with evaluation, logging and checkpointing at eval points, the only
+places the host waits for the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels._dispatch import INTERPRET
+
+from . import rundir
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
+from .config import Config
+from .data import TaskData, load_task
+from .errors import RunError, UsageError
+from .metrics import IntervalMeter, evaluate_test, summarize, weight_norm
+from .models import build_model
+from .optim import build_optimizer
+from .progress import Reporter, format_eval
+from .sampler import EpochSampler
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA device is available; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if name == "triton" and device.type != "cuda" and not INTERPRET:
+        raise UsageError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
+                         "on the CPU, slowly); use --backend torch")
+    return name
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never half a step."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.set:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.set = True
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Run:
+    def __init__(self, cfg: Config, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.device = resolve_device(cfg.device)
+        self.cfg = cfg = dataclasses.replace(cfg, device=self.device.type,
+                                             backend=resolve_backend(cfg.backend, self.device))
+        self.dir = Path(cfg.out or rundir.default_out(cfg))
+        rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
+
+        self.task: TaskData = load_task(cfg, log=log).to(self.device)
+        log(f"data: {self.task.source}")
+        log(f"train {self.task.train_x.shape[0]:,} of a pool of {self.task.pool_size:,}; "
+            f"test {self.task.test_x.shape[0]:,}; sequence length {self.task.seq_len}")
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, self.task)
+        # Initialise on the CPU so that a seed gives the same initial weights on every device.
+        kernels.scaled_init_(model, std=cfg.init_std, alpha=cfg.init_scale, seed=cfg.seed)
+        self.model = model.to(self.device).train()
+        self.opt, self.grad_filter = build_optimizer(cfg, self.model, cfg.backend)
+        self.sampler = EpochSampler(self.task.train_x.shape[0], cfg.batch_size, cfg.seed, self.device)
+        self.meter = IntervalMeter(self.device)
+        self.step = 0
+        self.history: list[dict] = []
+        self.elapsed_s = 0.0  # training wall time over all sessions of this run
+
+    # -- the step ---------------------------------------------------------------------------
+    def train_step(self) -> None:
+        task = self.task
+        idx = self.sampler.next_indices()
+        x, y = task.train_x[idx], task.train_y[idx]
+        mask = None if task.train_mask is None else task.train_mask[idx]
+        logits = self.model(x, mask)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad()
+        loss.backward()
+        if self.grad_filter is not None:
+            self.grad_filter.apply_()
+        self.opt.step()
+        self.meter.update(logits, y, loss)
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "grad_filter": None if self.grad_filter is None else self.grad_filter.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "meter": self.meter.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "history": self.history,
+            "elapsed_s": self.elapsed_s,
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            if self.grad_filter is not None:
+                self.grad_filter.load_state_dict(state["grad_filter"])
+            self.sampler.load_state_dict(state["sampler"])
+            self.meter.load_state_dict(state["meter"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.step, self.history, self.elapsed_s = state["step"], state["history"], state["elapsed_s"]
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise RunError(f"checkpoint in {self.dir} does not match this run ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:120]}); rerun with --force to start over") from None
+
+    def save(self) -> None:
+        save_checkpoint(self.dir, self.state_dict())
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self, elapsed_s: float) -> dict:
+        train_loss, train_acc = self.meter.read_and_reset()
+        test_loss, test_acc = evaluate_test(self.model, self.task, self.cfg.eval_batch_size)
+        return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": test_acc,
+                "test_loss": test_loss, "weight_norm": weight_norm(self.model.parameters()),
+                "elapsed_s": round(elapsed_s, 3)}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict | None:
+        """Train to cfg.steps; returns the summary, or None when stopped by Ctrl-C (checkpoint saved)."""
+        cfg = self.cfg
+        if cfg.resume:
+            self.load_state_dict(load_checkpoint(self.dir))
+            if self.step >= cfg.steps:
+                raise UsageError(f"the run in {self.dir} is already at step {self.step}; "
+                                 f"pass --steps larger than {self.step} to extend it")
+            self.log(f"resuming {self.dir} at step {self.step:,} of {cfg.steps:,}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_json(self.dir / rundir.CONFIG, dataclasses.asdict(cfg))
+        (self.dir / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
+        _rewrite_jsonl(self.dir / rundir.METRICS, self.history)
+
+        reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"{cfg.dataset}")
+        start_step, t0 = self.step, time.perf_counter()
+        marks = _Milestones(cfg, self.history)
+        interrupted = False
+        try:
+            with _StopFlag() as stop, open(self.dir / rundir.METRICS, "a") as metrics_file:
+                while self.step < cfg.steps:
+                    self.train_step()
+                    self.step += 1
+                    now = time.perf_counter() - t0
+                    reporter.step(self.step, (self.step - start_step) / max(now, 1e-9))
+                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                        row = self.evaluate(self.elapsed_s + now)
+                        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+                            last = self.history[-1]["step"] if self.history else 0
+                            raise RunError(f"loss became non-finite between steps {last} and {self.step}; "
+                                           f"stopped, the last good checkpoint in {self.dir} is kept; "
+                                           f"try a smaller --lr or --init-scale")
+                        self.history.append(row)
+                        metrics_file.write(json.dumps(row) + "\n")
+                        metrics_file.flush()
+                        reporter.eval(row)
+                        for line in marks.update(row):
+                            reporter.print(line)
+                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set:
+                        self._save_with_time(t0)
+                    if stop.set:
+                        interrupted = True
+                        break
+        finally:
+            reporter.close()
+        wall = time.perf_counter() - t0
+        self.elapsed_s += wall
+        if interrupted:
+            self.log(f"interrupted at step {self.step:,}; checkpoint saved in {self.dir}; "
+                     f"continue with: grokfast-train --out {self.dir} --resume")
+            return None
+        summary = summarize(self.history, cfg.mem_threshold, cfg.gen_threshold,
+                            steps_per_s=(self.step - start_step) / max(wall, 1e-9))
+        summary["elapsed_s"] = round(self.elapsed_s, 3)
+        save_json(self.dir / rundir.SUMMARY, summary)
+        if self.history:
+            self.log(format_eval(self.history[-1], cfg.steps))
+        self.log(_summary_line(summary, self.dir))
+        return summary
+
+    def _save_with_time(self, t0: float) -> None:
+        # The checkpoint records the wall time up to now, so a resumed run's elapsed_s keeps counting.
+        saved, self.elapsed_s = self.elapsed_s, self.elapsed_s + (time.perf_counter() - t0)
+        try:
+            self.save()
+        finally:
+            self.elapsed_s = saved
+
+
+class _Milestones:
+    """One line when the run first memorises and when it first generalises."""
+
+    def __init__(self, cfg: Config, history: list[dict]):
+        self.cfg = cfg
+        self.mem_seen = any(r["train_acc"] >= cfg.mem_threshold for r in history)
+        self.gen_seen = any(r["test_acc"] >= cfg.gen_threshold for r in history)
+
+    def update(self, row: dict) -> list[str]:
+        lines = []
+        if not self.mem_seen and row["train_acc"] >= self.cfg.mem_threshold:
+            self.mem_seen = True
+            lines.append(f"memorised: train accuracy {row['train_acc']:.3f} at step {row['step']:,}")
+        if not self.gen_seen and row["test_acc"] >= self.cfg.gen_threshold:
+            self.gen_seen = True
+            lines.append(f"generalised: test accuracy {row['test_acc']:.3f} at step {row['step']:,}")
+        return lines
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    """metrics.jsonl as of the checkpoint: rows logged after it (a crash) are dropped on resume."""
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
+def _summary_line(s: dict, run_dir: Path) -> str:
+    def fmt(v):
+        return "never" if v is None else f"{v:,}"
+
+    return (f"done: memorised at step {fmt(s['memorization_step'])}, generalised at step "
+            f"{fmt(s['generalization_step'])} (delay {fmt(s['grokking_delay'])}); best test acc "
+            f"{s['best_test_acc']:.4f}; {s['steps_per_s']:,.0f} steps/s; results in {run_dir}")
+
+
+def run(cfg: Config, log=print) -> dict | None:
+    """Train one run described by a resolved config; returns its summary (None if interrupted)."""
+    return Run(cfg, log).fit()

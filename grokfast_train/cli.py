@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", dest="n_layers", type=int, help="transformer layers (default 1)")
     m.add_argument("--hidden", type=int, help="hidden size (default 128)")
     m.add_argument("--heads", type=int, help="attention heads (default 4)")
-    m.add_argument("--ffn", type=int, help="feed-forward size (default 512)")
+    m.add_argument("--ffn", type=int, help="feed-forward size (default 4 x hidden = 512)")
     m.add_argument("--init-std", type=float, help="std of the normal init (default 0.02)")
     m.add_argument("--init-scale", type=float, help="alpha: every parameter x alpha after init "
                                                     "(default 10 for text, 1 for modular)")

@@ -38,7 +38,7 @@ class Config:
     n_layers: int | None = None
     hidden: int | None = None
     heads: int | None = None
-    ffn: int | None = None
+    ffn: int | None = None  # default 4 x hidden (512 at the paper's 128)
     init_std: float = 0.02
     init_scale: float | None = None  # alpha: every parameter x alpha after init
     # optimisation
@@ -78,13 +78,13 @@ class Config:
 
 
 # The paper's settings (DESIGN.md, "The paper, as its code runs it").
-_TEXT = dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=10.0, lr=1e-3, weight_decay=1e-2,
+_TEXT = dict(n_layers=1, hidden=128, heads=4, init_scale=10.0, lr=1e-3, weight_decay=1e-2,
              batch_size=128, steps=700_000, eval_every=1_000, max_len=256, vocab_size=30522,
              gen_threshold=0.8)
 PRESETS: dict[str, dict[str, Any]] = {
     "imdb": dict(_TEXT),
     "yelp": dict(_TEXT),
-    "modular": dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=1.0, lr=1e-3, weight_decay=1.0,
+    "modular": dict(n_layers=1, hidden=128, heads=4, init_scale=1.0, lr=1e-3, weight_decay=1.0,
                     batch_size=512, steps=100_000, eval_every=100, frac=0.3, gen_threshold=0.95),
 }
 _TEXT_DEFAULT_FRAC = 1.0
@@ -102,6 +102,8 @@ def resolve(cfg: Config) -> Config:
         values["frac"] = _TEXT_DEFAULT_FRAC
     if values["data_source"] is None and cfg.dataset != "modular":
         values["data_source"] = "local" if cfg.data_dir else "hub"
+    if values["ffn"] is None and isinstance(values["hidden"], int):
+        values["ffn"] = 4 * values["hidden"]  # the BERT/GPT convention; model-wise sweeps vary hidden alone
     if values["checkpoint_every"] is None:
         values["checkpoint_every"] = values["eval_every"]
     values["betas"] = tuple(values["betas"])

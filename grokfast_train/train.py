@@ -27,7 +27,7 @@ from .config import Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
 from .metrics import IntervalMeter, evaluate_test, summarize, weight_norm
-from .models import build_model
+from .models import build_model, resolve_backend
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
 from .sampler import EpochSampler
@@ -41,13 +41,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    if name == "triton" and device.type != "cuda" and not INTERPRET:
+def check_backend(backend: str, device: torch.device) -> str:
+    if backend == "triton" and device.type != "cuda" and not INTERPRET:
         raise UsageError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                          "on the CPU, slowly); use --backend torch")
-    return name
+    return backend
 
 
 class _StopFlag:
@@ -79,8 +77,9 @@ class Run:
         self.cfg = cfg
         self.log = log
         self.device = resolve_device(cfg.device)
-        self.cfg = cfg = dataclasses.replace(cfg, device=self.device.type,
-                                             backend=resolve_backend(cfg.backend, self.device))
+        # config.json records what actually ran: the device and backend that "auto" resolved to
+        cfg = dataclasses.replace(cfg, device=self.device.type)
+        self.cfg = cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device))
         self.dir = Path(cfg.out or rundir.default_out(cfg))
         rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
 

@@ -1,0 +1,66 @@
+"""The two ops both models route through a backend: attention, and LayerNorm with a residual.
+
+``backend="torch"``: PyTorch's own ops (``F.scaled_dot_product_attention``, ``F.layer_norm``):
+the CPU path, and the reference the fused kernels are checked against.
+``backend="triton"``: the fused kernels of the ``kernels`` package, same signatures; imported
+only when this backend is chosen (``check_backend`` imports them, so a model fails at build
+time rather than at its first step). The kernels themselves run the Triton code on CUDA
+tensors and their pure-PyTorch reference on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("torch", "triton")
+
+
+def _kernel(name: str):
+    return getattr(importlib.import_module(f"kernels.{name}"), name)
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "triton":
+        _kernel("attention"), _kernel("layer_norm")
+    return backend
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+              causal: bool = False, backend: str = "torch") -> torch.Tensor:
+    """Softmax(q kᵀ / √D) v over heads: q (B, H, Lq, D), k and v (B, H, Lk, D) -> (B, H, Lq, D).
+
+    ``key_padding_mask``: bool (B, Lk), True where the key takes part. ``causal``: bottom-right
+    aligned, query i sees keys j <= i + Lk - Lq, so a single query (the readout) sees every key
+    it is given. A query that sees no key at all gets 0.
+    """
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        # a float mask would be *added* to the scores by SDPA: refuse rather than mis-mask
+        raise TypeError(f"key_padding_mask must be bool (True at real tokens), got {key_padding_mask.dtype}")
+    if backend == "triton":
+        return _kernel("attention")(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    mask = None
+    if causal and Lq > 1:
+        if key_padding_mask is None and Lq == Lk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # lets SDPA skip the upper half
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
+    if key_padding_mask is not None:
+        kpm = key_padding_mask[:, None, None, :]
+        mask = kpm if mask is None else mask & kpm
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def layer_norm(x: torch.Tensor, ln: nn.LayerNorm, residual: torch.Tensor | None = None,
+               backend: str = "torch") -> torch.Tensor:
+    """``ln(x + residual)`` (post-LN's add-and-normalise; one fused kernel under triton)."""
+    if backend == "triton":
+        return _kernel("layer_norm")(x, ln.weight, ln.bias, ln.eps, residual=residual)
+    if residual is not None:
+        x = x + residual
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)

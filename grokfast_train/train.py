@@ -84,7 +84,6 @@ class Run:
         rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
 
         self.task: TaskData = load_task(cfg, log=log).to(self.device)
-        log(f"data: {self.task.source}")
         log(f"train {self.task.train_x.shape[0]:,} of a pool of {self.task.pool_size:,}; "
             f"test {self.task.test_x.shape[0]:,}; sequence length {self.task.seq_len}")
 
@@ -187,10 +186,7 @@ class Run:
                     if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                         row = self.evaluate(self.elapsed_s + now)
                         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
-                            last = self.history[-1]["step"] if self.history else 0
-                            raise RunError(f"loss became non-finite between steps {last} and {self.step}; "
-                                           f"stopped, the last good checkpoint in {self.dir} is kept; "
-                                           f"try a smaller --lr or --init-scale")
+                            raise RunError(self._non_finite_message())
                         self.history.append(row)
                         metrics_file.write(json.dumps(row) + "\n")
                         metrics_file.flush()
@@ -213,11 +209,20 @@ class Run:
         summary = summarize(self.history, cfg.mem_threshold, cfg.gen_threshold,
                             steps_per_s=(self.step - start_step) / max(wall, 1e-9))
         summary["elapsed_s"] = round(self.elapsed_s, 3)
+        summary["data"] = self.task.source
+        summary["train_size"] = int(self.task.train_x.shape[0])
         save_json(self.dir / rundir.SUMMARY, summary)
-        if self.history:
+        if self.history and reporter.live:  # the bar is gone: leave the final numbers on screen
             self.log(format_eval(self.history[-1], cfg.steps))
         self.log(_summary_line(summary, self.dir))
         return summary
+
+    def _non_finite_message(self) -> str:
+        last = self.history[-1]["step"] if self.history else 0
+        kept = (f"the last good checkpoint (step {load_checkpoint(self.dir)['step']:,}) in {self.dir} is kept"
+                if (self.dir / "checkpoint.pt").exists() else "no checkpoint had been written yet")
+        return (f"loss became non-finite between steps {last:,} and {self.step:,}; stopped, {kept}; "
+                f"try a smaller --lr or --init-scale")
 
     def _save_with_time(self, t0: float) -> None:
         # The checkpoint records the wall time up to now, so a resumed run's elapsed_s keeps counting.

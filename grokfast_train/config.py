@@ -96,6 +96,8 @@ def resolve(cfg: Config) -> Config:
         raise UsageError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
     values = dataclasses.asdict(cfg)
     for key, value in PRESETS[cfg.dataset].items():
+        if key == "frac" and values["train_size"] is not None:
+            continue  # --train-size replaces the preset fraction
         if values.get(key) is None:
             values[key] = value
     if values["frac"] is None and values["train_size"] is None:

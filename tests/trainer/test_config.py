@@ -65,3 +65,8 @@ def test_json_round_trip():
     import json
 
     assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_train_size_replaces_the_preset_fraction():
+    cfg = resolve(Config(dataset="modular", train_size=2000))
+    assert cfg.train_size == 2000 and cfg.frac is None

@@ -77,6 +77,8 @@ def test_finished_run_is_not_overwritten(tmp_path, capsys):
     assert (tmp_path / "metrics.jsonl").read_text() == before
     assert run_cli(tmp_path, "--steps", "20", "--force") == 0
     assert [r["step"] for r in history(tmp_path)] == [10, 20]
+    assert main(["--out", str(tmp_path), "--resume", "--steps", "30", "--quiet"]) == 0  # a forced run resumes
+    assert [r["step"] for r in history(tmp_path)] == [10, 20, 30]
 
 
 def test_resume_refuses_changed_hyperparameters(tmp_path, capsys):

@@ -263,7 +263,7 @@ def _summary_line(s: dict, run_dir: Path) -> str:
 
     return (f"done: memorised at step {fmt(s['memorization_step'])}, generalised at step "
             f"{fmt(s['generalization_step'])} (delay {fmt(s['grokking_delay'])}); best test acc "
-            f"{s['best_test_acc']:.4f}; {s["steps_per_s"]:.3g} steps/s; results in {run_dir}")
+            f"{s['best_test_acc']:.4f}; {s['steps_per_s']:.3g} steps/s; results in {run_dir}")
 
 
 def run(cfg: Config, log=print) -> dict | None:

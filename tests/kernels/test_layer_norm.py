@@ -1,0 +1,183 @@
+"""kernels.layer_norm: the Triton kernels (under the interpreter) against the float64 reference.
+
+Inputs are drawn in the tested dtype; the reference runs in float64 on exactly those values, so
+the error measured is the kernel's own (fp32 arithmetic and the final rounding to the dtype).
+Error metric: max |kernel - reference| / max(1, max |reference|), per output and gradient.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+from kernels.layer_norm import layer_norm, layer_norm_reference
+
+# the module itself (``kernels.layer_norm`` the attribute may be the function, once the package exports it)
+ln_mod = importlib.import_module("kernels.layer_norm")
+
+# dtype -> largest allowed max-abs error relative to max(1, max|reference|), for y, dx, dresidual,
+# dweight and dbias alike (measured under the interpreter: fp32 1.7e-7, fp16 3.7e-4, bf16 6.2e-3).
+# fp32: fp32 arithmetic; fp16/bf16: the one rounding of the result to the dtype -- half an ulp on a
+# GPU (2^-11, 2^-8 relative), but Triton's interpreter truncates fp32 -> bf16, a whole ulp (2^-7).
+TOLERANCE = {
+    torch.float32: 1e-5,
+    torch.float16: 1e-3,
+    torch.bfloat16: 1.6e-2,
+}
+
+ROWS = (1, 7, 100, 257)
+HIDDEN = (7, 128, 257, 768)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one intra-op thread is faster, and immune to a busy machine's oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every buffer the kernels write starts as NaN, so an unwritten element shows in the result."""
+    def empty(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(ln_mod, "_empty", empty)
+
+
+def _close(name, got, ref, dtype):
+    assert got.dtype == dtype or name in ("dweight", "dbias"), (name, got.dtype)
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten memory?)"
+    err = (got.double() - ref.double()).abs().max().item()
+    scale = max(1.0, ref.abs().max().item())
+    assert err <= TOLERANCE[dtype] * scale, f"{name} [{dtype}]: max error {err:.3g} > {TOLERANCE[dtype]} x {scale:.3g}"
+
+
+def _run_case(m, n, dtype, residual, wdtype=None, shape=None, seed=0):
+    g = torch.Generator().manual_seed(seed * 7919 + m * 131 + n)
+    wdtype = wdtype or dtype
+    shape = shape or (m, n)
+    x = (torch.randn(shape, generator=g) * 2 + 0.5).to(dtype).requires_grad_()
+    r = torch.randn(shape, generator=g).to(dtype).requires_grad_() if residual else None
+    w = (1 + 0.5 * torch.randn(n, generator=g)).to(wdtype).requires_grad_()
+    b = (0.3 * torch.randn(n, generator=g)).to(wdtype).requires_grad_()
+    dy = torch.randn(shape, generator=g).to(dtype)
+
+    y = layer_norm(x, w, b, 1e-5, residual=r)
+    y.backward(dy)
+
+    x64 = x.detach().double().requires_grad_()
+    r64 = r.detach().double().requires_grad_() if residual else None
+    w64 = w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_()
+    y64 = layer_norm_reference(x64, w64, b64, 1e-5, residual=r64)
+    y64.backward(dy.double())
+
+    assert y.shape == x.shape
+    _close("y", y.detach(), y64.detach(), dtype)
+    _close("dx", x.grad, x64.grad, dtype)
+    if residual:
+        _close("dresidual", r.grad, r64.grad, dtype)
+    assert w.grad.dtype == wdtype and b.grad.dtype == wdtype
+    _close("dweight", w.grad, w64.grad, dtype)
+    _close("dbias", b.grad, b64.grad, dtype)
+
+
+@pytest.mark.parametrize("m", ROWS)
+@pytest.mark.parametrize("n", HIDDEN)
+@pytest.mark.parametrize("residual", [False, True])
+def test_fp32_against_reference(m, n, residual):
+    _run_case(m, n, torch.float32, residual)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,n", [(1, 7), (7, 257), (100, 128), (257, 768)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_half_dtypes_against_reference(dtype, m, n, residual):
+    _run_case(m, n, dtype, residual)
+
+
+def test_bf16_activations_with_fp32_weights():
+    _run_case(33, 96, torch.bfloat16, True, wdtype=torch.float32)
+
+
+@pytest.mark.parametrize("n", [1, 2, 8192])
+def test_extreme_hidden_sizes(n):
+    _run_case(3, n, torch.float32, True)
+
+
+def test_batched_shape_and_non_contiguous_input():
+    _run_case(0, 48, torch.float32, True, shape=(3, 5, 48))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 6, generator=g).t()  # (6, 48), non-contiguous
+    w, b = torch.randn(48, generator=g), torch.randn(48, generator=g)
+    torch.testing.assert_close(layer_norm(x, w, b), layer_norm_reference(x, w, b), atol=2e-5, rtol=2e-5)
+
+
+def test_without_weight_or_bias():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 40, generator=g, requires_grad=True)
+    r = torch.randn(9, 40, generator=g, requires_grad=True)
+    y = layer_norm(x, None, None, 1e-6, residual=r)
+    x64, r64 = x.detach().double().requires_grad_(), r.detach().double().requires_grad_()
+    y64 = torch.nn.functional.layer_norm(x64 + r64, (40,), eps=1e-6)
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=2e-5)
+    dy = torch.randn(9, 40, generator=g)
+    y.backward(dy)
+    y64.backward(dy.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=2e-5, rtol=2e-5)
+    assert torch.equal(x.grad, r.grad)
+
+
+def test_eps_is_used():
+    x = torch.tensor([[0.0, 1e-3]])
+    w, b = torch.ones(2), torch.zeros(2)
+    small, large = layer_norm(x, w, b, eps=1e-12), layer_norm(x, w, b, eps=1.0)
+    torch.testing.assert_close(small, layer_norm_reference(x, w, b, 1e-12), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(large, layer_norm_reference(x, w, b, 1.0), atol=1e-7, rtol=1e-5)
+    assert small.abs().max() > 0.9 and large.abs().max() < 1e-3
+
+
+def test_reference_is_layer_norm_of_the_sum():
+    g = torch.Generator().manual_seed(3)
+    x, r = torch.randn(5, 33, generator=g, dtype=torch.float64), torch.randn(5, 33, generator=g, dtype=torch.float64)
+    ln = torch.nn.LayerNorm(33, eps=1e-5, dtype=torch.float64)
+    torch.nn.init.normal_(ln.weight)
+    torch.nn.init.normal_(ln.bias)
+    torch.testing.assert_close(layer_norm_reference(x, ln.weight, ln.bias, 1e-5, residual=r), ln(x + r))
+
+
+def test_cpu_without_interpreter_runs_the_reference(monkeypatch):
+    monkeypatch.setattr(ln_mod, "use_triton", lambda *t: False)
+    g = torch.Generator().manual_seed(4)
+    x, r = torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)
+    w, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    assert torch.equal(layer_norm(x, w, b, 1e-5, r), layer_norm_reference(x, w, b, 1e-5, r))
+
+
+def test_unsupported_inputs_raise_value_error():
+    x = torch.randn(4, 16)
+    w, b = torch.ones(16), torch.zeros(16)
+    with pytest.raises(ValueError, match="supported: float32, bfloat16, float16"):
+        layer_norm(x.double(), w, b)
+    with pytest.raises(ValueError, match="supported: 1 to 8192"):
+        layer_norm(torch.randn(2, 8193), torch.ones(8193), torch.zeros(8193))
+    with pytest.raises(ValueError, match="weight has shape"):
+        layer_norm(x, torch.ones(15), b)
+    with pytest.raises(ValueError, match="residual has shape"):
+        layer_norm(x, w, b, residual=torch.randn(4, 15))
+    with pytest.raises(ValueError, match="residual has dtype"):
+        layer_norm(x, w, b, residual=x.half())
+    with pytest.raises(ValueError, match="supported: float32"):
+        layer_norm(x, w.to(torch.int32), b)
+
+
+def test_compile_specs_cover_every_dispatched_configuration():
+    shipped = {(s.fn, s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps)
+               for s in ln_mod.compile_specs()}
+    for n in list(range(1, 70)) + [127, 128, 129, 768, 1000, 4097, 8192]:
+        block_n, block_m, warps = ln_mod._config(n)
+        for fn in (ln_mod._layer_norm_fwd_kernel, ln_mod._layer_norm_bwd_kernel):
+            assert (fn, block_m, block_n, warps) in shipped, n

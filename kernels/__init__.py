@@ -4,6 +4,14 @@ Imports only torch and triton. CUDA tensors run Triton; CPU tensors run the refe
 Triton kernel itself under ``TRITON_INTERPRET=1``). See kernels/README.md.
 """
 
-from .init import rescale_, scaled_init_
+from .adamw import FusedAdamW, adamw_reference_step
+from .attention import attention, attention_reference
+from .init import rescale_, scaled_init_, scaled_init_reference_
+from .layer_norm import layer_norm, layer_norm_reference
 
-__all__ = ["scaled_init_", "rescale_"]
+__all__ = [
+    "attention", "attention_reference",
+    "FusedAdamW", "adamw_reference_step",
+    "scaled_init_", "scaled_init_reference_", "rescale_",
+    "layer_norm", "layer_norm_reference",
+]

@@ -49,7 +49,7 @@ class CompileReport:
 
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
-    """Registers per thread and local-memory (spill) bytes, read from the cubin by ``cuobjdump``."""
+    """Registers per thread and stack + local-memory (spill) bytes, read from the cubin by ``cuobjdump``."""
     import os
     import tempfile
 
@@ -63,8 +63,9 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
         f.flush()
         text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
     regs = re.search(r"REG:(\d+)", text)
-    local = re.search(r"LOCAL:(\d+)", text)
-    return (int(regs.group(1)) if regs else None, int(local.group(1)) if local else None)
+    # ptxas puts register spills in the stack frame (STACK) or local memory (LOCAL): count both.
+    spilled = [int(v) for v in re.findall(r"(?:STACK|LOCAL):(\d+)", text)]
+    return (int(regs.group(1)) if regs else None, sum(spilled) if spilled else None)
 
 
 def compile_spec(spec: CompileSpec, arch: int) -> CompileReport:
@@ -92,7 +93,33 @@ def all_specs() -> list[CompileSpec]:
     return specs
 
 
-if __name__ == "__main__":
+def problems(report: CompileReport) -> list[str]:
+    """What is wrong with a compiled configuration: spills, or no tensor-core instructions where expected."""
+    out = []
+    if report.spill_bytes:
+        out.append(f"{report.spill_bytes} B spilled")
+    if report.spec.tensor_cores and not re.search(r"\b(w?gmma|mma)\.", report.ptx):
+        out.append("no mma/wgmma instruction in the PTX")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compile every shipped configuration, print the compiler's report, fail on spills or missing mma."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kernels._compile")
+    parser.add_argument("--arch", type=int, action="append", choices=ARCHS,
+                        help="compute capability x10 (default: all of 80, 90)")
+    args = parser.parse_args(argv)
+    failed = 0
     for spec in all_specs():
-        for arch in ARCHS:
-            print(compile_spec(spec, arch).line())
+        for arch in args.arch or ARCHS:
+            report = compile_spec(spec, arch)
+            issues = problems(report)
+            failed += bool(issues)
+            print(report.line() + ("" if not issues else "  FAIL: " + "; ".join(issues)), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

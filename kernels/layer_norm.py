@@ -12,7 +12,7 @@ rather than stored, which costs the same bytes as storing it and saves the memor
 Arithmetic: fp32 statistics (mean and a two-pass variance over the row held in registers), fp32
 normalisation and affine, one rounding to the input dtype at the output. ``x`` and ``residual`` are
 fp32, bf16 or fp16 (the same dtype); ``weight`` and ``bias`` any of those three (read as fp32) or
-``None`` (weight 1, bias 0); hidden size N from 1 to 8192 (``MAX_N``).
+``None`` (weight 1, bias 0); hidden size N from 1 to 4096 (``MAX_N``).
 
 Kernels:
 - forward: a tile of ``BLOCK_M`` rows x ``BLOCK_N`` (next power of two >= N, at least 32) columns
@@ -37,18 +37,21 @@ from ._compile import CompileSpec
 from ._dispatch import check_dtype, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_N = 8192
-BLOCK_NS = tuple(2 ** k for k in range(5, 14))  # 32 ... 8192: every BLOCK_N the dispatcher can pick
+MAX_N = 4096
+BLOCK_NS = tuple(2 ** k for k in range(5, 13))  # 32 ... 4096: every BLOCK_N the dispatcher can pick
 _TL_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+# num_warps per BLOCK_N: the spill-free choice on both sm_80 and sm_90 (ptxas spilled the backward
+# at 8 elements per thread for BLOCK_N 128 and 4096, and at 16 warps for BLOCK_N 32 on sm_90).
+_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 16, 1024: 16, 2048: 16, 4096: 32}
+
+
 def _config(n: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_M, num_warps) for hidden size ``n``: tiles of at least 2048 elements (whole rows),
-    8 elements per thread (the backward then needs <= 93 registers, no spills, at every BLOCK_N)."""
+    """(BLOCK_N, BLOCK_M, num_warps) for hidden size ``n``: tiles of at least 2048 elements (whole rows)."""
     block_n = max(32, triton.next_power_of_2(n))
     block_m = max(1, 2048 // block_n)
-    num_warps = max(4, min(32, block_m * block_n // 256))
-    return block_n, block_m, num_warps
+    return block_n, block_m, _WARPS[block_n]
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:

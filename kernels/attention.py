@@ -1,0 +1,500 @@
+"""Fused scaled-dot-product attention: one Triton forward kernel, three backward kernels.
+
+``attention(q, k, v, key_padding_mask=None, causal=False, sm_scale=None)`` for q of shape
+(B, H, Lq, D) and k, v of shape (B, H, Lk, D) computes ``softmax(q k^T * sm_scale + bias) v``
+where the bias is -inf for keys that ``key_padding_mask`` (bool (B, Lk), True = the key takes
+part) switches off and, with ``causal``, for keys j > i + Lk - Lq (bottom-right aligned, so a
+single query, Lq = 1, sees every key). A query row with no visible key outputs zeros and gets
+zero gradients -- never NaN.
+
+Forward (FlashAttention-2 style). One program owns BLOCK_M query rows of one (batch, head) and
+streams over the keys in blocks of BLOCK_N. For each block it forms S = Q K^T on the tensor
+cores, and keeps a running row maximum m, a running row sum l of exp(S - m) and an output
+accumulator rescaled by exp(m_old - m_new) whenever the maximum grows ("online softmax"). Only
+O and the row log-sum-exp L = m + log(l) are written, so no Lq x Lk matrix ever reaches memory.
+Exponentials are base 2 (exp2 is one instruction): scores are scaled by sm_scale * log2(e) and
+L is stored in base 2.
+
+Backward. With P = exp(S - L) recomputed from the saved L, dV = P^T dO, dP = dO V^T,
+dS = P * (dP - delta) where delta = rowsum(dO * O), dQ = dS K * sm_scale, dK = dS^T Q * sm_scale.
+  1. ``_attn_bwd_preprocess``: delta per query row.
+  2. ``_attn_bwd_dkdv``: one program per key block, looping over the query blocks that can see
+     it, accumulating dK and dV in registers.
+  3. ``_attn_bwd_dq``: one program per query block, looping over the visible key blocks.
+Splitting dK/dV from dQ costs one extra recomputation of S but needs no atomics and keeps every
+gradient a plain store (deterministic).
+
+Precision. Accumulation is fp32 everywhere; the probabilities (and dS) are cast to the input
+dtype before their matmul, as in FlashAttention. bf16/fp16 use the tensor cores directly. fp32
+uses them too, in one of two modes chosen by PyTorch's own switch for fp32 matmuls
+(``torch.backends.cuda.matmul.allow_tf32``, also set by ``torch.set_float32_matmul_precision``):
+off (PyTorch's default) gives "tf32x3" -- each operand split into a TF32 high part and a TF32
+remainder, three MMAs, close to fp32 accuracy, as PyTorch's memory-efficient SDPA kernel does
+for fp32 -- and on gives plain TF32 (10-bit mantissa inputs, a third of the MMAs). Exact "ieee"
+products would run on the CUDA cores, without tensor cores, and spill registers at these tile
+sizes (compiled and checked), so they are not shipped. Triton's interpreter computes every fp32 dot
+exactly, whatever the mode, which is why the CPU tests can hold fp32 to ~1e-5.
+
+Block sizes are picked by a rule from D, dtype and Lq (``_TILES``, ``_block_config``), not by
+autotuning: autotuning cannot time anything under the interpreter, and a rule makes the set of
+shipped configurations finite, so ``compile_specs()`` can list and compile all of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from ._dispatch import INTERPRET, check_dtype, use_triton
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+MAX_LEN = 1024
+_LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference: the executable spec.
+# ----------------------------------------------------------------------------------------------
+
+
+def _visible(lq: int, lk: int, key_padding_mask: torch.Tensor | None, causal: bool,
+             device: torch.device) -> torch.Tensor | None:
+    """Bool mask broadcastable to (B, H, Lq, Lk), True where query i may attend to key j."""
+    vis = None
+    if causal:
+        i = torch.arange(lq, device=device)[:, None]
+        j = torch.arange(lk, device=device)[None, :]
+        vis = j <= i + (lk - lq)
+    if key_padding_mask is not None:
+        pad = key_padding_mask[:, None, None, :]
+        vis = pad if vis is None else vis & pad
+    return vis
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        key_padding_mask: torch.Tensor | None = None, causal: bool = False,
+                        sm_scale: float | None = None) -> torch.Tensor:
+    """Plain PyTorch attention, math in fp32, result in q.dtype. Differentiable."""
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * sm_scale
+    vis = _visible(q.shape[-2], k.shape[-2], key_padding_mask, causal, q.device)
+    if vis is None:
+        p = torch.softmax(s, dim=-1)
+    else:
+        # A row with no visible key would be softmax(-inf, ..., -inf) = NaN (and NaN gradients).
+        # Give such rows finite scores, then zero their probabilities: output 0, gradients 0.
+        s = s.masked_fill(~vis, float("-inf"))
+        s = s.masked_fill(~vis.any(dim=-1, keepdim=True), 0.0)
+        p = torch.softmax(s, dim=-1) * vis
+    return torch.matmul(p, v.float()).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels.
+#
+# Tensors are contiguous: q, o, do, dq are (B*H, Lq, D), k, v, dk, dv are (B*H, Lk, D), lse and
+# delta are (B*H, Lq) fp32, the padding mask is (B, Lk) uint8. Program axis 1 is the (batch, head)
+# pair; its base offset is computed in int64 so that B*H*L*D may exceed 2**31.
+#
+# Causality is a runtime number, not a constexpr: key j is visible from query i when
+# j <= i + shift, with shift = Lk - Lq when causal and shift = Lk (always true) otherwise. That
+# halves the number of compiled variants, and the comparison is needed anyway to mask the
+# ragged tail of the last key block.
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b with fp32 accumulation.
+
+    UPCAST is set only under Triton's interpreter for bf16: it stores bf16 as raw uint16 and its
+    tl.dot multiplies the bit patterns (triton-lang/triton#11584; bf16 is unsupported there).
+    bf16 x bf16 products are exact in fp32, so the upcast computes what the tensor cores do.
+    """
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, Mask, O, LSE,
+              H, Lq, Lk, shift, mask_len, qk_scale,
+              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * Lq * D
+    O += bh * Lq * D
+    K += bh * Lk * D
+    V += bh * Lk * D
+    LSE += bh * Lq
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_ok = offs_m < Lq
+    q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+
+    # The running maximum starts finite, so that a block whose scores are all -inf (masked)
+    # gives exp2(-inf - m) = 0 rather than exp2(-inf + inf) = NaN.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+
+    # Keys past the last one visible from this block's last row are never loaded.
+    hi = tl.minimum(Lk, start_m + BLOCK_M + shift)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < Lk
+        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        pad = tl.load(Mask + (bh // H) * Lk + offs_n, mask=offs_n < mask_len, other=1)
+        valid = (n_ok & (pad != 0))[None, :] & (offs_n[None, :] <= offs_m[:, None] + shift)
+
+        s = _mma(q, tl.trans(k), None, DOT_PRECISION, UPCAST) * qk_scale
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = _mma(p.to(v.dtype), v, acc, DOT_PRECISION, UPCAST)
+        m_i = m_new
+
+    # A row that saw no key has l = 0: output 0 (its lse is never used: the backward masks
+    # every one of its probabilities to 0 by the same visibility test).
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    acc = acc / l_safe[:, None]
+    lse = m_i + tl.log2(l_safe)
+    tl.store(O + offs_m[:, None] * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=m_ok[:, None])
+    tl.store(LSE + offs_m, lse, mask=m_ok)
+
+
+@triton.jit
+def _attn_bwd_preprocess(O, DO, Delta, Lq,
+                         D: tl.constexpr, BLOCK_M: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_ok = offs_m < Lq
+    ptrs = bh * Lq * D + offs_m[:, None] * D + offs_d[None, :]
+    o = tl.load(O + ptrs, mask=m_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + ptrs, mask=m_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(Delta + bh * Lq + offs_m, tl.sum(o * do, 1), mask=m_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
+                   H, Lq, Lk, shift, mask_len, qk_scale, sm_scale,
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # Works in the transposed orientation (keys along rows) so that dK and dV come out of the
+    # matmuls in the (BLOCK_N, D) layout they are stored in.
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * Lq * D
+    DO += bh * Lq * D
+    K += bh * Lk * D
+    V += bh * Lk * D
+    DK += bh * Lk * D
+    DV += bh * Lk * D
+    LSE += bh * Lq
+    Delta += bh * Lq
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    n_ok = offs_n < Lk
+    k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+    v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+    pad = tl.load(Mask + (bh // H) * Lk + offs_n, mask=offs_n < mask_len, other=1)
+    key_ok = n_ok & (pad != 0)
+
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    # Query i sees key j when i >= j - shift: start at the first query block that sees start_n.
+    lo = tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M
+    for start_m in range(lo, Lq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < Lq
+        q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+        lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
+        delta = tl.load(Delta + offs_m, mask=m_ok, other=0.0)
+        valid = key_ok[:, None] & m_ok[None, :] & (offs_n[:, None] <= offs_m[None, :] + shift)
+
+        sT = _mma(k, tl.trans(q), None, DOT_PRECISION, UPCAST) * qk_scale
+        pT = tl.exp2(tl.where(valid, sT - lse[None, :], float("-inf")))
+        dv = _mma(pT.to(do.dtype), do, dv, DOT_PRECISION, UPCAST)
+        dpT = _mma(v, tl.trans(do), None, DOT_PRECISION, UPCAST)
+        dsT = pT * (dpT - delta[None, :])
+        dk = _mma(dsT.to(q.dtype), q, dk, DOT_PRECISION, UPCAST)
+
+    ptrs = offs_n[:, None] * D + offs_d[None, :]
+    tl.store(DK + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=n_ok[:, None])
+    tl.store(DV + ptrs, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
+                 H, Lq, Lk, shift, mask_len, qk_scale, sm_scale,
+                 D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * Lq * D
+    DO += bh * Lq * D
+    DQ += bh * Lq * D
+    K += bh * Lk * D
+    V += bh * Lk * D
+    LSE += bh * Lq
+    Delta += bh * Lq
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_ok = offs_m < Lq
+    q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+    do = tl.load(DO + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+    lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(Delta + offs_m, mask=m_ok, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    hi = tl.minimum(Lk, start_m + BLOCK_M + shift)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < Lk
+        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        pad = tl.load(Mask + (bh // H) * Lk + offs_n, mask=offs_n < mask_len, other=1)
+        valid = (n_ok & (pad != 0))[None, :] & m_ok[:, None] & (offs_n[None, :] <= offs_m[:, None] + shift)
+
+        s = _mma(q, tl.trans(k), None, DOT_PRECISION, UPCAST) * qk_scale
+        p = tl.exp2(tl.where(valid, s - lse[:, None], float("-inf")))
+        dp = _mma(do, tl.trans(v), None, DOT_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq = _mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST)
+
+    tl.store(DQ + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=m_ok[:, None])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configuration: a rule, so that the shipped configurations are a finite, compiled list.
+# ----------------------------------------------------------------------------------------------
+
+# Tiles: (BLOCK_M, BLOCK_N, num_warps, num_stages) per operand mode, kernel and D. "fwd" and "dq"
+# own BLOCK_M query rows and stream BLOCK_N keys; "dkdv" owns BLOCK_N keys and streams BLOCK_M
+# queries. Each entry is the largest tile, among those compiled for sm_80 and sm_90 (see
+# compile_specs), that keeps register spills at zero on both. TF32x3 splits every fp32 operand
+# into two TF32 halves held in registers, so it needs smaller tiles than TF32 or 16-bit operands.
+_TILES = {
+    "16bit": {"fwd": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 32, 4, 2)},
+              "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
+              "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2)}},
+    "tf32": {"fwd": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2)},
+             "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
+             "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)}},
+    "tf32x3": {"fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (16, 32, 4, 2)},
+               "dkdv": {16: (32, 64, 4, 2), 32: (32, 16, 4, 2), 64: (32, 16, 4, 2), 128: (16, 16, 4, 2)},
+               "dq": {16: (64, 32, 4, 2), 32: (32, 16, 4, 2), 64: (32, 16, 4, 2), 128: (16, 16, 4, 1)}},
+}
+# tl.dot needs M >= 16. One query (the last layer computes only the position the loss reads) or
+# a handful (modular arithmetic, L = 4..7) would waste most of a 64-row block: fwd and dq use 16
+# rows and 4 warps for Lq <= 16 (TF32x3 dq also single-buffers there, to stay spill-free).
+_SMALL_LQ = 16
+_PRE_BLOCK_M = 64
+
+
+def _mode(dtype: torch.dtype, precision: str) -> str:
+    return precision if dtype == torch.float32 else "16bit"
+
+
+def _block_config(kernel: str, d: int, mode: str, lq: int) -> dict:
+    """Launch configuration of one kernel ("fwd", "dkdv", "dq"): a rule, not autotuning."""
+    block_m, block_n, warps, stages = _TILES[mode][kernel][d]
+    if kernel != "dkdv" and lq <= _SMALL_LQ:
+        block_m, warps = 16, 4
+        stages = 1 if (mode, kernel) == ("tf32x3", "dq") else stages
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for fp32 operands, following PyTorch's fp32-matmul switch."""
+    if dtype != torch.float32:
+        return "tf32"  # ignored for 16-bit operands
+    matmul = torch.backends.cuda.matmul
+    try:
+        tf32 = matmul.allow_tf32
+    except RuntimeError:  # torch >= 2.9 refuses the legacy read after the new API was used
+        tf32 = getattr(matmul, "fp32_precision", "ieee") == "tf32"
+    return "tf32" if tf32 else "tf32x3"
+
+
+def _launch(kind: str, grid, *args, d: int, lq: int, dtype: torch.dtype, precision: str) -> None:
+    cfg = _block_config(kind, d, _mode(dtype, precision), lq)
+    _KERNELS[kind][grid(cfg)](*args, D=d, DOT_PRECISION=precision,
+                              UPCAST=INTERPRET and dtype == torch.bfloat16, **cfg)
+
+
+_KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side.
+# ----------------------------------------------------------------------------------------------
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, key_padding_mask, causal, sm_scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, H, Lq, D = q.shape
+        Lk = k.shape[2]
+        if key_padding_mask is None:
+            # Any uint8 pointer will do: with mask_len = 0 every load from it is masked off.
+            # Passing the same pointer type either way keeps one compiled variant.
+            mask, mask_len = q.view(torch.uint8), 0
+        else:
+            mask, mask_len = key_padding_mask.contiguous().view(torch.uint8), Lk
+        shift = (Lk - Lq) if causal else Lk
+        precision = _dot_precision(q.dtype)
+
+        o = torch.empty_like(q)
+        lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
+        _launch("fwd", lambda c: (triton.cdiv(Lq, c["BLOCK_M"]), B * H),
+                q, k, v, mask, o, lse, H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E,
+                d=D, lq=Lq, dtype=q.dtype, precision=precision)
+
+        ctx.save_for_backward(q, k, v, o, lse, mask)
+        ctx.args = (shift, mask_len, sm_scale, precision)
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):
+        q, k, v, o, lse, mask = ctx.saved_tensors
+        shift, mask_len, sm_scale, precision = ctx.args
+        B, H, Lq, D = q.shape
+        Lk = k.shape[2]
+        do = do.contiguous()
+
+        delta = torch.empty_like(lse)
+        _attn_bwd_preprocess[(triton.cdiv(Lq, _PRE_BLOCK_M), B * H)](o, do, delta, Lq, D=D,
+                                                                      BLOCK_M=_PRE_BLOCK_M)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        common = (H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E, sm_scale)
+        config = dict(d=D, lq=Lq, dtype=q.dtype, precision=precision)
+        _launch("dkdv", lambda c: (triton.cdiv(Lk, c["BLOCK_N"]), B * H),
+                q, k, v, mask, do, lse, delta, dk, dv, *common, **config)
+        _launch("dq", lambda c: (triton.cdiv(Lq, c["BLOCK_M"]), B * H),
+                q, k, v, mask, do, lse, delta, dq, *common, **config)
+        return dq, dk, dv, None, None, None
+
+
+def _validate(q, k, v, key_padding_mask) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, L, D); got {tuple(t.shape)}")
+        check_dtype(name, t, SUPPORTED_DTYPES)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    B, H, Lq, D = q.shape
+    if k.shape != v.shape or k.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(f"expected q (B, H, Lq, D) and k, v (B, H, Lk, D); got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim D={D} is not supported; supported: "
+                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    Lk = k.shape[2]
+    for name, n in (("Lq", Lq), ("Lk", Lk)):
+        if not 1 <= n <= MAX_LEN:
+            raise ValueError(f"{name}={n} is not supported; supported: 1 to {MAX_LEN}")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            raise ValueError("key_padding_mask must be a bool tensor of shape (B, Lk), True where the key "
+                             "takes part")
+        if tuple(key_padding_mask.shape) != (B, Lk):
+            raise ValueError(f"key_padding_mask must have shape (B, Lk) = {(B, Lk)}; "
+                             f"got {tuple(key_padding_mask.shape)}")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              key_padding_mask: torch.Tensor | None = None, causal: bool = False,
+              sm_scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * sm_scale, masked) v for q (B, H, Lq, D), k and v (B, H, Lk, D).
+
+    key_padding_mask: bool (B, Lk), True where the key takes part (SDPA / Hugging Face
+    convention). causal: query i sees keys j <= i + Lk - Lq. sm_scale defaults to 1/sqrt(D).
+    A query with no visible key gets zeros. fp32 / bf16 / fp16, D in {16, 32, 64, 128},
+    Lq and Lk from 1 to 1024. CUDA tensors run the Triton kernels; CPU tensors run
+    ``attention_reference`` (or the kernels under ``TRITON_INTERPRET=1``).
+    """
+    _validate(q, k, v, key_padding_mask)
+    tensors = (q, k, v) if key_padding_mask is None else (q, k, v, key_padding_mask)
+    triton_path = use_triton(*tensors)  # raises ValueError on an unsupported or mixed device
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
+    if not triton_path or q.shape[0] * q.shape[1] == 0:  # nothing to launch for an empty batch
+        return attention_reference(q, k, v, key_padding_mask, causal, sm_scale)
+    return _Attention.apply(q, k, v, key_padding_mask, bool(causal), sm_scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipped configurations, for ahead-of-time compilation (kernels._compile).
+# ----------------------------------------------------------------------------------------------
+
+_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_ARGS = {
+    "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "shift", "mask_len", "qk_scale"),
+    "dkdv": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DK", "DV",
+             "H", "Lq", "Lk", "shift", "mask_len", "qk_scale", "sm_scale"),
+    "dq": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DQ",
+           "H", "Lq", "Lk", "shift", "mask_len", "qk_scale", "sm_scale"),
+}
+# Triton types of the arguments that are not pointers of the input dtype.
+_ARG_TYPES = {"Mask": "*u8", "LSE": "*fp32", "Delta": "*fp32", "H": "i32", "Lq": "i32", "Lk": "i32",
+                 "shift": "i32", "mask_len": "i32", "qk_scale": "fp32", "sm_scale": "fp32"}
+
+
+def compile_specs() -> list:
+    """One CompileSpec per kernel per shipped configuration: D x dtype (fp32 in both of its
+    precisions, "tf32x3" and "tf32") x, for the kernels that own query rows (fwd, dq), both
+    BLOCK_M classes of ``_block_config`` (Lq <= 16 and Lq > 16) where they differ."""
+    from ._compile import CompileSpec
+
+    specs = []
+    for d in SUPPORTED_HEAD_DIMS:
+        for dtype in SUPPORTED_DTYPES:
+            t = _TRITON_DTYPE[dtype]
+            specs.append(CompileSpec(
+                name=f"attn_bwd_preprocess[D={d},{t},BLOCK_M={_PRE_BLOCK_M}]", fn=_attn_bwd_preprocess,
+                signature={"O": f"*{t}", "DO": f"*{t}", "Delta": "*fp32", "Lq": "i32",
+                           "D": "constexpr", "BLOCK_M": "constexpr"},
+                constexprs={"D": d, "BLOCK_M": _PRE_BLOCK_M}))
+            for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
+                label = f"{t}-{prec}" if dtype == torch.float32 else t
+                for kind, fn in _KERNELS.items():
+                    seen = []
+                    for lq in (1, _SMALL_LQ + 1):
+                        cfg = _block_config(kind, d, _mode(dtype, prec), lq)
+                        if cfg in seen:
+                            continue
+                        seen.append(cfg)
+                        blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+                        constexprs = {"D": d, "DOT_PRECISION": prec, "UPCAST": False, **blocks}
+                        signature = {a: _ARG_TYPES.get(a, f"*{t}") for a in _ARGS[kind]}
+                        signature.update({c: "constexpr" for c in constexprs})
+                        specs.append(CompileSpec(
+                            name=(f"attn_{kind}[D={d},{label},BLOCK_M={blocks['BLOCK_M']},"
+                                  f"BLOCK_N={blocks['BLOCK_N']},warps={cfg['num_warps']},"
+                                  f"stages={cfg['num_stages']}]"),
+                            fn=fn, signature=signature, constexprs=constexprs,
+                            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], tensor_cores=True))
+    return specs

@@ -1,0 +1,314 @@
+"""kernels.attention: the Triton kernels (run by Triton's interpreter on CPU) against the reference.
+
+tests/conftest.py sets TRITON_INTERPRET=1 before ``kernels`` is imported, so ``attention`` on CPU
+tensors runs the real Triton forward and backward kernels, and ``attention_reference`` (plain
+PyTorch, fp32 math) is the spec. The reference itself is checked against
+torch.nn.functional.scaled_dot_product_attention.
+
+Shapes are small and parametrised by hand rather than as a full product: the interpreter runs
+every tl.dot in numpy, and the file should take well under a minute on one core.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import _dispatch
+from kernels.attention import attention, attention_reference
+
+# Largest allowed |actual - expected| <= ATOL + RTOL * |expected|, per input dtype, for the
+# output and for every gradient. fp32: the interpreter's dots are exact fp32, so only summation
+# order differs. bf16/fp16: the output is rounded to the dtype (half an ulp: 2^-9 resp. 2^-12
+# relative) and the probabilities and dS are rounded to it before their matmuls.
+TOL = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=3e-3, rtol=3e-3),
+    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+}
+
+needs_interpreter = pytest.mark.skipif(not _dispatch.INTERPRET,
+                                       reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+
+
+def _inputs(seed, B, H, Lq, Lk, D, dtype, mask_kind=None):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, n, D, generator=g).to(dtype).requires_grad_()
+               for n in (Lq, Lk, Lk))
+    mask = None
+    if mask_kind is not None:
+        mask = torch.rand(B, Lk, generator=g) > 0.4
+        mask[:, 0] = True  # every row keeps a key ...
+        if mask_kind == "empty_row":
+            mask[0] = False  # ... except batch row 0, which has none
+        if mask_kind == "gap":
+            mask[:, 60:200] = True
+            mask[:, 64:192] = False  # two whole key blocks of 64 skipped
+    do = torch.randn(B, H, Lq, D, generator=g).to(dtype)
+    return q, k, v, mask, do
+
+
+def _run(fn, q, k, v, mask, causal, do, **kw):
+    out = fn(q, k, v, mask, causal, **kw)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    return out, grads
+
+
+def _assert_close(actual, expected, dtype, what):
+    assert actual.dtype == expected.dtype == dtype, what
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    torch.testing.assert_close(actual.float(), expected.float(), **TOL[dtype], msg=lambda m: f"{what}: {m}")
+
+
+# (seed, B, H, Lq, Lk, D, dtype, causal, mask_kind)
+CASES = [
+    (0, 2, 2, 1, 257, 32, torch.float32, False, None),        # one query: the last layer
+    (1, 2, 2, 1, 100, 64, torch.bfloat16, False, "random"),
+    (2, 1, 2, 1, 7, 128, torch.float16, True, None),          # causal with Lq=1 sees every key
+    (3, 2, 2, 7, 7, 32, torch.float32, True, None),           # modular arithmetic, decoder
+    (4, 1, 1, 100, 257, 16, torch.float32, False, "random"),
+    (5, 1, 1, 257, 100, 32, torch.float16, True, None),       # Lq > Lk causal: empty leading rows
+    (6, 2, 2, 100, 100, 64, torch.bfloat16, True, "random"),  # causal, Lq == Lk, with padding
+    (7, 1, 1, 7, 100, 128, torch.float16, True, "random"),    # causal, Lq < Lk
+    (8, 1, 2, 64, 64, 128, torch.float32, False, None),       # block-aligned
+    (9, 1, 1, 33, 65, 16, torch.bfloat16, False, None),
+    (10, 2, 1, 17, 1, 32, torch.float32, False, None),        # a single key
+    (11, 1, 1, 100, 37, 64, torch.float16, False, "random"),
+    (12, 2, 1, 20, 9, 128, torch.bfloat16, True, "empty_row"),
+    (13, 1, 1, 1, 1024, 32, torch.float32, True, "random"),   # the longest supported key sequence
+    (14, 2, 1, 16, 16, 32, torch.float16, True, None),        # largest Lq of the 16-row blocks
+    (15, 2, 2, 70, 257, 32, torch.float32, False, "gap"),
+    (16, 1, 1, 1, 257, 32, torch.bfloat16, False, "gap"),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("seed,B,H,Lq,Lk,D,dtype,causal,mask_kind", CASES,
+                         ids=[f"Lq{c[3]}-Lk{c[4]}-D{c[5]}-{str(c[6])[6:]}-causal{int(c[7])}-{c[8]}"
+                              for c in CASES])
+def test_forward_and_gradients_match_reference(seed, B, H, Lq, Lk, D, dtype, causal, mask_kind):
+    q, k, v, mask, do = _inputs(seed, B, H, Lq, Lk, D, dtype, mask_kind)
+    out, grads = _run(attention, q, k, v, mask, causal, do)
+    assert type(out.grad_fn).__name__.startswith("_Attention"), "the Triton path did not run"
+    ref, ref_grads = _run(attention_reference, q, k, v, mask, causal, do)
+    _assert_close(out, ref, dtype, "out")
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        _assert_close(g, rg, dtype, name)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("D", [16, 32, 64, 128])
+@pytest.mark.parametrize("dtype,precision",
+                         [(torch.float32, "tf32x3"), (torch.float32, "tf32"), (torch.float16, "tf32")],
+                         ids=["fp32-tf32x3", "fp32-tf32", "fp16"])
+def test_every_tile_configuration(monkeypatch, D, dtype, precision):
+    """Each (mode, D) has its own tiles; run each with both BLOCK_M classes (Lq <= 16 and > 16).
+    The interpreter computes fp32 dots exactly whatever the precision, so fp32 tolerances hold."""
+    import kernels.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "_dot_precision", lambda _dtype: precision)
+    for Lq, Lk in ((5, 37), (45, 70)):
+        q, k, v, mask, do = _inputs(60 + D + Lq, 1, 1, Lq, Lk, D, dtype, "random")
+        out, grads = _run(attention, q, k, v, mask, True, do)
+        ref, ref_grads = _run(attention_reference, q, k, v, mask, True, do)
+        _assert_close(out, ref, dtype, "out")
+        for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+            _assert_close(g, rg, dtype, name)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_query_rows_without_keys_give_zeros_and_zero_gradients(dtype):
+    # Batch row 0 has every key masked; with causal and Lq > Lk the first Lq - Lk queries of
+    # every batch row see no key either.
+    B, H, Lq, Lk, D = 2, 2, 40, 30, 32
+    q, k, v, mask, do = _inputs(20, B, H, Lq, Lk, D, dtype, "empty_row")
+    out, (dq, dk, dv) = _run(attention, q, k, v, mask, True, do)
+    for t in (out, dq, dk, dv):
+        assert torch.isfinite(t).all()
+    assert (out[0] == 0).all() and (dq[0] == 0).all() and (dk[0] == 0).all() and (dv[0] == 0).all()
+    assert (out[1, :, : Lq - Lk] == 0).all() and (dq[1, :, : Lq - Lk] == 0).all()
+    assert out[1, :, Lq - Lk:].abs().amax(-1).gt(0).all()  # the others are computed
+    # Masked-out keys get no gradient.
+    assert (dk[1][:, ~mask[1]] == 0).all() and (dv[1][:, ~mask[1]] == 0).all()
+    ref, ref_grads = _run(attention_reference, q, k, v, mask, True, do)
+    _assert_close(out, ref, dtype, "out")
+    for name, g, rg in zip(("dq", "dk", "dv"), (dq, dk, dv), ref_grads):
+        _assert_close(g, rg, dtype, name)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("Lq,Lk,causal", [(100, 37, False), (7, 65, True)])
+def test_outputs_and_gradients_fully_written(monkeypatch, Lq, Lk, causal):
+    """Every buffer the kernels write is allocated NaN-poisoned; none may survive."""
+    allocated = []
+
+    def poisoned_empty_like(t, *args, **kwargs):
+        out = torch.full_like(t, float("nan"), *args, **kwargs)
+        allocated.append(out)
+        return out
+
+    def poisoned_empty(*size, **kwargs):
+        out = torch.full(size[0] if len(size) == 1 and not isinstance(size[0], int) else size,
+                         float("nan"), **kwargs)
+        allocated.append(out)
+        return out
+
+    monkeypatch.setattr(torch, "empty_like", poisoned_empty_like)
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    q, k, v, mask, do = _inputs(30, 2, 1, Lq, Lk, 32, torch.float32, "random")
+    out, grads = _run(attention, q, k, v, mask, causal, do)
+    # o, lse, delta, dq, dk, dv
+    assert len(allocated) >= 6, "the kernels' buffers were not allocated through torch.empty*"
+    monkeypatch.undo()
+    for t in (out, *grads):
+        assert not torch.isnan(t).any()
+    ref, ref_grads = _run(attention_reference, q, k, v, mask, causal, do)
+    _assert_close(out, ref, torch.float32, "out")
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        _assert_close(g, rg, torch.float32, name)
+
+
+@needs_interpreter
+def test_non_contiguous_inputs_and_custom_scale():
+    g = torch.Generator().manual_seed(40)
+    B, L, H, D = 2, 19, 2, 16
+    # (B, L, H, D) projections viewed as (B, H, L, D): the layout a model produces.
+    q, k, v = (torch.randn(B, L, H, D, generator=g).transpose(1, 2).requires_grad_() for _ in range(3))
+    assert not q.is_contiguous()
+    do = torch.randn(B, L, H, D, generator=g).transpose(1, 2)
+    out, grads = _run(attention, q, k, v, None, False, do, sm_scale=0.3)
+    ref, ref_grads = _run(attention_reference, q, k, v, None, False, do, sm_scale=0.3)
+    _assert_close(out, ref, torch.float32, "out")
+    for name, gr, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        _assert_close(gr, rg, torch.float32, name)
+        assert gr.shape == (B, H, L, D)
+    # And the scale is really applied: the default 1/sqrt(16) gives something else.
+    assert not torch.allclose(out, attention(q, k, v))
+
+
+# -- The reference against PyTorch's own attention ------------------------------------------------
+
+
+def _sdpa(q, k, v, mask, causal):
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    vis = torch.ones(Lq, Lk, dtype=torch.bool)
+    if causal:  # bottom-right aligned; SDPA's is_causal is top-left, so build it explicitly
+        vis = torch.ones(Lq, Lk, dtype=torch.bool).tril(diagonal=Lk - Lq)
+    attn_mask = vis if mask is None else vis & mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+@pytest.mark.parametrize("seed,Lq,Lk,causal,masked", [
+    (50, 1, 9, False, True), (51, 13, 13, True, False), (52, 5, 23, True, True), (53, 23, 5, False, True),
+])
+def test_reference_matches_sdpa(seed, Lq, Lk, causal, masked):
+    q, k, v, mask, do = _inputs(seed, 3, 2, Lq, Lk, 16, torch.float64,
+                                "random" if masked else None)
+    ref, ref_grads = _run(attention_reference, q, k, v, mask, causal, do)
+    sdpa, sdpa_grads = _run(_sdpa, q, k, v, mask, causal, do)
+    # The reference computes in fp32 whatever the input; SDPA here in fp64.
+    tol = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref, sdpa, **tol)
+    for g, sg in zip(ref_grads, sdpa_grads):
+        torch.testing.assert_close(g, sg, **tol)
+
+
+def test_reference_causal_with_equal_lengths_is_sdpa_is_causal():
+    q, k, v, _, _ = _inputs(54, 1, 2, 11, 11, 32, torch.float32)
+    torch.testing.assert_close(attention_reference(q, k, v, causal=True),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6, rtol=1e-6)
+
+
+def test_reference_rows_without_keys_are_zero_with_finite_gradients():
+    q, k, v, mask, do = _inputs(55, 2, 1, 6, 4, 16, torch.float32, "empty_row")
+    out, grads = _run(attention_reference, q, k, v, mask, True, do)
+    assert (out[0] == 0).all() and (out[1, :, :2] == 0).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][0] == 0).all()
+
+
+def test_cpu_without_interpreter_runs_the_reference(monkeypatch):
+    monkeypatch.setattr(_dispatch, "INTERPRET", False)
+    q, k, v, mask, _ = _inputs(56, 2, 1, 5, 9, 16, torch.float32, "random")
+    out = attention(q, k, v, mask, causal=True)
+    assert out.grad_fn is not None and not type(out.grad_fn).__name__.startswith("_Attention")
+    torch.testing.assert_close(out, attention_reference(q, k, v, mask, causal=True), atol=0, rtol=0)
+
+
+def test_fp32_dot_precision_follows_torch_tf32_switch():
+    from kernels.attention import _dot_precision
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert _dot_precision(torch.float32) == "tf32x3"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert _dot_precision(torch.float32) == "tf32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_compile_specs_cover_every_launch_configuration():
+    """Every configuration the launcher can pick is one that compile_specs() ships (and so is
+    compiled for sm_80 and sm_90 by the compile test), and every kernel uses the tensor cores."""
+    from kernels.attention import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _block_config, _mode,
+                                   compile_specs)
+
+    shipped = {(s.fn.__name__, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages)
+               for s in compile_specs()}
+    for d in SUPPORTED_HEAD_DIMS:
+        for dtype in SUPPORTED_DTYPES:
+            for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
+                for kind in ("fwd", "dkdv", "dq"):
+                    for lq in (1, 7, 16, 17, 256, 1024):
+                        cfg = _block_config(kind, d, _mode(dtype, prec), lq)
+                        constexprs = {"D": d, "DOT_PRECISION": prec, "UPCAST": False,
+                                      "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+                        key = ("_attn_" + ("bwd_" if kind != "fwd" else "") + kind,
+                               tuple(sorted(constexprs.items())), cfg["num_warps"], cfg["num_stages"])
+                        assert key in shipped, key
+    assert all(s.tensor_cores for s in compile_specs() if "preprocess" not in s.name)
+
+
+# -- Validation -----------------------------------------------------------------------------------
+
+
+def _qkv(B=1, H=1, Lq=4, Lk=4, D=16, dtype=torch.float32, device="cpu"):
+    return (torch.zeros(B, H, Lq, D, dtype=dtype, device=device),
+            torch.zeros(B, H, Lk, D, dtype=dtype, device=device),
+            torch.zeros(B, H, Lk, D, dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dtype=torch.float64), "supported: float32, bfloat16, float16"),
+    (dict(dtype=torch.int32), "supported: float32"),
+    (dict(D=8), "supported: 16, 32, 64, 128"),
+    (dict(D=48), "supported: 16, 32, 64, 128"),
+    (dict(D=256), "supported: 16, 32, 64, 128"),
+    (dict(Lk=1025), "supported: 1 to 1024"),
+    (dict(Lq=0), "supported: 1 to 1024"),
+    (dict(device="meta"), "supported: cuda"),
+])
+def test_unsupported_inputs_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        attention(*_qkv(**kwargs))
+
+
+def test_inconsistent_shapes_and_bad_masks_raise_value_error():
+    q, k, v = _qkv(B=2, Lq=3, Lk=5)
+    with pytest.raises(ValueError, match=r"\(B, H, Lk, D\)"):
+        attention(q, k[:, :, :4], v)
+    with pytest.raises(ValueError, match=r"\(B, H, Lk, D\)"):
+        attention(q, k[:1], v[:1])
+    with pytest.raises(ValueError, match=r"\(B, H, L, D\)"):
+        attention(q[0], k[0], v[0])
+    with pytest.raises(ValueError, match="share one dtype"):
+        attention(q, k.half(), v.half())
+    with pytest.raises(ValueError, match=r"shape \(B, Lk\)"):
+        attention(q, k, v, key_padding_mask=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \(B, Lk\)"):
+        attention(q, k, v, key_padding_mask=torch.ones(2, 1, 1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        attention(q, k, v, key_padding_mask=torch.ones(2, 5))

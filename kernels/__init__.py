@@ -5,9 +5,9 @@ Triton kernel itself under ``TRITON_INTERPRET=1``). See kernels/README.md.
 """
 
 from .adamw import FusedAdamW, adamw_reference_step
-from .attention import attention, attention_reference
+from .fused_attention import attention, attention_reference
 from .init import rescale_, scaled_init_, scaled_init_reference_
-from .layer_norm import layer_norm, layer_norm_reference
+from .fused_layer_norm import layer_norm, layer_norm_reference
 
 __all__ = [
     "attention", "attention_reference",

@@ -26,7 +26,7 @@ def resolve_backend(cfg) -> str:
     on_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if not on_cuda:
         return "torch"
-    from kernels.attention import SUPPORTED_HEAD_DIMS
+    from kernels.fused_attention import SUPPORTED_HEAD_DIMS
     return "triton" if cfg.hidden // cfg.heads in SUPPORTED_HEAD_DIMS else "torch"
 
 

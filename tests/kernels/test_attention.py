@@ -1,4 +1,4 @@
-"""kernels.attention: the Triton kernels (run by Triton's interpreter on CPU) against the reference.
+"""kernels.fused_attention: the Triton kernels (run by Triton's interpreter on CPU) against the reference.
 
 tests/conftest.py sets TRITON_INTERPRET=1 before ``kernels`` is imported, so ``attention`` on CPU
 tensors runs the real Triton forward and backward kernels, and ``attention_reference`` (plain
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.attention import attention, attention_reference
+from kernels.fused_attention import attention, attention_reference
 
 # Largest allowed |actual - expected| <= ATOL + RTOL * |expected|, per input dtype, for the
 # output and for every gradient. fp32: the interpreter's dots are exact fp32, so only summation
@@ -105,7 +105,7 @@ def test_forward_and_gradients_match_reference(seed, B, H, Lq, Lk, D, dtype, cau
 def test_every_tile_configuration(monkeypatch, D, dtype, precision):
     """Each (mode, D) has its own tiles; run each with both BLOCK_M classes (Lq <= 16 and > 16).
     The interpreter computes fp32 dots exactly whatever the precision, so fp32 tolerances hold."""
-    import kernels.attention as attention_module
+    import kernels.fused_attention as attention_module
 
     monkeypatch.setattr(attention_module, "_dot_precision", lambda _dtype: precision)
     for Lq, Lk in ((5, 37), (45, 70)):
@@ -238,7 +238,7 @@ def test_cpu_without_interpreter_runs_the_reference(monkeypatch):
 
 
 def test_fp32_dot_precision_follows_torch_tf32_switch():
-    from kernels.attention import _dot_precision
+    from kernels.fused_attention import _dot_precision
 
     before = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -253,7 +253,7 @@ def test_fp32_dot_precision_follows_torch_tf32_switch():
 def test_compile_specs_cover_every_launch_configuration():
     """Every configuration the launcher can pick is one that compile_specs() ships (and so is
     compiled for sm_80 and sm_90 by the compile test), and every kernel uses the tensor cores."""
-    from kernels.attention import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _block_config, _mode,
+    from kernels.fused_attention import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _block_config, _mode,
                                    compile_specs)
 
     shipped = {(s.fn.__name__, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages)

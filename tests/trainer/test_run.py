@@ -171,3 +171,15 @@ def test_bad_input_is_one_line_and_exit_code(tmp_path, args, code, needle):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == code, proc.stderr
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_plot_writes_a_png_of_the_run(tmp_path, capsys):
+    from grokfast_train.plot import main as plot_main
+
+    run_dir = tmp_path / "run"
+    assert run_cli(run_dir, "--steps", "30") == 0
+    out = tmp_path / "curves.png"
+    assert plot_main([str(run_dir), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert plot_main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

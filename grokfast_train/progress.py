@@ -32,9 +32,9 @@ class Reporter:
         self._progress: Progress | None = None
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[metrics]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(compact=True),
                 console=self.console, refresh_per_second=10)
             self._task = self._progress.add_task(title, total=total_steps, completed=start_step,
                                                  rate="", metrics="")
@@ -59,8 +59,7 @@ class Reporter:
             self.print(format_eval(row, self.total))
             return
         self._progress.update(self._task, completed=row["step"],
-                              metrics=f"train {row['train_acc']:.3f} test {row['test_acc']:.3f} "
-                                      f"loss {row['train_loss']:.3g}/{row['test_loss']:.3g}")
+                              metrics=f"train {row['train_acc']:.3f} test {row['test_acc']:.3f}")
 
     def close(self) -> None:
         if self._progress is not None:

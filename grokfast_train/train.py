@@ -73,7 +73,8 @@ class _StopFlag:
 
 
 class Run:
-    def __init__(self, cfg: Config, log=print):
+    def __init__(self, cfg: Config, log=print, task: TaskData | None = None):
+        """``task`` skips data loading (a sweep or a benchmark that already holds the tensors)."""
         self.cfg = cfg
         self.log = log
         self.device = resolve_device(cfg.device)
@@ -83,7 +84,7 @@ class Run:
         self.dir = Path(cfg.out or rundir.default_out(cfg))
         rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
 
-        self.task: TaskData = load_task(cfg, log=log).to(self.device)
+        self.task: TaskData = (task if task is not None else load_task(cfg, log=log)).to(self.device)
         log(f"train {self.task.train_x.shape[0]:,} of a pool of {self.task.pool_size:,}; "
             f"test {self.task.test_x.shape[0]:,}; sequence length {self.task.seq_len}")
 

@@ -18,15 +18,6 @@ ONE_STEP_RTOL = 1e-6  # one step from identical state: max |fused - torch| <= 1e
 TRAJECTORY_ATOL = 1e-5  # 100 steps on a real model: max |fused - torch| over every parameter, at every step
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(params=["triton", "reference"])
 def path(request, monkeypatch):
     if request.param == "reference":

@@ -17,14 +17,6 @@ from kernels.init import rescale_, rescale_reference_, scaled_init_, scaled_init
 STD, ALPHA = 0.02, 10.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Encoderish(nn.Module):
     """Embedding with a padding row, tied output projection, LayerNorms, a bias-free Linear and a raw
     Parameter that no init rule touches (it is only x alpha)."""

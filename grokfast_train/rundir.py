@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT
@@ -19,7 +18,8 @@ CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT)
 
 # Settings a resumed run may change; anything else would make it a different experiment.
-RESUMABLE = {"steps", "quiet", "device", "backend", "eval_batch_size", "checkpoint_every", "resume", "force", "out"}
+# (The backend stays: its optimiser state -- torch AdamW + filter vs FusedAdamW -- is saved in its own form.)
+RESUMABLE = {"steps", "quiet", "device", "eval_batch_size", "checkpoint_every", "resume", "force", "out"}
 
 
 def default_out(cfg: Config) -> str:
@@ -29,10 +29,13 @@ def default_out(cfg: Config) -> str:
 
 def saved_config(run_dir: Path) -> Config:
     try:
-        return Config.from_dict(json.loads((run_dir / CONFIG).read_text()))
+        saved = json.loads((run_dir / CONFIG).read_text())
+        if not isinstance(saved, dict):
+            raise TypeError("not a JSON object")
+        return Config.from_dict(saved)
     except FileNotFoundError:
         raise UsageError(f"nothing to resume in {run_dir}: it has no {CONFIG}; start a new run without --resume") from None
-    except (ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError) as e:
         raise RunError(f"{run_dir / CONFIG} is unreadable ({e}); rerun with --force to start over") from None
 
 
@@ -57,17 +60,25 @@ def merge_for_resume(saved: Config, given: dict) -> Config:
 
 def prepare(run_dir: Path, resume: bool, force: bool) -> None:
     """Refuse to clobber an existing run unless asked; clear it with --force."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file, not a directory; choose another --out")
     present = [name for name in RUN_FILES if (run_dir / name).exists()]
     if resume:
         if CHECKPOINT not in present:
             raise UsageError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
         return
-    if not present:
-        return
-    if not force:
+    if present and not force:
+        if SUMMARY in present:
+            advice = "pass --resume --steps N to extend it, --force to overwrite it"
+        elif CHECKPOINT in present:
+            advice = "pass --resume to continue it, --force to overwrite it"
+        else:  # stopped before its first checkpoint: nothing to resume
+            advice = "it has no checkpoint to resume from; pass --force to start it over"
         what = "a finished run" if SUMMARY in present else "an unfinished run"
-        raise UsageError(f"{run_dir} holds {what}; pass --resume to continue it, --force to overwrite it, "
-                         f"or choose another --out")
+        raise UsageError(f"{run_dir} holds {what}; {advice}, or choose another --out")
     for name in present:
         (run_dir / name).unlink()
-    shutil.rmtree(run_dir / "plots", ignore_errors=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {run_dir} ({e.strerror}); choose another --out") from None

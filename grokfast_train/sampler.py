@@ -23,7 +23,10 @@ class EpochSampler:
 
     def next_indices(self) -> torch.Tensor:
         if self.pos == self.batches_per_epoch:
-            self.perm = torch.randperm(self.n, generator=self.gen).to(self.device, non_blocking=True)
+            perm = torch.randperm(self.n, generator=self.gen)
+            if self.device.type == "cuda":
+                perm = perm.pin_memory()  # an asynchronous copy needs page-locked memory
+            self.perm = perm.to(self.device, non_blocking=True)
             self.pos = 0
         start = self.pos * self.batch_size
         self.pos += 1

@@ -41,7 +41,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_backend(backend: str, device: torch.device) -> str:
+def check_backend(backend: str, device: torch.device, head_dim: int) -> str:
+    from kernels.fused_attention import SUPPORTED_HEAD_DIMS
+
+    if backend == "triton" and head_dim not in SUPPORTED_HEAD_DIMS:
+        raise UsageError(f"--backend triton: the attention kernel takes head sizes (hidden / heads) "
+                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}, not {head_dim}; use --backend torch or auto")
     if backend == "triton" and device.type != "cuda" and not INTERPRET:
         raise UsageError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                          "on the CPU, slowly); use --backend torch")
@@ -80,9 +85,11 @@ class Run:
         self.device = resolve_device(cfg.device)
         # config.json records what actually ran: the device and backend that "auto" resolved to
         cfg = dataclasses.replace(cfg, device=self.device.type)
-        self.cfg = cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device))
+        self.cfg = cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device,
+                                                                          cfg.hidden // cfg.heads))
         self.dir = Path(cfg.out or rundir.default_out(cfg))
         rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
+        log(cfg.describe())
 
         self.task: TaskData = (task if task is not None else load_task(cfg, log=log)).to(self.device)
         log(f"train {self.task.train_x.shape[0]:,} of a pool of {self.task.pool_size:,}; "
@@ -99,6 +106,7 @@ class Run:
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0  # training wall time over all sessions of this run
+        self.saved_step: int | None = None  # step of the checkpoint on disk
 
     # -- the step ---------------------------------------------------------------------------
     def train_step(self) -> None:
@@ -125,7 +133,7 @@ class Run:
             "sampler": self.sampler.state_dict(),
             "meter": self.meter.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "history": self.history,
             "elapsed_s": self.elapsed_s,
             "config": dataclasses.asdict(self.cfg),
@@ -140,15 +148,18 @@ class Run:
             self.sampler.load_state_dict(state["sampler"])
             self.meter.load_state_dict(state["meter"])
             torch.set_rng_state(state["torch_rng"])
-            if state["cuda_rng"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            if state["cuda_rng"] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             self.step, self.history, self.elapsed_s = state["step"], state["history"], state["elapsed_s"]
+            self.saved_step = self.step
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
-            raise RunError(f"checkpoint in {self.dir} does not match this run ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:120]}); rerun with --force to start over") from None
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RunError(f"checkpoint in {self.dir} does not match this run's model or optimiser ({detail}); "
+                           f"resume it with the settings and version of grokfast-train that wrote it") from None
 
     def save(self) -> None:
         save_checkpoint(self.dir, self.state_dict())
+        self.saved_step = self.step
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, elapsed_s: float) -> dict:
@@ -168,7 +179,6 @@ class Run:
                 raise UsageError(f"the run in {self.dir} is already at step {self.step}; "
                                  f"pass --steps larger than {self.step} to extend it")
             self.log(f"resuming {self.dir} at step {self.step:,} of {cfg.steps:,}")
-        self.dir.mkdir(parents=True, exist_ok=True)
         save_json(self.dir / rundir.CONFIG, dataclasses.asdict(cfg))
         (self.dir / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
         _rewrite_jsonl(self.dir / rundir.METRICS, self.history)
@@ -186,7 +196,7 @@ class Run:
                     reporter.step(self.step, (self.step - start_step) / max(now, 1e-9))
                     if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                         row = self.evaluate(self.elapsed_s + now)
-                        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+                        if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "weight_norm")):
                             raise RunError(self._non_finite_message())
                         self.history.append(row)
                         metrics_file.write(json.dumps(row) + "\n")
@@ -194,9 +204,12 @@ class Run:
                         reporter.eval(row)
                         for line in marks.update(row):
                             reporter.print(line)
+                    at_eval = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                    if stop.set and not at_eval and not self._state_is_finite():
+                        raise RunError(self._non_finite_message())  # never checkpoint a diverged state
                     if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set:
                         self._save_with_time(t0)
-                    if stop.set:
+                    if stop.set and self.step < cfg.steps:
                         interrupted = True
                         break
         finally:
@@ -218,10 +231,14 @@ class Run:
         self.log(_summary_line(summary, self.dir))
         return summary
 
+    def _state_is_finite(self) -> bool:
+        """Between eval points (a Ctrl-C): is the interval's loss, and every weight, still finite?"""
+        return bool(torch.isfinite(self.meter.sums).all()) and math.isfinite(weight_norm(self.model.parameters()))
+
     def _non_finite_message(self) -> str:
         last = self.history[-1]["step"] if self.history else 0
-        kept = (f"the last good checkpoint (step {load_checkpoint(self.dir)['step']:,}) in {self.dir} is kept"
-                if (self.dir / "checkpoint.pt").exists() else "no checkpoint had been written yet")
+        kept = (f"the last good checkpoint (step {self.saved_step:,}) in {self.dir} is kept"
+                if self.saved_step is not None else "no checkpoint had been written yet")
         return (f"loss became non-finite between steps {last:,} and {self.step:,}; stopped, {kept}; "
                 f"try a smaller --lr or --init-scale")
 

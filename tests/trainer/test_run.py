@@ -217,3 +217,67 @@ def test_triton_backend_trains_like_the_torch_backend(tmp_path):
     wa, wb = final_weights(tmp_path / "torch"), final_weights(tmp_path / "triton")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+class _InterruptedRun(Run):
+    """Ctrl-C delivered for real (SIGINT to this process) during the step ``at``; optionally a
+    weight goes non-finite at step ``poison`` first."""
+
+    at, poison = None, None
+
+    def train_step(self):
+        super().train_step()
+        if self.step + 1 == self.poison:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        if self.step + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_during_the_last_step_still_finishes_the_run(tmp_path):
+    cfg = config_from_args([*SMALL, "--out", str(tmp_path), "--steps", "30"])
+    run = _InterruptedRun(cfg, log=lambda _: None)
+    run.at = 30
+    summary = run.fit()
+    assert summary is not None and summary["final_step"] == 30
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_ctrl_c_after_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = config_from_args([*SMALL, "--out", str(tmp_path), "--steps", "40"])
+    run = _InterruptedRun(cfg, log=lambda _: None)
+    run.poison, run.at = 12, 15
+    with pytest.raises(RunError, match="non-finite.*last good checkpoint \\(step 10\\)"):
+        run.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 10 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_resume_validates_against_the_saved_run_not_the_preset(tmp_path):
+    assert run_cli(tmp_path, "--steps", "14", "--eval-every", "7") == 0
+    assert main(["--out", str(tmp_path), "--resume", "--steps", "28", "--checkpoint-every", "14", "--quiet"]) == 0
+    assert [r["step"] for r in history(tmp_path)] == [7, 14, 21, 28]
+
+
+@pytest.mark.parametrize("setup,args,code,needle", [
+    ("run", ["--resume", "--steps", "20", "--backend", "triton"], 2, "--backend"),
+    ("file", [], 2, "is a file"),
+    ("bad-config", ["--resume", "--steps", "20"], 1, "config.json"),
+    (None, ["--seed", "99999999999999999999999"], 2, "--seed"),
+    (None, ["--grokfast-lamb", "-0.5"], 2, "--grokfast-lamb"),
+    (None, ["--backend", "triton", "--hidden", "24"], 2, "head sizes"),
+    (None, ["--p", "100003"], 2, "--p"),
+])
+def test_more_bad_input_is_one_line(tmp_path, capsys, setup, args, code, needle):
+    out = tmp_path / "run"
+    if setup == "run":
+        assert run_cli(out, "--steps", "10") == 0
+    elif setup == "file":
+        out.write_text("not a directory")
+    elif setup == "bad-config":
+        assert run_cli(out, "--steps", "10") == 0
+        (out / "config.json").write_text("[1, 2]")
+    capsys.readouterr()
+    assert run_cli(out, *args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except GrokfastError as e:
         print(f"grokfast_train.plot: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        print(f"grokfast_train.plot: error: cannot write {args.out} ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}")
     return 0
 

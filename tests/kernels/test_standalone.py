@@ -14,7 +14,7 @@ for name in {TRAINER_ONLY!r}:
 import torch, kernels
 x = torch.randn(2, 2, 5, 16)
 out = kernels.attention(x, x, x)
-assert torch.allclose(out, kernels.attention_reference(x, x, x))
+assert torch.allclose(out, kernels.attention_reference(x, x, x), atol=1e-5, rtol=1e-5)  # fp32 tolerance
 opt = kernels.FusedAdamW([torch.nn.Parameter(torch.randn(3))])
 print("ok", sorted(kernels.__all__))
 """

@@ -54,7 +54,8 @@ def merge_for_resume(saved: Config, given: dict) -> Config:
             raise UsageError(f"--{key.replace('_', '-')} {value} differs from the resumed run's {old}; "
                              f"a resumed run keeps its configuration (only --steps and display settings change)")
     updates = {k: v for k, v in given.items() if k in RESUMABLE and k in saved_values}
-    updates.update(resume=True, force=given.get("force", False))  # how it was last started is no setting
+    # How it was last started (and displayed) is no setting of the run.
+    updates.update(resume=True, force=given.get("force", False), quiet=given.get("quiet", False))
     return dataclasses.replace(saved, **updates)
 
 

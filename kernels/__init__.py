@@ -8,10 +8,12 @@ from .adamw import FusedAdamW, adamw_reference_step
 from .fused_attention import attention, attention_reference
 from .init import rescale_, scaled_init_, scaled_init_reference_
 from .fused_layer_norm import layer_norm, layer_norm_reference
+from .fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
 
 __all__ = [
     "attention", "attention_reference",
     "FusedAdamW", "adamw_reference_step",
     "scaled_init_", "scaled_init_reference_", "rescale_",
     "layer_norm", "layer_norm_reference",
+    "embedding_layer_norm", "embedding_layer_norm_reference",
 ]

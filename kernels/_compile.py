@@ -86,7 +86,7 @@ def all_specs() -> list[CompileSpec]:
     import importlib
 
     specs: list[CompileSpec] = []
-    for module in ("fused_attention", "adamw", "init", "fused_layer_norm"):
+    for module in ("fused_attention", "adamw", "init", "fused_layer_norm", "fused_embedding"):
         mod = importlib.import_module(f"kernels.{module}")
         if hasattr(mod, "compile_specs"):
             specs.extend(mod.compile_specs())

@@ -38,8 +38,7 @@ class EncoderClassifier(nn.Module):
         L = x.shape[1]
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
-        h = self.tok_emb(x) + self.type_emb.weight[0] + self.pos_emb.weight[:L]
-        h = ops.layer_norm(h, self.emb_ln, backend=self.backend)
+        h = ops.embeddings(x, self.tok_emb, self.pos_emb, self.type_emb, self.emb_ln, backend=self.backend)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, query_pos=0 if self.readout_only and i == last else None)

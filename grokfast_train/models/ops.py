@@ -28,7 +28,7 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "triton":
-        _kernel("attention"), _kernel("layer_norm")
+        _kernel("attention"), _kernel("layer_norm"), _kernel("embedding_layer_norm")
     return backend
 
 
@@ -65,3 +65,13 @@ def layer_norm(x: torch.Tensor, ln: nn.LayerNorm, residual: torch.Tensor | None 
     if residual is not None:
         x = x + residual
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def embeddings(x: torch.Tensor, word: nn.Embedding, pos: nn.Embedding, type_: nn.Embedding, ln: nn.LayerNorm,
+               backend: str = "torch") -> torch.Tensor:
+    """BERT's embedding block, ``ln(word[x] + type[0] + pos[:L])`` (gather, sum and LayerNorm in one
+    kernel under triton, and its backward in one more)."""
+    if backend == "triton":
+        return _kernel("embedding_layer_norm")(x, word.weight, pos.weight, type_.weight, ln.weight, ln.bias, ln.eps,
+                                               padding_idx=word.padding_idx)
+    return layer_norm(word(x) + type_.weight[0] + pos.weight[:x.shape[1]], ln, backend=backend)

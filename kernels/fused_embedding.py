@@ -1,0 +1,348 @@
+"""BERT's embedding block in one kernel each way: ``LayerNorm(word[ids] + type[type_ids] + pos[arange(L)])``.
+
+``embedding_layer_norm(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, eps=1e-12,
+type_ids=None, padding_idx=None)`` -> (B, L, H). ``type_ids=None`` means every token is type 0 (what
+the encoder does); ``padding_idx`` is F.embedding's: that word row is read as it is but gets no gradient.
+
+Why it is fused -- bytes at the paper's IMDB shape (B 128 x L 256 = 32,768 tokens, H 128 fp32: one
+row is 512 B, one (tokens, H) activation 16.8 MB). The position table (L x H = 128 KB) and the type
+rows stay in L2, so only the word rows count as gathered from memory.
+- forward, unfused (eager: ``tok_emb(x) + type[0] + pos[:L]``, then LayerNorm): gather word rows and
+  write them (2 x 512 B per token), add type (read + write), add pos (read + write), LayerNorm (read +
+  write): 8 row accesses = 4 KB per token, 134 MB per step, 4 launches (at best, one gather-and-sum
+  kernel and then the norm: 3 + 1 + 1 + 1 = 6 row accesses if every gathered row counted, ~ 100 MB).
+  Fused: read the word row, write the output row, plus 8 B of id and 8 B of mean/rstd: 1,040 B per
+  token, 34 MB per step, 1 launch.
+- backward, unfused: LayerNorm backward reads dy and the saved sum and writes dz (3 rows), then
+  autograd reads dz once per table: the position gradient (sum over B), the type gradient (sum over
+  all tokens) and the word scatter (embedding_dense_backward: sort the ids, read dz, add rows into
+  the dense gradient): 6 row accesses = 3 KB per token, ~ 101 MB per step, 6+ launches.
+  Fused: read dy and the word row again (the sum is recomputed, not stored: 2 rows), id and
+  mean/rstd (16 B), atomically add dz into the dense word gradient (read-modify-write in L2), keep
+  the position, LayerNorm-affine (and type) gradients in registers: 1,040 B per token, 34 MB per
+  step, plus the per-chunk position partials (on an H100, 32 chunks x 128 KB written and summed:
+  8.4 MB). Both pay the dense word gradient's memset (30,522 x 128 x 4 B = 15.6 MB) and its touched
+  rows. One kernel plus 4 small reductions/pads instead of 6+ launches over full activations.
+
+Arithmetic: the three rows are summed in fp32 in the encoder's order ``(word + type) + pos``, fp32
+statistics (mean and a two-pass variance over the row in registers), fp32 normalisation and affine.
+Every weight is fp32 (the trainer keeps fp32 master weights); ``ids`` and ``type_ids`` int64 or int32;
+H from 1 to 4096 (``MAX_N``); with ``type_ids`` given, at most ``MAX_TYPES`` token types.
+ids must lie in [0, V) and type ids in [0, T): checked on CPU tensors; on CUDA the check would cost a
+host sync, so it is not made (an out-of-range id there reads out of bounds, as a raw gather would).
+
+Kernels:
+- forward: a tile of ``BLOCK_M`` tokens x ``BLOCK_N`` (next power of two >= H, at least 32) columns per
+  program, whole rows in registers; saves the per-token mean and 1/std (8 B per token).
+- backward: a 2-D grid, (position blocks of ``BLOCK_M``) x (chunks of the batch). A program walks its
+  batch chunk at fixed positions, so the position rows are loaded once and the position gradient of
+  its tile accumulates in registers; it recomputes the sum, forms the LayerNorm input gradient dz,
+  scatters dz into the dense fp32 word gradient with ``tl.atomic_add`` (skipping ``padding_idx``),
+  and writes its partial position gradient (one (L, H) slab per batch chunk) and its partial sums of
+  dln_weight (sum dy * xhat) and dln_bias (sum dy), reduced afterwards by ``sum(0)`` as in
+  ``fused_layer_norm``. The type gradient: with ``type_ids=None`` it is the position gradient summed
+  over positions (every token adds to type row 0), computed from those partials at no kernel cost;
+  with ``type_ids`` each tile reduces dz per type and adds it with one atomic vector add per type.
+  Determinism: the position, type (``type_ids=None``) and LayerNorm-affine gradients are
+  deterministic; the word gradient (and the type gradient with ``type_ids``) sums with atomics, so
+  its fp32 rounding can vary from run to run on a GPU.
+
+CUDA tensors run Triton; CPU tensors run ``embedding_layer_norm_reference`` (or Triton under
+``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._compile import CompileSpec
+from ._dispatch import check_dtype, use_triton
+
+ID_DTYPES = (torch.int64, torch.int32)
+WEIGHT_DTYPES = (torch.float32,)
+MAX_N = 4096
+MAX_TYPES = 16  # with type_ids: each backward tile reduces dz once per type
+BLOCK_NS = tuple(2 ** k for k in range(5, 13))  # 32 ... 4096: every BLOCK_N the dispatcher can pick
+_TL_IDS = {torch.int64: "i64", torch.int32: "i32"}
+
+# num_warps per BLOCK_N, forward and backward: spill-free on both sm_80 and sm_90 for every id dtype,
+# with and without type_ids (``python -m kernels._compile``). ptxas spilled the backward at 8 warps
+# for BLOCK_N 32 (int32 ids), at 16 warps for BLOCK_N 32, 512, 2048 and 4096 (some variants), and at
+# 32 warps for BLOCK_N 2048 and 4096 (int32 ids with type_ids); the forward as fused_layer_norm's.
+_FWD_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 16, 1024: 16, 2048: 16, 4096: 32}
+_BWD_WARPS = {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 16, 2048: 8, 4096: 8}
+
+
+def _config(n: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_M, forward num_warps, backward num_warps) for hidden size ``n``: tiles of at
+    least 2048 elements (whole rows)."""
+    block_n = max(32, triton.next_power_of_2(n))
+    block_m = max(1, 2048 // block_n)
+    return block_n, block_m, _FWD_WARPS[block_n], _BWD_WARPS[block_n]
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Every output buffer the kernels fill comes from here (tests poison it to catch unwritten memory)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@triton.jit
+def _emb_ln_fwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, B, Y, MEAN, RSTD, M, L, N, eps,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    mask = row_mask[:, None] & col_mask[None, :]
+
+    ids = tl.load(IDS + rows, mask=row_mask, other=0).to(tl.int64)
+    z = tl.load(WORD + ids[:, None] * N + cols[None, :], mask=mask, other=0.0)
+    if HAS_TYPE_IDS:
+        tids = tl.load(TIDS + rows, mask=row_mask, other=0).to(tl.int64)
+        z += tl.load(TYPE + tids[:, None] * N + cols[None, :], mask=mask, other=0.0)
+    else:
+        z += tl.load(TYPE + cols, mask=col_mask, other=0.0)[None, :]
+    pos = (rows % L).to(tl.int64)
+    z += tl.load(POS + pos[:, None] * N + cols[None, :], mask=mask, other=0.0)
+
+    mean = tl.sum(z, axis=1) / N
+    d = tl.where(mask, z - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / N
+    rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
+    w = tl.load(W + cols, mask=col_mask, other=0.0)
+    b = tl.load(B + cols, mask=col_mask, other=0.0)
+    y = d * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(Y + rows.to(tl.int64)[:, None] * N + cols[None, :], y, mask=mask)
+    tl.store(MEAN + rows, mean, mask=row_mask)
+    tl.store(RSTD + rows, rstd, mask=row_mask)
+
+
+@triton.jit
+def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
+                       DWORD, DPOS_PART, DTYPE, DW_PART, DB_PART,
+                       Bsz, L, N, T, padding_idx, batches_per_program,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr):
+    pid_l = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid = pid_c * tl.num_programs(0) + pid_l
+    pos = pid_l * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    pos_mask = pos < L
+    col_mask = cols < N
+    mask = pos_mask[:, None] & col_mask[None, :]
+    pos_offs = pos.to(tl.int64)[:, None] * N + cols[None, :]
+
+    w = tl.load(W + cols, mask=col_mask, other=0.0)
+    p_rows = tl.load(POS + pos_offs, mask=mask, other=0.0)  # the same positions for every batch row
+    if not HAS_TYPE_IDS:
+        t_row = tl.load(TYPE + cols, mask=col_mask, other=0.0)
+    dpos_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    b_start = pid_c * batches_per_program
+    b_end = tl.minimum(b_start + batches_per_program, Bsz)
+    for bi in range(b_start, b_end):
+        rows = bi * L + pos  # < B * L, an i32 like M in the forward
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        ids = tl.load(IDS + rows, mask=pos_mask, other=0).to(tl.int64)
+        word_offs = ids[:, None] * N + cols[None, :]
+        z = tl.load(WORD + word_offs, mask=mask, other=0.0)
+        if HAS_TYPE_IDS:
+            tids = tl.load(TIDS + rows, mask=pos_mask, other=0).to(tl.int64)
+            z += tl.load(TYPE + tids[:, None] * N + cols[None, :], mask=mask, other=0.0)
+        else:
+            z += t_row[None, :]
+        z += p_rows
+        mean = tl.load(MEAN + rows, mask=pos_mask, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=pos_mask, other=0.0)
+        xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+        dy = tl.load(DY + offs, mask=mask, other=0.0)
+        wdy = dy * w[None, :]
+        c1 = tl.sum(xhat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dz = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        word_mask = mask & (ids != padding_idx)[:, None]
+        tl.atomic_add(DWORD + word_offs, dz, mask=word_mask, sem="relaxed")
+        if HAS_TYPE_IDS:
+            for t in range(T):
+                dt = tl.sum(tl.where((tids == t)[:, None], dz, 0.0), axis=0)
+                tl.atomic_add(DTYPE + t * N + cols, dt, mask=col_mask, sem="relaxed")
+        dpos_acc += dz
+        dw_acc += tl.sum(dy * xhat, axis=0)
+        db_acc += tl.sum(dy, axis=0)
+    tl.store(DPOS_PART + pid_c.to(tl.int64) * L * N + pos_offs, dpos_acc, mask=mask)
+    tl.store(DW_PART + pid * N + cols, dw_acc, mask=col_mask)
+    tl.store(DB_PART + pid * N + cols, db_acc, mask=col_mask)
+
+
+def _bwd_grid(device: torch.device, batch: int, length: int, block_m: int) -> tuple[int, int, int]:
+    """(position blocks, batch chunks, batches per program): about 4 programs per SM on CUDA."""
+    pos_blocks = triton.cdiv(length, block_m)
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 8  # the interpreter: a few programs, so the cross-program reductions are exercised
+    chunks = max(1, min(batch, target // pos_blocks))
+    per_program = triton.cdiv(batch, chunks)
+    return pos_blocks, triton.cdiv(batch, per_program), per_program
+
+
+class _EmbeddingLayerNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, type_ids, word, pos, typ, weight, bias, eps, padding_idx):
+        batch, length = ids.shape
+        n = word.shape[1]
+        m = batch * length
+        ids_c = ids.contiguous()
+        tids_c = None if type_ids is None else type_ids.to(ids.dtype).contiguous()
+        word, pos, typ = word.contiguous(), pos.contiguous(), typ.contiguous()
+        weight, bias = weight.contiguous(), bias.contiguous()
+        y = _empty((m, n), torch.float32, ids.device)
+        mean = _empty((m,), torch.float32, ids.device)
+        rstd = _empty((m,), torch.float32, ids.device)
+        block_n, block_m, warps, _ = _config(n)
+        if m > 0:
+            _emb_ln_fwd_kernel[(triton.cdiv(m, block_m),)](
+                ids_c, ids_c if tids_c is None else tids_c, word, pos, typ, weight, bias, y, mean, rstd,
+                m, length, n, eps,
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids_c is not None, num_warps=warps)
+        ctx.save_for_backward(ids_c, tids_c, word, pos, typ, weight, mean, rstd)
+        ctx.padding_idx = -1 if padding_idx is None else padding_idx
+        return y.view(batch, length, n)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        ids, tids, word, pos, typ, weight, mean, rstd = ctx.saved_tensors
+        batch, length = ids.shape
+        vocab, n = word.shape
+        n_pos, n_types = pos.shape[0], typ.shape[0]
+        dev = ids.device
+        dy2 = dy.reshape(batch * length, n).to(torch.float32).contiguous()
+        block_n, block_m, _, warps = _config(n)
+        dword = torch.zeros((vocab, n), dtype=torch.float32, device=dev)  # atomics accumulate into it
+        dtype_ = torch.zeros((n_types, n), dtype=torch.float32, device=dev) if tids is not None else None
+        if batch * length > 0:
+            pos_blocks, chunks, per_program = _bwd_grid(dev, batch, length, block_m)
+            dpos_part = _empty((chunks, length, n), torch.float32, dev)
+            dw_part = _empty((pos_blocks * chunks, n), torch.float32, dev)
+            db_part = _empty((pos_blocks * chunks, n), torch.float32, dev)
+            _emb_ln_bwd_kernel[(pos_blocks, chunks)](
+                ids, ids if tids is None else tids, word, pos, typ, weight, dy2, mean, rstd,
+                dword, dpos_part, dword if dtype_ is None else dtype_, dw_part, db_part,
+                batch, length, n, n_types, ctx.padding_idx, per_program,
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids is not None, num_warps=warps)
+            dpos_l, dw, db = dpos_part.sum(0), dw_part.sum(0), db_part.sum(0)
+        else:
+            dpos_l = torch.zeros((length, n), dtype=torch.float32, device=dev)
+            dw = torch.zeros(n, dtype=torch.float32, device=dev)
+            db = torch.zeros(n, dtype=torch.float32, device=dev)
+        if dtype_ is None:  # every token is type 0: its gradient is the sum of the position gradient
+            dtype_ = F.pad(dpos_l.sum(0, keepdim=True), (0, 0, 0, n_types - 1))
+        dpos = F.pad(dpos_l, (0, 0, 0, n_pos - length)) if n_pos > length else dpos_l
+        need = ctx.needs_input_grad
+        return (None, None, dword if need[2] else None, dpos if need[3] else None, dtype_ if need[4] else None,
+                dw if need[5] else None, db if need[6] else None, None, None)
+
+
+def _check(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, type_ids, padding_idx) -> None:
+    name = "embedding_layer_norm"
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise ValueError(f"{name}: ids must be a (B, L) tensor of token ids")
+    check_dtype(f"{name}: ids", ids, ID_DTYPES)
+    for arg, t in (("word_weight", word_weight), ("pos_weight", pos_weight), ("type_weight", type_weight)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name}: {arg} must be a 2-D (rows, H) tensor")
+        check_dtype(f"{name}: {arg}", t, WEIGHT_DTYPES)
+    vocab, n = word_weight.shape
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"{name}: hidden size {n} is unsupported; supported: 1 to {MAX_N}")
+    for arg, t in (("pos_weight", pos_weight), ("type_weight", type_weight)):
+        if t.shape[1] != n or t.shape[0] < 1:
+            raise ValueError(f"{name}: {arg} has shape {tuple(t.shape)}; supported: (rows >= 1, {n}), "
+                             f"the hidden size of word_weight")
+    if ids.shape[1] > pos_weight.shape[0]:
+        raise ValueError(f"{name}: sequence length {ids.shape[1]} exceeds the {pos_weight.shape[0]} "
+                         f"positions of pos_weight")
+    for arg, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}: {arg} must be a tensor of shape ({n},)")
+        check_dtype(f"{name}: {arg}", t, WEIGHT_DTYPES)
+        if tuple(t.shape) != (n,):
+            raise ValueError(f"{name}: {arg} has shape {tuple(t.shape)}; supported: ({n},), the hidden size")
+    if type_ids is not None:
+        if not isinstance(type_ids, torch.Tensor) or type_ids.shape != ids.shape:
+            raise ValueError(f"{name}: type_ids must be a tensor of ids' shape {tuple(ids.shape)}")
+        check_dtype(f"{name}: type_ids", type_ids, ID_DTYPES)
+        if type_weight.shape[0] > MAX_TYPES:
+            raise ValueError(f"{name}: {type_weight.shape[0]} token types with type_ids; supported: "
+                             f"1 to {MAX_TYPES} (or type_ids=None: every token type 0)")
+    if padding_idx is not None and not (isinstance(padding_idx, int) and -vocab <= padding_idx < vocab):
+        raise ValueError(f"{name}: padding_idx {padding_idx!r} is unsupported; supported: None or an int "
+                         f"in [-{vocab}, {vocab})")
+    # Out-of-range ids: checked where it costs no host sync (CPU tensors); see the module docstring.
+    for arg, t, hi in (("ids", ids, vocab), ("type_ids", type_ids, type_weight.shape[0])):
+        if t is not None and t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= hi):
+            raise ValueError(f"{name}: {arg} out of range; supported: 0 to {hi - 1}")
+
+
+def embedding_layer_norm_reference(ids: torch.Tensor, word_weight: torch.Tensor, pos_weight: torch.Tensor,
+                                   type_weight: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                                   eps: float = 1e-12, type_ids: torch.Tensor | None = None,
+                                   padding_idx: int | None = None) -> torch.Tensor:
+    """The executable spec: ``LayerNorm((word[ids] + type[type_ids or 0]) + pos[:L])`` in the weights'
+    dtype (fp64 weights stay fp64), the word lookup F.embedding's (``padding_idx`` row: no gradient).
+    Differentiable by autograd."""
+    length = ids.shape[1]
+    t = type_weight[0] if type_ids is None else F.embedding(type_ids, type_weight)
+    z = F.embedding(ids, word_weight, padding_idx=padding_idx) + t + pos_weight[:length]
+    return F.layer_norm(z, (word_weight.shape[1],), ln_weight, ln_bias, eps)
+
+
+def embedding_layer_norm(ids: torch.Tensor, word_weight: torch.Tensor, pos_weight: torch.Tensor,
+                         type_weight: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                         eps: float = 1e-12, type_ids: torch.Tensor | None = None,
+                         padding_idx: int | None = None) -> torch.Tensor:
+    """``LayerNorm(word[ids] + type[type_ids] + pos[arange(L)])``: ids (B, L) -> (B, L, H) fp32,
+    differentiable in the five weights (dense fp32 gradients; none into row ``padding_idx`` of the
+    word table). ``type_ids=None``: every token is type 0."""
+    _check(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, type_ids, padding_idx)
+    if use_triton(ids, type_ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias):
+        pad = None if padding_idx is None else padding_idx % word_weight.shape[0]
+        return _EmbeddingLayerNormFn.apply(ids, type_ids, word_weight, pos_weight, type_weight, ln_weight,
+                                           ln_bias, float(eps), pad)
+    return embedding_layer_norm_reference(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, eps,
+                                          type_ids, padding_idx)
+
+
+def compile_specs() -> list[CompileSpec]:
+    """Every configuration ``embedding_layer_norm`` can launch: forward and backward x BLOCK_N x id dtype
+    x type_ids given or not."""
+    specs = []
+    for block_n in BLOCK_NS:
+        _, block_m, fwd_warps, bwd_warps = _config(block_n)
+        for id_dtype, it in _TL_IDS.items():
+            for has_tids in (False, True):
+                consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=has_tids)
+                tag = f"BLOCK_M={block_m},BLOCK_N={block_n},{it}{',type_ids' if has_tids else ''}"
+                specs.append(CompileSpec(
+                    name=f"embedding_layer_norm_fwd[{tag}]", fn=_emb_ln_fwd_kernel,
+                    signature=dict(IDS=f"*{it}", TIDS=f"*{it}", WORD="*fp32", POS="*fp32", TYPE="*fp32",
+                                   W="*fp32", B="*fp32", Y="*fp32", MEAN="*fp32", RSTD="*fp32", M="i32",
+                                   L="i32", N="i32", eps="fp32", BLOCK_M="constexpr", BLOCK_N="constexpr",
+                                   HAS_TYPE_IDS="constexpr"),
+                    constexprs=consts, num_warps=fwd_warps))
+                specs.append(CompileSpec(
+                    name=f"embedding_layer_norm_bwd[{tag}]", fn=_emb_ln_bwd_kernel,
+                    signature=dict(IDS=f"*{it}", TIDS=f"*{it}", WORD="*fp32", POS="*fp32", TYPE="*fp32",
+                                   W="*fp32", DY="*fp32", MEAN="*fp32", RSTD="*fp32", DWORD="*fp32",
+                                   DPOS_PART="*fp32", DTYPE="*fp32", DW_PART="*fp32", DB_PART="*fp32",
+                                   Bsz="i32", L="i32", N="i32", T="i32", padding_idx="i32",
+                                   batches_per_program="i32", BLOCK_M="constexpr", BLOCK_N="constexpr",
+                                   HAS_TYPE_IDS="constexpr"),
+                    constexprs=consts, num_warps=bwd_warps))
+    return specs

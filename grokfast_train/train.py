@@ -80,7 +80,6 @@ class _StopFlag:
 class Run:
     def __init__(self, cfg: Config, log=print, task: TaskData | None = None):
         """``task`` skips data loading (a sweep or a benchmark that already holds the tensors)."""
-        self.cfg = cfg
         self.log = log
         self.device = resolve_device(cfg.device)
         # config.json records what actually ran: the device and backend that "auto" resolved to

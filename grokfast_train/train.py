@@ -41,12 +41,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_backend(backend: str, device: torch.device, head_dim: int) -> str:
-    from kernels.fused_attention import SUPPORTED_HEAD_DIMS
-
-    if backend == "triton" and head_dim not in SUPPORTED_HEAD_DIMS:
-        raise UsageError(f"--backend triton: the attention kernel takes head sizes (hidden / heads) "
-                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}, not {head_dim}; use --backend torch or auto")
+def check_backend(backend: str, device: torch.device) -> str:
     if backend == "triton" and device.type != "cuda" and not INTERPRET:
         raise UsageError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                          "on the CPU, slowly); use --backend torch")
@@ -84,8 +79,7 @@ class Run:
         self.device = resolve_device(cfg.device)
         # config.json records what actually ran: the device and backend that "auto" resolved to
         cfg = dataclasses.replace(cfg, device=self.device.type)
-        self.cfg = cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device,
-                                                                          cfg.hidden // cfg.heads))
+        self.cfg = cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device))
         self.dir = Path(cfg.out or rundir.default_out(cfg))
         rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
         log(cfg.describe())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .decoder import Decoder
 from .encoder import EncoderClassifier
 
@@ -20,14 +21,18 @@ __all__ = ["Decoder", "EncoderClassifier", "build_model", "resolve_backend"]
 def resolve_backend(cfg) -> str:
     """``auto``: the Triton kernels when the run is on CUDA and the attention kernel takes the
     head size (hidden / heads in 16, 32, 64, 128), PyTorch's ops otherwise -- the same function
-    either way. An explicit ``triton`` is taken as asked (the kernel names what it can't do)."""
+    either way. An explicit ``triton`` with a head size the kernel lacks is a UsageError."""
+    from kernels.fused_attention import SUPPORTED_HEAD_DIMS
+
+    head_ok = cfg.hidden // cfg.heads in SUPPORTED_HEAD_DIMS
+    if cfg.backend == "triton" and not head_ok:
+        raise UsageError(f"--backend triton: the attention kernel takes head sizes (hidden / heads) "
+                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}, not {cfg.hidden // cfg.heads}; "
+                         f"use --backend torch or auto")
     if cfg.backend != "auto":
         return cfg.backend
     on_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if not on_cuda:
-        return "torch"
-    from kernels.fused_attention import SUPPORTED_HEAD_DIMS
-    return "triton" if cfg.hidden // cfg.heads in SUPPORTED_HEAD_DIMS else "torch"
+    return "triton" if on_cuda and head_ok else "torch"
 
 
 def build_model(cfg, task) -> nn.Module:

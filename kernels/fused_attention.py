@@ -54,6 +54,7 @@ from ._dispatch import INTERPRET, check_dtype, use_triton
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 MAX_LEN = 1024
+_MAX_GRID_X = 2**31 - 1  # CUDA's limit on launch-grid axis 0, which holds B*H
 _LOG2E = 1.4426950408889634
 
 
@@ -99,8 +100,11 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # Triton kernels.
 #
 # Tensors are contiguous: q, o, do, dq are (B*H, Lq, D), k, v, dk, dv are (B*H, Lk, D), lse and
-# delta are (B*H, Lq) fp32, the padding mask is (B, Lk) uint8. Program axis 1 is the (batch, head)
-# pair; its base offset is computed in int64 so that B*H*L*D may exceed 2**31.
+# delta are (B*H, Lq) fp32, the padding mask is (B, Lk) uint8. Program axis 0 is the (batch, head)
+# pair and axis 1 the row (or key) block: CUDA caps grid axes 1 and 2 at 65,535 but axis 0 at
+# 2**31 - 1, and B*H passes 65,535 at a batch of 16,384 with 4 heads, while the blocks number at
+# most cdiv(1024, 16) = 64. The pair's base offset is computed in int64 so that B*H*L*D may
+# exceed 2**31.
 #
 # Causality is a runtime number, not a constexpr: key j is visible from query i when
 # j <= i + shift, with shift = Lk - Lq when causal and shift = Lk (always true) otherwise. That
@@ -128,8 +132,8 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
               H, Lq, Lk, shift, mask_len, qk_scale,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)
+    start_m = tl.program_id(1) * BLOCK_M
+    bh = tl.program_id(0).to(tl.int64)
     Q += bh * Lq * D
     O += bh * Lq * D
     K += bh * Lk * D
@@ -179,8 +183,8 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
 @triton.jit
 def _attn_bwd_preprocess(O, DO, Delta, Lq,
                          D: tl.constexpr, BLOCK_M: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)
+    start_m = tl.program_id(1) * BLOCK_M
+    bh = tl.program_id(0).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     m_ok = offs_m < Lq
@@ -197,8 +201,8 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
                    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Works in the transposed orientation (keys along rows) so that dK and dV come out of the
     # matmuls in the (BLOCK_N, D) layout they are stored in.
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1).to(tl.int64)
+    start_n = tl.program_id(1) * BLOCK_N
+    bh = tl.program_id(0).to(tl.int64)
     Q += bh * Lq * D
     DO += bh * Lq * D
     K += bh * Lk * D
@@ -246,8 +250,8 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
                  H, Lq, Lk, shift, mask_len, qk_scale, sm_scale,
                  D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)
+    start_m = tl.program_id(1) * BLOCK_M
+    bh = tl.program_id(0).to(tl.int64)
     Q += bh * Lq * D
     DO += bh * Lq * D
     DQ += bh * Lq * D
@@ -367,7 +371,7 @@ class _Attention(torch.autograd.Function):
 
         o = torch.empty_like(q)
         lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
-        _launch("fwd", lambda c: (triton.cdiv(Lq, c["BLOCK_M"]), B * H),
+        _launch("fwd", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
                 q, k, v, mask, o, lse, H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E,
                 d=D, lq=Lq, dtype=q.dtype, precision=precision)
 
@@ -385,14 +389,14 @@ class _Attention(torch.autograd.Function):
         do = do.contiguous()
 
         delta = torch.empty_like(lse)
-        _attn_bwd_preprocess[(triton.cdiv(Lq, _PRE_BLOCK_M), B * H)](o, do, delta, Lq, D=D,
+        _attn_bwd_preprocess[(B * H, triton.cdiv(Lq, _PRE_BLOCK_M))](o, do, delta, Lq, D=D,
                                                                       BLOCK_M=_PRE_BLOCK_M)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         common = (H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E, sm_scale)
         config = dict(d=D, lq=Lq, dtype=q.dtype, precision=precision)
-        _launch("dkdv", lambda c: (triton.cdiv(Lk, c["BLOCK_N"]), B * H),
+        _launch("dkdv", lambda c: (B * H, triton.cdiv(Lk, c["BLOCK_N"])),
                 q, k, v, mask, do, lse, delta, dk, dv, *common, **config)
-        _launch("dq", lambda c: (triton.cdiv(Lq, c["BLOCK_M"]), B * H),
+        _launch("dq", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
                 q, k, v, mask, do, lse, delta, dq, *common, **config)
         return dq, dk, dv, None, None, None
 
@@ -413,6 +417,8 @@ def _validate(q, k, v, key_padding_mask) -> None:
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head dim D={D} is not supported; supported: "
                          f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    if B * H > _MAX_GRID_X:
+        raise ValueError(f"B*H = {B * H} is not supported; supported: up to {_MAX_GRID_X} (CUDA's grid limit)")
     Lk = k.shape[2]
     for name, n in (("Lq", Lq), ("Lk", Lk)):
         if not 1 <= n <= MAX_LEN:

@@ -11,6 +11,9 @@ every tl.dot in numpy, and the file should take well under a minute on one core.
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,6 +191,75 @@ def test_non_contiguous_inputs_and_custom_scale():
     assert not torch.allclose(out, attention(q, k, v))
 
 
+# -- Launch grids within CUDA's limits ---------------------------------------------------------------
+
+# CUDA's launch-grid limits (x, y, z). The interpreter enforces none of them, so the tests record
+# every grid the kernels are launched with and check it against these.
+CUDA_MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+@contextlib.contextmanager
+def _recorded_launches(monkeypatch, execute):
+    """Record (kernel name, 3-d grid) of every interpreter launch; run it only if ``execute``.
+
+    It patches InterpretedFunction.run, which every launch reaches (``kernel[grid](...)`` and a
+    direct ``.run``), so no launch path of the attention module can bypass it."""
+    from triton.runtime import interpreter
+
+    launches = []
+    original = interpreter.InterpretedFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        resolved = tuple(grid(kwargs) if callable(grid) else grid)
+        launches.append((self.__name__, resolved + (1,) * (3 - len(resolved))))
+        if execute:
+            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", run)
+    try:
+        yield launches
+    finally:
+        monkeypatch.undo()
+
+
+ATTN_KERNELS = {"_attn_fwd", "_attn_bwd_preprocess", "_attn_bwd_dkdv", "_attn_bwd_dq"}
+
+
+@needs_interpreter
+def test_grid_recorder_sees_the_real_launches(monkeypatch):
+    """The recorder below is trustworthy: with it in place the kernels still run and match the
+    reference, and it sees all four kernels, each over every (batch, head) pair."""
+    B, H, Lq, Lk = 3, 2, 37, 70
+    q, k, v, mask, do = _inputs(70, B, H, Lq, Lk, 32, torch.float32, "random")
+    with _recorded_launches(monkeypatch, execute=True) as launches:
+        out, grads = _run(attention, q, k, v, mask, True, do)
+    assert {name for name, _ in launches} == ATTN_KERNELS
+    assert all(math.prod(grid) >= B * H for _, grid in launches)
+    ref, ref_grads = _run(attention_reference, q, k, v, mask, True, do)
+    _assert_close(out, ref, torch.float32, "out")
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        _assert_close(g, rg, torch.float32, name)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("Lq,Lk", [(1, 9), (70, 33)])
+def test_launch_grids_within_cuda_limits_above_65535_batch_heads(monkeypatch, Lq, Lk):
+    """B*H = 65,540 (an eval batch of 16,385 with 4 heads): a grid axis y or z above 65,535 is
+    "invalid argument" on a GPU. The interpreter would take hours over that many programs, so
+    the grids are recorded without running the kernels (the test above shows the recorder sees
+    the real launches)."""
+    B, H, D = 16385, 4, 16
+    q, k, v = (torch.zeros(B, H, n, D, requires_grad=True) for n in (Lq, Lk, Lk))
+    mask = torch.ones(B, Lk, dtype=torch.bool)
+    with _recorded_launches(monkeypatch, execute=False) as launches:
+        out = attention(q, k, v, mask, causal=True)
+        out.backward(torch.zeros_like(out))
+    assert {name for name, _ in launches} == ATTN_KERNELS
+    for name, grid in launches:
+        assert math.prod(grid) >= B * H, (name, grid)
+        assert all(n <= limit for n, limit in zip(grid, CUDA_MAX_GRID)), (name, grid, CUDA_MAX_GRID)
+
+
 # -- The reference against PyTorch's own attention ------------------------------------------------
 
 
@@ -290,6 +362,7 @@ def _qkv(B=1, H=1, Lq=4, Lk=4, D=16, dtype=torch.float32, device="cpu"):
     (dict(Lk=1025), "supported: 1 to 1024"),
     (dict(Lq=0), "supported: 1 to 1024"),
     (dict(device="meta"), "supported: cuda"),
+    (dict(B=2**29, H=4, Lq=1, Lk=1, device="meta"), r"B\*H = 2147483648 .* up to 2147483647"),
 ])
 def test_unsupported_inputs_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):

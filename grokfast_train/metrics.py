@@ -9,33 +9,38 @@ from .data.task import TaskData
 
 
 class IntervalMeter:
-    """Train loss and accuracy summed on the device over an eval interval; read only at eval points."""
+    """Train loss and accuracy summed on the device over an eval interval; read only at eval points.
+
+    Every sum, the example count included, is a device tensor updated in place, so ``update`` is
+    a handful of device ops with no host state: a captured step counts correctly on every replay.
+    """
 
     def __init__(self, device: torch.device):
-        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct count
-        self.count = 0  # examples seen; known on the host, so no sync
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct count, examples
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        """``loss`` is the batch mean; it is weighted by the batch size, so unequal batches average right."""
         n = labels.shape[0]
         correct = (logits.argmax(-1) == labels).sum()
-        self.sums += torch.stack([loss.detach().double() * n, correct.double()])
-        self.count += n
+        self.sums[:2] += torch.stack([loss.detach().double() * n, correct.double()])
+        self.sums[2] += n  # a scalar kernel argument: no host-to-device copy, so capturable
 
     def read_and_reset(self) -> tuple[float, float]:
         """Mean loss and accuracy since the last read; the one host sync of an interval."""
-        loss_sum, correct = self.sums.tolist()
-        count = max(self.count, 1)
+        loss_sum, correct, count = self.sums.tolist()
+        count = max(count, 1.0)
         self.sums.zero_()
-        self.count = 0
         return loss_sum / count, correct / count
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu(), "count": self.count}
+        return {"sums": self.sums.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sums.copy_(state["sums"])
-        self.count = state["count"]
+        sums = state["sums"]
+        if "count" in state:  # a checkpoint from before the count moved to the device
+            sums = torch.cat([sums, sums.new_tensor([float(state["count"])])])
+        self.sums.copy_(sums)
 
 
 @torch.no_grad()

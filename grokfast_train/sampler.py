@@ -1,41 +1,72 @@
-"""Batches drawn on the device: each epoch a fresh seeded permutation of the training subset.
+"""Batches drawn on the device, with every bit of per-step state in device tensors.
 
-The permutation lives on the device and the position in it on the host, so drawing a batch
-never synchronises. Every batch has the same size (the remainder of an epoch is dropped, as a
-DataLoader with drop_last does); a subset smaller than the batch is used whole each step.
+``next_indices()`` is the part of a training step that picks the batch. It reads a fixed
+permutation buffer at a device-side offset and advances that offset in place, so it takes no
+host arguments and never synchronises: a CUDA graph that captures it draws a new batch at
+every replay. What needs the host -- drawing an epoch's permutation from the seeded CPU
+generator -- happens in ``prepare(step)``, which the loop calls between steps, outside any
+captured region, and which copies into the same buffer (its address never changes).
+
+Two orders:
+
+* ``shuffle``: each epoch a fresh seeded permutation of the training subset; the remainder of
+  an epoch is dropped, as a DataLoader with ``drop_last`` does.
+* ``cyclic``: the paper's order -- an unshuffled DataLoader under ``itertools.cycle`` -- over the
+  subset, which is already in its seeded-permutation order (``data/subset.py``). Batches are taken
+  from the endless cycle, so one wraps around the end of the subset: every step sees exactly
+  ``batch_size`` examples (static shapes), where the paper's last batch of each pass is short.
+
+A subset smaller than the batch is used whole each step (full-batch training).
 """
 
 from __future__ import annotations
 
 import torch
 
+ORDERS = ("cyclic", "shuffle")
+
 
 class EpochSampler:
-    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device, order: str = "shuffle"):
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose one of: {', '.join(ORDERS)}")
         self.n = n
+        self.order = order
         self.batch_size = min(batch_size, n)
         self.batches_per_epoch = n // self.batch_size
         self.device = device
         # A CPU generator keeps the stream identical across devices and trivially checkpointable.
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
-        self.perm = torch.empty(0, dtype=torch.long, device=device)
-        self.pos = self.batches_per_epoch  # forces a fresh permutation on the first draw
+        self.perm = torch.arange(n, device=device)  # cyclic: the identity, for good
+        self.offset = torch.zeros((), dtype=torch.long, device=device)  # where the next batch starts
+        self._lanes = torch.arange(self.batch_size, device=device)
 
-    def next_indices(self) -> torch.Tensor:
-        if self.pos == self.batches_per_epoch:
+    def prepare(self, step: int) -> None:
+        """Host side, before the batch of step ``step + 1`` is drawn: start a shuffled epoch when one is due."""
+        if self.order == "shuffle" and step % self.batches_per_epoch == 0:
             perm = torch.randperm(self.n, generator=self.gen)
             if self.device.type == "cuda":
                 perm = perm.pin_memory()  # an asynchronous copy needs page-locked memory
-            self.perm = perm.to(self.device, non_blocking=True)
-            self.pos = 0
-        start = self.pos * self.batch_size
-        self.pos += 1
-        return self.perm[start:start + self.batch_size]
+            self.perm.copy_(perm, non_blocking=True)
+            self.offset.zero_()
+
+    def next_indices(self) -> torch.Tensor:
+        """The next batch's indices into the training subset (device ops only)."""
+        idx = self.perm.index_select(0, (self.offset + self._lanes) % self.n)
+        self.offset.add_(self.batch_size).remainder_(self.n)
+        return idx
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm.cpu(), "pos": self.pos}
+        return {"gen": self.gen.get_state(), "perm": self.perm.cpu(), "offset": int(self.offset), "order": self.order}
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
-        self.perm = state["perm"].to(self.device)
-        self.pos = state["pos"]
+        if state.get("order", "shuffle") != self.order:
+            raise ValueError(f"sampler order {state.get('order')!r} in the checkpoint, {self.order!r} in this run")
+        if "pos" in state:  # a checkpoint from before the offset moved to the device: batches drawn this epoch
+            offset = state["pos"] * self.batch_size if state["perm"].numel() else 0
+        else:
+            offset = state["offset"]
+        if state["perm"].numel():
+            self.perm.copy_(state["perm"])
+        self.offset.fill_(offset % self.n)

@@ -23,7 +23,7 @@ from kernels._dispatch import INTERPRET
 
 from . import rundir
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
-from .config import Config
+from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
 from .metrics import IntervalMeter, evaluate_test, summarize, weight_norm
@@ -94,7 +94,9 @@ class Run:
         kernels.scaled_init_(model, std=cfg.init_std, alpha=cfg.init_scale, seed=cfg.seed)
         self.model = model.to(self.device).train()
         self.opt, self.grad_filter = build_optimizer(cfg, self.model, cfg.backend)
-        self.sampler = EpochSampler(self.task.train_x.shape[0], cfg.batch_size, cfg.seed, self.device)
+        n_train = self.task.train_x.shape[0]
+        batch = n_train if cfg.batch_size == FULL_BATCH else cfg.batch_size
+        self.sampler = EpochSampler(n_train, batch, cfg.seed, self.device, cfg.order)
         self.meter = IntervalMeter(self.device)
         self.step = 0
         self.history: list[dict] = []
@@ -183,6 +185,7 @@ class Run:
         try:
             with _StopFlag() as stop, open(self.dir / rundir.METRICS, "a") as metrics_file:
                 while self.step < cfg.steps:
+                    self.sampler.prepare(self.step)  # host work (a new epoch's order) stays outside the step
                     self.train_step()
                     self.step += 1
                     now = time.perf_counter() - t0
@@ -269,12 +272,12 @@ def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _summary_line(s: dict, run_dir: Path) -> str:
-    def fmt(v):
-        return "never" if v is None else f"{v:,}"
-
-    return (f"done: memorised at step {fmt(s['memorization_step'])}, generalised at step "
-            f"{fmt(s['generalization_step'])} (delay {fmt(s['grokking_delay'])}); best test acc "
-            f"{s['best_test_acc']:.4f}; {s['steps_per_s']:.3g} steps/s; results in {run_dir}")
+    mem, gen, delay = s["memorization_step"], s["generalization_step"], s["grokking_delay"]
+    parts = ["never memorised" if mem is None else f"memorised at step {mem:,}",
+             "never generalised" if gen is None else f"generalised at step {gen:,}"]
+    landmarks = ", ".join(parts) + ("" if delay is None else f" (delay {delay:,})")
+    return (f"done: {landmarks}; best test acc {s['best_test_acc']:.4f}; {s['steps_per_s']:.3g} steps/s; "
+            f"results in {run_dir}")
 
 
 def run(cfg: Config, log=print) -> dict | None:

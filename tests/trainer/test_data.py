@@ -42,8 +42,8 @@ def rows(x: torch.Tensor) -> set[tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("op,p", [("add", 113), ("sub", 7), ("mul", 11), ("div", 13)])
-def test_modular_pairs_counts_and_labels(op, p):
-    x, y = all_examples(p, op)
+def test_modular_pairs_counts_and_labels_compact(op, p):
+    x, y = all_examples(p, op, "compact")
     assert x.dtype == y.dtype == torch.int64
     expected = p * p - (p if op == "div" else 0)
     assert x.shape == (expected, 4) and len(rows(x)) == expected  # every pair exactly once
@@ -58,6 +58,31 @@ def test_modular_pairs_counts_and_labels(op, p):
             assert c == want
 
 
+def paper_vocab(p: int, symbol: str) -> dict[str, int]:
+    """The paper's vocabulary, written out: numbers 0..p, then the operator, '=', '%'."""
+    return {**{str(i): i for i in range(p + 1)}, symbol: p + 1, "=": p + 2, "%": p + 3}
+
+
+@pytest.mark.parametrize("op,symbol,p", [("add", "+", 113), ("sub", "-", 7), ("mul", "*", 11), ("div", "/", 13)])
+def test_modular_paper_format_is_the_papers_string_split_on_spaces(op, symbol, p):
+    x, y = all_examples(p, op)  # the paper's format is the default
+    expected = p * p - (p if op == "div" else 0)
+    assert x.shape == (expected, 7) and len(rows(x)) == expected
+    vocab = paper_vocab(p, symbol)
+    assert max(vocab.values()) + 1 == p + 4 and x.max() < p + 4
+    for row, c in zip(x.tolist(), y.tolist()):
+        a, b = row[0], row[2]
+        c_ref = {"add": (a + b) % p, "sub": (a - b) % p, "mul": (a * b) % p,
+                 "div": next((v for v in range(p) if (v * b) % p == a % p), None)}[op]
+        text = f"{a} {symbol} {b} % {p} = {c_ref}"
+        assert row == [vocab[w] for w in text.split(" ")] and c == c_ref
+
+
+def test_modular_paper_vocabulary_at_113_is_117():
+    x, _ = all_examples(113, "add")
+    assert x[0, 1] == 114 and x[0, 3] == 116 and x[0, 4] == 113 and x[0, 5] == 115  # '+' 114, '%' 116, '=' 115
+
+
 @pytest.mark.parametrize("op", ["add", "div"])
 def test_modular_split_is_75_25_and_fixed(op):
     p = 13
@@ -67,7 +92,10 @@ def test_modular_split_is_75_25_and_fixed(op):
     assert len(full.train_x) == full.pool_size
     assert not rows(full.train_x) & rows(full.test_x)
     assert len(rows(full.train_x) | rows(full.test_x)) == n
-    assert full.vocab_size == full.num_classes == p + 3 and full.readout_pos == 3
+    assert full.vocab_size == full.num_classes == p + 4 and full.readout_pos == 5  # the paper's format
+    assert (full.train_x[:, 5] == p + 2).all()  # the answer is read at '='
+    compact = load_task(modular(p=p, op=op, frac=1.0, modular_format="compact"), log=lambda s: None)
+    assert compact.vocab_size == compact.num_classes == p + 3 and compact.readout_pos == 3
     assert full.train_mask is None and full.pad_id is None
     # the test set depends on split_seed only: not on the data seed, nor on the fraction
     for seed, frac in [(1, 0.2), (7, 0.5), (0, 1.0)]:

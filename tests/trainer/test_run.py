@@ -16,7 +16,7 @@ from grokfast_train.errors import RunError
 from grokfast_train.train import Run
 
 SMALL = ["--dataset", "modular", "--p", "23", "--hidden", "32", "--heads", "2", "--batch-size", "64",
-         "--frac", "0.5", "--eval-every", "10", "--quiet", "--device", "cpu"]
+         "--frac", "0.5", "--eval-every", "10", "--checkpoint-every", "10", "--quiet", "--device", "cpu"]
 
 
 def run_cli(tmp: Path, *extra: str) -> int:
@@ -206,7 +206,7 @@ def test_bad_data_is_one_line_and_exit_code(tmp_path):
 def test_triton_backend_trains_like_the_torch_backend(tmp_path):
     """The whole trainer on the Triton path (kernels under the interpreter, FusedAdamW) follows the
     PyTorch path: same data, same init, so the same metrics up to float rounding."""
-    args = [*SMALL, "--steps", "6", "--eval-every", "3", "--grokfast-alpha", "0.9"]  # the interpreter is slow
+    args = [*SMALL, "--steps", "6", "--eval-every", "3", "--checkpoint-every", "3", "--grokfast-alpha", "0.9"]  # the interpreter is slow
     assert main([*args, "--backend", "torch", "--out", str(tmp_path / "torch")]) == 0
     assert main([*args, "--backend", "triton", "--out", str(tmp_path / "triton")]) == 0
     assert json.loads((tmp_path / "triton" / "config.json").read_text())["backend"] == "triton"
@@ -254,7 +254,7 @@ def test_ctrl_c_after_divergence_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_resume_validates_against_the_saved_run_not_the_preset(tmp_path):
-    assert run_cli(tmp_path, "--steps", "14", "--eval-every", "7") == 0
+    assert run_cli(tmp_path, "--steps", "14", "--eval-every", "7", "--checkpoint-every", "7") == 0
     assert main(["--out", str(tmp_path), "--resume", "--steps", "28", "--checkpoint-every", "14", "--quiet"]) == 0
     assert [r["step"] for r in history(tmp_path)] == [7, 14, 21, 28]
 

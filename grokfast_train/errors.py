@@ -19,3 +19,7 @@ class RunError(GrokfastError):
     """The run could not proceed: missing data, unreachable hub, corrupt checkpoint, ... (exit code 1)."""
 
     exit_code = 1
+
+
+class RunLocked(RunError):
+    """Another process is training in this run directory (exit code 1)."""

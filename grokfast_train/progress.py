@@ -24,8 +24,9 @@ def format_eval(row: dict, total_steps: int) -> str:
 class Reporter:
     """Plain lines when quiet or not on a terminal; otherwise a live bar."""
 
-    def __init__(self, total_steps: int, start_step: int, quiet: bool, title: str):
+    def __init__(self, total_steps: int, start_step: int, quiet: bool, title: str, printer=print):
         self.total = total_steps
+        self._printer = printer  # where plain lines go (a sweep sends each run's to its log file)
         self.console = Console(stderr=False)
         self.live = not quiet and sys.stdout.isatty()
         self._last_draw = 0.0
@@ -43,8 +44,10 @@ class Reporter:
     def print(self, message: str) -> None:
         if self._progress is not None:
             self._progress.console.print(message, highlight=False)
-        else:
+        elif self._printer is print:
             print(message, flush=True)
+        else:
+            self._printer(message)
 
     def step(self, step: int, steps_per_s: float) -> None:
         if self._progress is None:

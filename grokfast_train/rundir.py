@@ -7,14 +7,16 @@ Nothing in it is overwritten without --force; --resume continues it (or extends 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT
 from .config import Config
-from .errors import RunError, UsageError
+from .errors import RunError, RunLocked, UsageError
 
-CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+CONFIG, METRICS, SUMMARY, LOCK = "config.json", "metrics.jsonl", "summary.json", ".lock"
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT)
 
 # Settings a resumed run may change; anything else would make it a different experiment.
@@ -57,6 +59,43 @@ def merge_for_resume(saved: Config, given: dict) -> Config:
     # How it was last started (and displayed) is no setting of the run.
     updates.update(resume=True, force=given.get("force", False), quiet=given.get("quiet", False))
     return dataclasses.replace(saved, **updates)
+
+
+class RunLock:
+    """An exclusive lock on a run directory while one process trains in it.
+
+    ``flock`` on ``DIR/.lock``: the kernel drops it when the process exits, however it exits, so a
+    crashed or killed run never leaves a stale lock, and a second process (a repeated command, a
+    sweep launched twice, a retried Ray task whose first attempt still runs) is refused at once.
+    It holds on a local filesystem; on a network filesystem it is as good as that filesystem's flock.
+    """
+
+    def __init__(self, run_dir: Path):
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UsageError(f"--out {run_dir} is a file, not a directory; choose another --out")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot create --out {run_dir} ({e.strerror}); choose another --out") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = None
+            raise RunLocked(f"another process (pid {holder}) is training in {run_dir}; wait for it to finish "
+                            f"or stop it, then rerun") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __del__(self):
+        self.release()
 
 
 def prepare(run_dir: Path, resume: bool, force: bool) -> None:

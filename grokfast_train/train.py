@@ -81,6 +81,8 @@ class Run:
         cfg = dataclasses.replace(cfg, device=self.device.type)
         self.cfg = cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device))
         self.dir = Path(cfg.out or rundir.default_out(cfg))
+        # One process trains in a run directory at a time (held until fit() ends or the process dies).
+        self.lock = rundir.RunLock(self.dir)
         rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
         log(cfg.describe())
 
@@ -167,6 +169,14 @@ class Run:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict | None:
         """Train to cfg.steps; returns the summary, or None when stopped by Ctrl-C (checkpoint saved)."""
+        try:
+            self._start()
+            return self._train()
+        finally:
+            self.lock.release()
+
+    def _start(self) -> None:
+        """Load the checkpoint of a resumed run; (re)write config.json and metrics.jsonl as of now."""
         cfg = self.cfg
         if cfg.resume:
             self.load_state_dict(load_checkpoint(self.dir))
@@ -178,7 +188,9 @@ class Run:
         (self.dir / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
         _rewrite_jsonl(self.dir / rundir.METRICS, self.history)
 
-        reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"{cfg.dataset}")
+    def _train(self) -> dict | None:
+        cfg = self.cfg
+        reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"{cfg.dataset}", printer=self.log)
         start_step, t0 = self.step, time.perf_counter()
         marks = _Milestones(cfg, self.history)
         interrupted = False

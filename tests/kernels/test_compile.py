@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from kernels._compile import ARCHS, all_specs
+import kernels._compile as compile_mod
+from kernels._compile import ARCHS, CompileReport, CompileSpec, all_specs, problems
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +41,42 @@ def test_compiles_without_spills_and_with_tensor_cores(reports, arch):
     assert code == 0, "\n".join(line for line in out.splitlines() if "FAIL" in line) or err[-2000:]
     assert len(lines) == len(all_specs())
     assert all("registers=" in line and "shared=" in line for line in lines)
+
+
+# The shape of Triton 3.6's PTX for scaled_init: libdevice cosf's slow-path array and its 2/pi table.
+_TRIG_PTX = (".global .align 4 .b8 __cudart_i2opi_f[24] = {65, 144};\n"
+             ".visible .entry _init_kernel(\n)\n{\n\t.local .align 4 .b8 \t__local_depot0[28];\n"
+             "\tst.local.b32 \t[%r1260], %r915;\n}\n")
+
+
+def _report(name, spill, ptx=_TRIG_PTX, ptx_counts=()):
+    spec = CompileSpec(name=name, fn=None, signature={}, constexprs={}, ptx_counts=ptx_counts)
+    return CompileReport(spec, 90, 0, 4, 64, spill, ptx)
+
+
+@pytest.mark.parametrize("version", [(3, 6), (3, 8)])
+def test_only_scaled_inits_libdevice_trig_array_is_allowed_before_triton_3_9(monkeypatch, version):
+    """The allowance for scaled_init's 32 B (libdevice cosf's Payne-Hanek array, see kernels/_compile.py)
+    is exactly that: the kernel by name, that size, that PTX, a Triton before 3.9. Anything else spills."""
+    monkeypatch.setattr(compile_mod, "triton_version", lambda: version)
+    init = "scaled_init[BLOCK=1024,fp32,seed:i32]"
+    assert problems(_report(init, 32)) == [] and "allowed: libdevice" in _report(init, 32).line()
+    assert problems(_report(init, 0)) == []
+    for report in (_report("layer_norm_bwd[BLOCK_M=4,BLOCK_N=512,bf16]", 32),  # another kernel
+                   _report(init, 40),  # more than the array
+                   _report(init, 32, ptx=_TRIG_PTX.replace("[28]", "[32]")),  # another local array
+                   _report(init, 32, ptx=_TRIG_PTX + "\t.local .align 8 .b8 \t__local_depot1[8];\n"),
+                   _report(init, 32, ptx=_TRIG_PTX.replace("__cudart_i2opi_f", "table"))):
+        assert problems(report) == [f"{report.spill_bytes} B spilled"], report.spec.name
+        assert "allowed" not in report.line()
+    monkeypatch.setattr(compile_mod, "triton_version", lambda: (3, 9))
+    assert problems(_report(init, 32)) == ["32 B spilled"]
+
+
+def test_ptx_counts_are_exact():
+    one = "@%p1 atom.global.gpu.relaxed.add.u32 %r4, [ %rd8 + 0 ], %r5;\n"
+    counts = ((r"\batom\.", 1),)
+    assert problems(_report("fused_adamw[x]", 0, one, counts)) == []
+    for ptx, got in (("ld.global.b32 %r1, [%rd1];\n", 0), (one * 2, 2)):
+        (problem,) = problems(_report("fused_adamw[x]", 0, ptx, counts))
+        assert problem.startswith(f"{got} matches of") and problem.endswith("expected 1")

@@ -116,6 +116,11 @@ def config_from_args(argv: list[str] | None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # grokfast-train report DIR: its own flags, no torch
+        from .report import main as report_main
+
+        return report_main(argv[1:])
     try:
         cfg = config_from_args(argv)
         from .train import run  # imported late: torch start-up is not needed for --help or a bad flag

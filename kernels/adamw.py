@@ -27,8 +27,13 @@ memset of 4 B/param. An eager per-tensor AdamW launches ~10 kernels per paramete
 ~2-3x these bytes.
 
 Device-resident state (what makes the step capturable in a CUDA graph, with no host sync):
-- the step count: one int32 per program (``_steps``), which that program alone reads, increments and
-  writes -- no race, no atomics, no second launch. ``state_dict`` reports it as torch's ``step``.
+- the step count: one int32 per program (``_steps``), which no other program touches. The program
+  reads and increments it with ONE atomic add that returns the old value: Triton performs a scalar
+  atomic in a single thread and hands its result to the whole block through shared memory behind a
+  barrier, so every thread uses the same t and the count goes up by exactly one per step. (A plain
+  load by every thread followed by one thread's store, with nothing between, let a warp scheduled
+  after the store read t + 1: its elements took the next step's bias correction, and at t = 1 with
+  the filter on skipped ``h = g``.) No second launch. ``state_dict`` reports it as torch's ``step``.
 - hyperparameters: a (groups, 8) fp64 table (lr, beta1, beta2, eps, weight_decay, grokfast alpha,
   grokfast lamb) read inside the kernel. ``step()`` compares ``param_groups`` with what it last
   uploaded and uploads changes (a host->device copy, never a device->host read). Under CUDA-graph
@@ -65,9 +70,13 @@ _HYPER_COLS = 8  # the table's row stride (one spare column)
 def _fused_adamw_kernel(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, h_ptr, step_ptr, group_ptr, hyper_ptr,
                         BLOCK: tl.constexpr, GROKFAST: tl.constexpr):
     pid = tl.program_id(0)
-    # This program's own step counter: read, increment, write back; no other program touches it.
-    t = tl.load(step_ptr + pid) + 1
-    tl.store(step_ptr + pid, t)
+    # This program's step counter: read and incremented by ONE atomic, which returns the old value. Not a
+    # plain load + store: every thread loads, one thread stores, and a warp that loads after that store
+    # would use t + 1. The PTX (sm_80 and sm_90, Triton 3.6 and 3.9) has exactly one atom.global, executed
+    # by thread 0 only, its result stored to shared memory, bar.sync, then read by every thread; the
+    # compile check counts the atom.global (compile_specs). Relaxed: it orders no other access, and the
+    # next launch sees it.
+    t = tl.atomic_add(step_ptr + pid, 1, sem="relaxed") + 1
     hp = hyper_ptr + tl.load(group_ptr + pid) * 8
     lr = tl.load(hp + 0)
     beta1 = tl.load(hp + 1)
@@ -457,9 +466,11 @@ class FusedAdamW(Optimizer):
 
 
 def compile_specs() -> list[CompileSpec]:
-    """The shipped configurations: fp32, BLOCK 2048, 8 warps; Grokfast filter off and on."""
+    """The shipped configurations: fp32, BLOCK 2048, 8 warps; Grokfast filter off and on. The PTX must
+    hold exactly one atomic (the step counter's; see the kernel)."""
     sig = dict(param_ptr="*fp32", grad_ptr="*fp32", exp_avg_ptr="*fp32", exp_avg_sq_ptr="*fp32", h_ptr="*fp32",
                step_ptr="*i32", group_ptr="*i32", hyper_ptr="*fp64", BLOCK="constexpr", GROKFAST="constexpr")
     return [CompileSpec(name=f"fused_adamw[BLOCK={BLOCK},fp32{',grokfast' if gf else ''}]", fn=_fused_adamw_kernel,
-                        signature=sig, constexprs=dict(BLOCK=BLOCK, GROKFAST=gf), num_warps=NUM_WARPS)
+                        signature=sig, constexprs=dict(BLOCK=BLOCK, GROKFAST=gf), num_warps=NUM_WARPS,
+                        ptx_counts=((r"\batom\.", 1),))
             for gf in (False, True)]

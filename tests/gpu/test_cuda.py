@@ -99,6 +99,72 @@ def test_fused_adamw_follows_torch_for_100_steps(grokfast):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def _adamw_against_reference_every_step(device, blocks_per_group, steps):
+    """FusedAdamW with the Grokfast filter, two param groups of ``blocks_per_group`` programs each, fed
+    g = p + noise for ``steps`` steps; at every step the kernel's result must equal adamw_reference_step
+    applied to the kernel's own state before the step, with the true t (and the whole trajectory must
+    follow an independent reference run). Returns the worst error / tolerance over all steps.
+
+    It guards the step counter (issue 10): a warp that read its program's counter after the increment
+    would use t + 1 -- the next bias correction, and at t = 1 the EMA update instead of h = g. The betas
+    keep that visible at every step: group 0 (beta1 0, beta2 0.99999) has sqrt(1 - beta2^t) still
+    growing at t = 2,000 (a t + 1 moves the update by ~2.5e-4 of itself there), group 1 (beta1 0.999,
+    beta2 0.9) has 1 - beta1^t growing; one group each, so the two corrections cannot cancel. The
+    gradient pulls p to 0, so p stays small and its rounding far below such an error."""
+    from kernels.adamw import BLOCK, adamw_reference_step
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    hypers = [dict(lr=1e-2, betas=(0.0, 0.99999)), dict(lr=1e-2, betas=(0.999, 0.9))]
+    common = dict(eps=1e-8, weight_decay=0.1, grokfast_alpha=0.98, grokfast_lamb=2.0)
+    params = [torch.nn.Parameter(0.01 * torch.randn(blocks_per_group * BLOCK - 100, device=device, generator=gen))
+              for _ in hypers]
+    opt = kernels.FusedAdamW([dict(params=[p], **hp) for p, hp in zip(params, hypers)], **common)
+    assert opt._num_programs == 2 * blocks_per_group
+
+    def state(p):
+        st = opt.state[p]
+        return [p.detach(), st["exp_avg"], st["exp_avg_sq"], st["grokfast_h"]]
+
+    trajectory = [[x.clone() for x in state(p)] for p in params]
+    inf = torch.tensor(float("inf"), device=device)
+    worst = []  # per step, on the device: max error / tolerance over every tensor of both groups
+    for t in range(1, steps + 1):
+        grads = [p.detach() + 0.1 * torch.randn(p.shape, device=device, generator=gen) for p in params]
+        refs = [[x.clone() for x in state(p)] for p in params]
+        for p, g in zip(params, grads):
+            p.grad.copy_(g)
+        opt.step()
+        ratios = []
+        for p, g, hp, ref, traj in zip(params, grads, hypers, refs, trajectory):
+            kw = dict(lr=hp["lr"], beta1=hp["betas"][0], beta2=hp["betas"][1], eps=common["eps"],
+                      weight_decay=common["weight_decay"], grokfast_alpha=common["grokfast_alpha"],
+                      grokfast_lamb=common["grokfast_lamb"])
+            p_before = ref[0].clone()
+            adamw_reference_step(ref[0], g, ref[1], ref[2], t, grokfast_h=ref[3], **kw)
+            adamw_reference_step(traj[0], g, traj[1], traj[2], t, grokfast_h=traj[3], **kw)
+            got = state(p)
+            # p: 1e-5 of this element's own update, plus a few ulps of p (the roundings of decay and update)
+            update = (ref[0] - p_before).abs()
+            ulp = torch.nextafter(ref[0].abs(), inf) - ref[0].abs()
+            ratios.append(((got[0] - ref[0]).abs() / (1e-5 * update + 4 * ulp + 1e-7 * update.max())).max())
+            for a, b in zip(got[1:], ref[1:]):  # exp_avg, exp_avg_sq, h: as the one-step CPU test
+                ratios.append((a - b).abs().max() / (1e-6 * b.abs().max()).clamp_min(1e-30))
+        worst.append(torch.stack(ratios).max())
+    worst = torch.stack(worst).cpu()
+    late = (worst > 1).nonzero().flatten()
+    assert late.numel() == 0, f"steps {(late + 1).tolist()[:20]} are off the reference by up to {worst.max():.3g} x tol"
+    assert opt._steps.tolist() == [steps] * opt._num_programs
+    for p, traj in zip(params, trajectory):  # a net for gross errors (a skipped h = g moves p by ~lr); on a GPU
+        # torch's roundings differ from the kernel's by an ulp here and there, a random walk of ~1e-6
+        torch.testing.assert_close(p.detach(), traj[0], atol=1e-4, rtol=0)
+    return worst.max().item()
+
+
+def test_fused_adamw_step_counter_over_2000_steps_of_2000_blocks():
+    """Issue 10, the step counter read by every thread and incremented by one: 4 M program-steps."""
+    _adamw_against_reference_every_step("cuda", blocks_per_group=1000, steps=2000)
+
+
 def test_fused_adamw_step_replays_in_a_cuda_graph():
     eager, graphed = _model(), _model()
     opts = [kernels.FusedAdamW(m.parameters(), lr=1e-3, weight_decay=0.1) for m in (eager, graphed)]

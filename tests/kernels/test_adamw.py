@@ -9,7 +9,10 @@ import copy
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from torch import nn
+from triton.runtime import interpreter
 
 import kernels.adamw as adamw_mod
 from kernels.adamw import BLOCK, FusedAdamW, adamw_reference_step
@@ -206,6 +209,77 @@ def test_grokfast_changes_the_trajectory():
     """The filter is really applied: with it on, FusedAdamW leaves plain AdamW's trajectory."""
     worst, _, _ = _train_pair(dict(grokfast_alpha=0.98, grokfast_lamb=2.0), 3)
     assert worst > 1e-4
+
+
+# ----------------------------------------------------------------------------- the step counter
+
+def _watch_scalar_read_then_write(monkeypatch) -> list:
+    """Record every address that a program reads with a plain scalar load and then writes with a plain
+    store, no barrier between: on a GPU every thread of the block performs the scalar load while one
+    thread performs the store, and nothing orders a late warp's load after the store (issue 10: the
+    step counter read by all threads, then incremented by one). The interpreter runs a program as one
+    sequential thread, so it cannot show the race itself; it can show the pattern that makes it possible.
+    Returns the list that fills with (program, address) while the patch is on."""
+    builder = interpreter.interpreter_builder
+    load, store = builder.create_masked_load, builder.create_masked_store
+    barrier, set_grid_idx = builder.create_barrier, builder.set_grid_idx
+    read: set[int] = set()
+    found: list = []
+
+    def watched_set_grid_idx(*idx):
+        read.clear()
+        return set_grid_idx(*idx)
+
+    def watched_load(ptrs, mask, *args):
+        if ptrs.data.size == 1 and mask.data.all():
+            read.add(int(ptrs.data.item()))
+        return load(ptrs, mask, *args)
+
+    def watched_store(ptrs, value, mask, *args):
+        written = read.intersection(ptrs.data[mask.data].ravel().tolist())
+        found.extend((builder.grid_idx, a) for a in sorted(written))
+        return store(ptrs, value, mask, *args)
+
+    def watched_barrier():
+        read.clear()
+        return barrier()
+
+    monkeypatch.setattr(builder, "set_grid_idx", watched_set_grid_idx)
+    monkeypatch.setattr(builder, "create_masked_load", watched_load)
+    monkeypatch.setattr(builder, "create_masked_store", watched_store)
+    monkeypatch.setattr(builder, "create_barrier", watched_barrier)
+    return found
+
+
+@triton.jit
+def _racy_counter_kernel(count_ptr, out_ptr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(count_ptr + pid) + 1  # what FusedAdamW did before the fix of issue 10
+    tl.store(count_ptr + pid, t)
+    tl.store(out_ptr + pid * BLOCK + tl.arange(0, BLOCK), t.to(tl.float32) + tl.zeros([BLOCK], tl.float32))
+
+
+def test_step_counter_advances_once_per_program_with_no_read_then_write(monkeypatch):
+    """Each program's step counter goes up by exactly one per step, and no program reads it with a plain
+    load that its own store then overwrites (the intra-block race of issue 10; see the watcher)."""
+    found = _watch_scalar_read_then_write(monkeypatch)
+    # the watcher sees the racy pattern where it exists (else this test could not fail)
+    counts = torch.zeros(3, dtype=torch.int32)
+    _racy_counter_kernel[(3,)](counts, torch.empty(3 * 32), BLOCK=32)
+    assert len(found) == 3 and counts.tolist() == [1, 1, 1]
+    found.clear()
+
+    g = torch.Generator().manual_seed(0)
+    big, small = nn.Parameter(torch.randn(2 * BLOCK + 5, generator=g)), nn.Parameter(torch.randn(7, generator=g))
+    opt = FusedAdamW([dict(params=[big]), dict(params=[small], lr=3e-3)], grokfast_alpha=0.9, grokfast_lamb=1.0)
+    assert opt._num_programs == 4
+    for step in range(1, 4):
+        for p in (big, small):
+            p.grad.copy_(torch.randn(p.shape, generator=g))
+        opt.step()
+        assert opt._steps.tolist() == [step] * 4
+    assert found == []
+    assert opt.state_dict()["state"][1]["step"].item() == 3
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -68,20 +68,24 @@ MAX_TYPES = 16  # with type_ids: each backward tile reduces dz once per type
 BLOCK_NS = tuple(2 ** k for k in range(5, 13))  # 32 ... 4096: every BLOCK_N the dispatcher can pick
 _TL_IDS = {torch.int64: "i64", torch.int32: "i32"}
 
-# num_warps per BLOCK_N, forward and backward: spill-free on both sm_80 and sm_90 for every id dtype,
-# with and without type_ids (``python -m kernels._compile``). ptxas spilled the backward at 8 warps
-# for BLOCK_N 32 (int32 ids), at 16 warps for BLOCK_N 32, 512, 2048 and 4096 (some variants), and at
-# 32 warps for BLOCK_N 2048 and 4096 (int32 ids with type_ids); the forward as fused_layer_norm's.
+# num_warps per BLOCK_N (the backward's also per id dtype): spill-free on sm_80 and sm_90 for every
+# variant, under Triton 3.6 (the GPU image's) and 3.9 (``python -m kernels._compile``). ptxas's register
+# choices differ between the two, so no single count is clean for every variant at BLOCK_N 2048. It
+# spilled the backward at 8 warps for BLOCK_N 32 (int32 ids) and for BLOCK_N 2048 (3.6, sm_90, int64
+# ids with type_ids); at 16 warps for BLOCK_N 32, 512, 2048 and 4096 (some variants; 3.9, sm_80, int64
+# with type_ids at 2048) and for BLOCK_N 1024 (3.6, sm_80); at 32 warps for BLOCK_N 2048 and 4096
+# (int32 ids with type_ids). The forward as fused_layer_norm's.
 _FWD_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 16, 1024: 16, 2048: 16, 4096: 32}
-_BWD_WARPS = {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 16, 2048: 8, 4096: 8}
+_BWD_WARPS = {torch.int64: {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 32, 2048: 32, 4096: 8},
+              torch.int32: {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 32, 2048: 8, 4096: 8}}
 
 
-def _config(n: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_M, forward num_warps, backward num_warps) for hidden size ``n``: tiles of at
-    least 2048 elements (whole rows)."""
+def _config(n: int, id_dtype: torch.dtype = torch.int64) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_M, forward num_warps, backward num_warps) for hidden size ``n`` and ids of
+    ``id_dtype``: tiles of at least 2048 elements (whole rows)."""
     block_n = max(32, triton.next_power_of_2(n))
     block_m = max(1, 2048 // block_n)
-    return block_n, block_m, _FWD_WARPS[block_n], _BWD_WARPS[block_n]
+    return block_n, block_m, _FWD_WARPS[block_n], _BWD_WARPS[id_dtype][block_n]
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -204,7 +208,7 @@ class _EmbeddingLayerNormFn(torch.autograd.Function):
         y = _empty((m, n), torch.float32, ids.device)
         mean = _empty((m,), torch.float32, ids.device)
         rstd = _empty((m,), torch.float32, ids.device)
-        block_n, block_m, warps, _ = _config(n)
+        block_n, block_m, warps, _ = _config(n, ids.dtype)
         if m > 0:
             _emb_ln_fwd_kernel[(triton.cdiv(m, block_m),)](
                 ids_c, ids_c if tids_c is None else tids_c, word, pos, typ, weight, bias, y, mean, rstd,
@@ -223,7 +227,7 @@ class _EmbeddingLayerNormFn(torch.autograd.Function):
         n_pos, n_types = pos.shape[0], typ.shape[0]
         dev = ids.device
         dy2 = dy.reshape(batch * length, n).to(torch.float32).contiguous()
-        block_n, block_m, _, warps = _config(n)
+        block_n, block_m, _, warps = _config(n, ids.dtype)
         dword = torch.zeros((vocab, n), dtype=torch.float32, device=dev)  # atomics accumulate into it
         dtype_ = torch.zeros((n_types, n), dtype=torch.float32, device=dev) if tids is not None else None
         if batch * length > 0:
@@ -324,8 +328,8 @@ def compile_specs() -> list[CompileSpec]:
     x type_ids given or not."""
     specs = []
     for block_n in BLOCK_NS:
-        _, block_m, fwd_warps, bwd_warps = _config(block_n)
         for id_dtype, it in _TL_IDS.items():
+            _, block_m, fwd_warps, bwd_warps = _config(block_n, id_dtype)
             for has_tids in (False, True):
                 consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=has_tids)
                 tag = f"BLOCK_M={block_m},BLOCK_N={block_n},{it}{',type_ids' if has_tids else ''}"

@@ -42,16 +42,20 @@ BLOCK_NS = tuple(2 ** k for k in range(5, 13))  # 32 ... 4096: every BLOCK_N the
 _TL_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-# num_warps per BLOCK_N: the spill-free choice on both sm_80 and sm_90 (ptxas spilled the backward
-# at 8 elements per thread for BLOCK_N 128 and 4096, and at 16 warps for BLOCK_N 32 on sm_90).
-_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 16, 1024: 16, 2048: 16, 4096: 32}
+# num_warps per BLOCK_N, forward and backward: spill-free on sm_80 and sm_90 under Triton 3.6 (the GPU
+# image's) and 3.9 (``python -m kernels._compile``). ptxas spilled the backward at 8 elements per thread
+# for BLOCK_N 128 and 4096, at 16 warps for BLOCK_N 32 on sm_90, and (Triton 3.6, sm_90, bf16/fp16)
+# at 16 warps for BLOCK_N 512, where it capped itself at 40 registers; 8 warps there is clean everywhere.
+_FWD_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 16, 1024: 16, 2048: 16, 4096: 32}
+_BWD_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 8, 1024: 16, 2048: 16, 4096: 32}
 
 
-def _config(n: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_M, num_warps) for hidden size ``n``: tiles of at least 2048 elements (whole rows)."""
+def _config(n: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_M, forward num_warps, backward num_warps) for hidden size ``n``: tiles of at
+    least 2048 elements (whole rows)."""
     block_n = max(32, triton.next_power_of_2(n))
     block_m = max(1, 2048 // block_n)
-    return block_n, block_m, _WARPS[block_n]
+    return block_n, block_m, _FWD_WARPS[block_n], _BWD_WARPS[block_n]
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -144,7 +148,7 @@ class _LayerNormFn(torch.autograd.Function):
         y = _empty((m, n), x.dtype, x.device)
         mean = _empty((m,), torch.float32, x.device)
         rstd = _empty((m,), torch.float32, x.device)
-        block_n, block_m, warps = _config(n)
+        block_n, block_m, warps, _ = _config(n)
         if m > 0:
             _layer_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
                 x2, x2 if r2 is None else r2, w, b, y, mean, rstd, m, n, eps,
@@ -164,7 +168,7 @@ class _LayerNormFn(torch.autograd.Function):
         dy2 = dy.reshape(-1, n).contiguous()
         if dy2.dtype != x2.dtype:
             dy2 = dy2.to(x2.dtype)
-        block_n, block_m, warps = _config(n)
+        block_n, block_m, _, warps = _config(n)
         tiles = triton.cdiv(m, block_m)
         programs = _num_bwd_programs(x2.device, tiles)
         rows_per_program = block_m * triton.cdiv(tiles, programs)
@@ -233,7 +237,7 @@ def compile_specs() -> list[CompileSpec]:
     """Every configuration ``layer_norm`` can launch: forward and backward x dtype x BLOCK_N x residual."""
     specs = []
     for block_n in BLOCK_NS:
-        _, block_m, warps = _config(block_n)
+        _, block_m, fwd_warps, bwd_warps = _config(block_n)
         for dtype, ty in _TL_DTYPES.items():
             for has_res in (False, True):
                 consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=has_res)
@@ -243,12 +247,12 @@ def compile_specs() -> list[CompileSpec]:
                     signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", B="*fp32", Y=f"*{ty}", MEAN="*fp32",
                                    RSTD="*fp32", M="i32", N="i32", eps="fp32", BLOCK_M="constexpr",
                                    BLOCK_N="constexpr", HAS_RESIDUAL="constexpr"),
-                    constexprs=consts, num_warps=warps))
+                    constexprs=consts, num_warps=fwd_warps))
                 specs.append(CompileSpec(
                     name=f"layer_norm_bwd[{tag}]", fn=_layer_norm_bwd_kernel,
                     signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", DY=f"*{ty}", DX=f"*{ty}", MEAN="*fp32",
                                    RSTD="*fp32", DW_PART="*fp32", DB_PART="*fp32", M="i32", N="i32",
                                    rows_per_program="i32", BLOCK_M="constexpr", BLOCK_N="constexpr",
                                    HAS_RESIDUAL="constexpr"),
-                    constexprs=consts, num_warps=warps))
+                    constexprs=consts, num_warps=bwd_warps))
     return specs

@@ -223,8 +223,8 @@ def test_compile_specs_cover_every_dispatched_configuration():
     shipped = {(s.fn, s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.constexprs["HAS_TYPE_IDS"],
                 s.signature["IDS"], s.num_warps) for s in emb_mod.compile_specs()}
     for n in list(range(1, 70)) + [127, 128, 129, 768, 1000, 2049, 4096]:
-        block_n, block_m, fwd_warps, bwd_warps = emb_mod._config(n)
-        for fn, warps in ((emb_mod._emb_ln_fwd_kernel, fwd_warps), (emb_mod._emb_ln_bwd_kernel, bwd_warps)):
-            for has_tids in (False, True):
-                for ids in ("*i64", "*i32"):
+        for id_dtype, ids in ((torch.int64, "*i64"), (torch.int32, "*i32")):
+            block_n, block_m, fwd_warps, bwd_warps = emb_mod._config(n, id_dtype)
+            for fn, warps in ((emb_mod._emb_ln_fwd_kernel, fwd_warps), (emb_mod._emb_ln_bwd_kernel, bwd_warps)):
+                for has_tids in (False, True):
                     assert (fn, block_m, block_n, has_tids, ids, warps) in shipped, n

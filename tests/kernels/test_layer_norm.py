@@ -168,6 +168,6 @@ def test_compile_specs_cover_every_dispatched_configuration():
     shipped = {(s.fn, s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps)
                for s in ln_mod.compile_specs()}
     for n in list(range(1, 70)) + [127, 128, 129, 768, 1000, 2049, 4096]:
-        block_n, block_m, warps = ln_mod._config(n)
-        for fn in (ln_mod._layer_norm_fwd_kernel, ln_mod._layer_norm_bwd_kernel):
+        block_n, block_m, fwd_warps, bwd_warps = ln_mod._config(n)
+        for fn, warps in ((ln_mod._layer_norm_fwd_kernel, fwd_warps), (ln_mod._layer_norm_bwd_kernel, bwd_warps)):
             assert (fn, block_m, block_n, warps) in shipped, n

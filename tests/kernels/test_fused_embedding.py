@@ -86,6 +86,23 @@ def test_encoder_case_against_reference(b, l, h):
         assert weights[0].grad[1:].abs().sum(1).gt(0).any()
 
 
+PAPER_WIDTHS = tuple(range(16, 257, 16))  # the paper's model-wise grid: hidden 16, 32, ..., 256
+
+
+@pytest.mark.parametrize("h", PAPER_WIDTHS)
+def test_paper_hidden_sizes(h):
+    """Every hidden size of the paper's model-wise grid, as the encoder calls it (padding_idx 0, no
+    type_ids), forward and all five gradients: one token, and a sequence one past a position block
+    (two position blocks, the second holding one row) over three batch rows."""
+    _run_case(1, 1, h, padding_idx=0)
+    _run_case(3, emb_mod._config(h)[1] + 1, h, padding_idx=0)
+
+
+@pytest.mark.parametrize("h", [48, 80, 144, 208, 240])  # not powers of two: masked columns
+def test_paper_hidden_sizes_with_type_ids(h):
+    _run_case(3, 9, h, n_types=2, type_ids=True, id_dtype=torch.int32, seed=5)
+
+
 @pytest.mark.parametrize("b,l,h", [(1, 1, 16), (7, 7, 128), (7, 100, 200), (3, 257, 16)])
 @pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
 def test_type_ids_against_reference(b, l, h, id_dtype):

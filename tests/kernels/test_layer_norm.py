@@ -89,6 +89,24 @@ def test_half_dtypes_against_reference(dtype, m, n, residual):
     _run_case(m, n, dtype, residual)
 
 
+PAPER_WIDTHS = tuple(range(16, 257, 16))  # the paper's model-wise grid: hidden 16, 32, ..., 256
+
+
+@pytest.mark.parametrize("n", PAPER_WIDTHS)
+def test_paper_hidden_sizes(n):
+    """Every hidden size of the paper's model-wise grid, forward and all gradients: one row, and three
+    forward tiles (the last one partial) that the backward splits over three programs."""
+    block_m = ln_mod._config(n)[1]
+    _run_case(1, n, torch.float32, False)
+    _run_case(2 * block_m + 1, n, torch.float32, True)
+
+
+@pytest.mark.parametrize("n", [48, 80, 144, 208, 240])  # not powers of two: masked columns
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_paper_hidden_sizes_half_dtypes(n, dtype):
+    _run_case(ln_mod._config(n)[1] + 3, n, dtype, True)
+
+
 def test_bf16_activations_with_fp32_weights():
     _run_case(33, 96, torch.bfloat16, True, wdtype=torch.float32)
 

@@ -160,13 +160,12 @@ def test_frozen_weights_get_no_gradient():
     assert word.grad is not None and pos.grad is None and lw.grad is None
 
 
-def test_eps_is_used():
-    ids = torch.zeros(1, 1, dtype=torch.int64)
-    word, pos, typ = torch.tensor([[0.0, 1e-3]]), torch.zeros(1, 2), torch.zeros(1, 2)
-    lw, lb = torch.ones(2), torch.zeros(2)
-    small = embedding_layer_norm(ids, word, pos, typ, lw, lb, eps=1e-12)
-    large = embedding_layer_norm(ids, word, pos, typ, lw, lb, eps=1.0)
-    assert small.abs().max() > 0.9 and large.abs().max() < 1e-3
+@pytest.mark.parametrize("eps", [1e-5, 0.3, 1.0, 4.0])
+def test_eps_against_reference(eps):
+    """eps where the reference puts it, inside the square root: the rows' variance is ~1.5, so at these
+    eps 1/sqrt(var + eps) and, say, 1/(sqrt(var) + eps) differ by 10-60 %, in y and in every gradient."""
+    _run_case(3, 7, 48, padding_idx=0, eps=eps, seed=8)
+    _run_case(2, 5, 40, n_types=3, type_ids=True, eps=eps, seed=9)
 
 
 def test_reference_is_bert_embeddings():

@@ -32,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {PROG} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, argument_default=argparse.SUPPRESS,
+def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, argument_default=argparse.SUPPRESS, conflict_handler=conflict_handler,
                 description="Train a small transformer in the grokking configuration of 'Critical Data Size "
                             "of Language Models from a Grokking Perspective'. Unset options take the "
                             "dataset's paper preset.")
@@ -115,18 +115,43 @@ def config_from_args(argv: list[str] | None) -> Config:
     return merged
 
 
+def build_sweep_parser() -> argparse.ArgumentParser:
+    """Every single-run flag applies to all runs; the grid and execution flags are the sweep's own."""
+    from .sweep import add_sweep_arguments
+
+    p = build_parser(prog=f"{PROG} sweep", conflict_handler="resolve")  # --layers becomes a list
+    p.description = ("Train a grid of ordinary runs (data size x hidden size x layers x seed) into --out, one run "
+                     "directory per point; rerun the same command to resume. Then: grokfast-train report DIR.")
+    add_sweep_arguments(p)
+    return p
+
+
+def _train(argv: list[str]) -> int:
+    cfg = config_from_args(argv)
+    from .train import run  # imported late: torch start-up is not needed for --help or a bad flag
+
+    return 0 if run(cfg) is not None else 130
+
+
+def _sweep(argv: list[str]) -> int:
+    from .sweep import run_sweep, validate_execution
+
+    given = vars(build_sweep_parser().parse_args(argv))
+    if "betas" in given:
+        given["betas"] = tuple(given["betas"])
+    validate_execution(given)
+    return run_sweep(given)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:  # grokfast-train report DIR: its own flags, no torch
         from .report import main as report_main
 
         return report_main(argv[1:])
+    command = _sweep if argv[:1] == ["sweep"] else _train
     try:
-        cfg = config_from_args(argv)
-        from .train import run  # imported late: torch start-up is not needed for --help or a bad flag
-
-        summary = run(cfg)
-        return 0 if summary is not None else 130
+        return command(argv[1:] if command is _sweep else argv)
     except GrokfastError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -107,7 +107,7 @@ def find_runs(root: Path) -> tuple[list[Path], bool, int]:
     expected = len(dirs)
     try:  # optional: runs of the grid not started yet have no directory, but the sweep file lists them
         planned = json.loads((root / SWEEP).read_text()).get("runs")
-        expected = max(expected, len(planned)) if isinstance(planned, list) else expected
+        expected = max(expected, len(planned)) if isinstance(planned, (list, dict)) else expected
     except (OSError, ValueError, AttributeError):
         pass
     return dirs, False, expected

@@ -78,6 +78,12 @@ def all_examples(p: int, op: str, fmt: str = "paper") -> tuple[torch.Tensor, tor
     return x, c
 
 
+def pool_size(p: int, op: str) -> int:
+    """Size of the training pool, known without building the data (a sweep checks its grid with it)."""
+    n = p * p - (p if op == "div" else 0)
+    return n * TRAIN_SHARE[0] // TRAIN_SHARE[1]
+
+
 def split(n: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the training pool (75 %) and the test set (25 %), fixed by ``split_seed``."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))

@@ -1,0 +1,436 @@
+"""``grokfast-train sweep``: a grid of ordinary runs (data size x hidden size x layers x seed).
+
+A sweep directory holds one ordinary run directory per grid point, named for the point
+(``n1500-h128-l1-s0``, or ``f0.3-...`` for a fraction), and ``sweep.json``: the settings every
+run shares, the grid, and each run's last known status. The run directories are the truth; the
+status in ``sweep.json`` is a summary for people and for ``report``.
+
+Re-running the same command skips finished runs and resumes interrupted ones from their
+checkpoints; a larger grid adds runs and never touches finished ones; a different shared setting
+in the same directory is refused. A run is trained by one process at a time (``rundir.RunLock``),
+so a sweep launched twice, or a Ray task retried while its first attempt still runs, never trains
+a run twice at once: the second finds the lock held and leaves the run to the first.
+
+Executors: ``local`` runs one run after another, or ``--jobs N`` worker processes with the
+machine's cores split between them; ``ray`` makes each run a Ray task (a local instance, or
+``--ray-address``), ``--gpus-per-run`` lets several small runs share a GPU, and a task whose
+worker dies is retried and resumes from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import rundir
+from .checkpoint import CHECKPOINT, save_json
+from .config import Config, resolve
+from .errors import GrokfastError, RunLocked, UsageError
+
+SWEEP_FILE = "sweep.json"
+# The grid's axes: Config field -> the sweep flag that lists its values.
+AXES = {"frac": "--fracs", "train_size": "--train-sizes", "hidden": "--hidden-sizes", "n_layers": "--layers",
+        "seed": "--seeds"}
+# Settings that are not part of what the runs share: how a run is executed and shown, and where it lives.
+_NOT_SHARED = rundir.RESUMABLE | {"backend"}
+_SWEEP_ONLY = ("fracs", "train_sizes", "hidden_sizes", "layers", "seeds", "executor", "jobs", "ray_address",
+               "gpus_per_run", "threads_per_run")
+# The paper's sample-wise grids (DESIGN.md): modular training sizes 1,000..9,500 by 500; text fractions 0.1..1.0.
+DEFAULT_TRAIN_SIZES = {"modular": list(range(1000, 9501, 500))}
+DEFAULT_FRACS = [round(0.1 * i, 1) for i in range(1, 11)]
+
+
+# ------------------------------------------------------------------------------------------ grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    size_key: str  # "frac" | "train_size"
+    size: float | int
+    hidden: int
+    n_layers: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        size = f"n{self.size}" if self.size_key == "train_size" else f"f{self.size:g}"
+        return f"{size}-h{self.hidden}-l{self.n_layers}-s{self.seed}"
+
+    def settings(self) -> dict[str, Any]:
+        other = "frac" if self.size_key == "train_size" else "train_size"
+        return {self.size_key: self.size, other: None, "hidden": self.hidden, "n_layers": self.n_layers,
+                "seed": self.seed}
+
+
+def _parse_list(flag: str, text: str, kind: Callable) -> list:
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise UsageError(f"{flag} needs a comma-separated list of values, got {text!r}")
+    try:
+        values = [kind(t) for t in items]
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not a list of {'integers' if kind is int else 'numbers'}") from None
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise UsageError(f"{flag} lists {', '.join(map(str, duplicates))} more than once")
+    return values
+
+
+def grid_points(given: dict[str, Any], dataset: str) -> list[Point]:
+    """The grid the flags describe; a single-run flag (--frac, --hidden, --seed, ...) is a one-value axis."""
+    if "fracs" in given and "train_sizes" in given:
+        raise UsageError("give --fracs or --train-sizes, not both")
+    if "fracs" in given or "frac" in given:
+        size_key = "frac"
+        sizes = _parse_list("--fracs", given["fracs"], float) if "fracs" in given else [given["frac"]]
+        for f in sizes:
+            if not 0 < f <= 1:
+                raise UsageError(f"--fracs: {f:g} is outside (0, 1]; use --train-sizes for counts")
+    elif "train_sizes" in given or "train_size" in given:
+        size_key = "train_size"
+        sizes = (_parse_list("--train-sizes", given["train_sizes"], int) if "train_sizes" in given
+                 else [given["train_size"]])
+    elif dataset in DEFAULT_TRAIN_SIZES:
+        size_key, sizes = "train_size", DEFAULT_TRAIN_SIZES[dataset]
+    else:
+        size_key, sizes = "frac", DEFAULT_FRACS
+    preset = resolve(Config(dataset=dataset))
+
+    def axis(list_key: str, flag: str, single_key: str) -> list[int]:
+        if list_key in given:
+            values = _parse_list(flag, given[list_key], int)
+        else:
+            values = [given.get(single_key, getattr(preset, single_key))]
+        bad = [v for v in values if v <= 0 and single_key != "seed" or v < 0]
+        if bad:
+            raise UsageError(f"{flag}: {bad[0]} is not a valid value")
+        return values
+
+    hidden = axis("hidden_sizes", "--hidden-sizes", "hidden")
+    layers = axis("layers", "--layers", "n_layers")
+    seeds = axis("seeds", "--seeds", "seed")
+    return [Point(size_key, s, h, n, seed) for h in hidden for n in layers for s in sizes for seed in seeds]
+
+
+def point_config(given: dict[str, Any], point: Point, sweep_dir: Path) -> Config:
+    run_settings = {k: v for k, v in given.items() if k not in _SWEEP_ONLY and k not in AXES}
+    run_settings.update(point.settings(), out=str(sweep_dir / point.name), quiet=True)
+    try:
+        return resolve(Config(**run_settings))
+    except UsageError as e:
+        raise UsageError(f"grid point {point.name}: {e}") from None
+
+
+def shared_settings(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
+    """What every run of the sweep has in common, resolved: the identity of the sweep."""
+    values = dataclasses.asdict(cfg)
+    skip = set(AXES) | _NOT_SHARED
+    if "ffn" not in given:
+        skip.add("ffn")  # derived from --hidden by the preset's rule, so it varies along that axis
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(values.items()) if k not in skip}
+
+
+# ------------------------------------------------------------------------------------ one run
+
+
+def run_status(run_dir: Path, steps: int) -> str:
+    """done (finished at >= steps) | resumable (has a checkpoint) | partial (files, no checkpoint) | new."""
+    summary = run_dir / rundir.SUMMARY
+    if summary.exists():
+        try:
+            if json.loads(summary.read_text()).get("final_step", 0) >= steps:
+                return "done"
+        except (OSError, ValueError):
+            pass
+    if (run_dir / CHECKPOINT).exists():
+        return "resumable"
+    if (run_dir / rundir.CONFIG).exists() or (run_dir / rundir.METRICS).exists():
+        return "partial"
+    return "new"
+
+
+def train_point(cfg_dict: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Train one grid point to the end, resuming it if it has a checkpoint; never raises for a bad run.
+
+    Used by every executor (in-process, worker process, Ray task), so the same point gives the same
+    run whatever runs it. Returns {"name", "status": done | skipped | interrupted | locked | failed, ...}.
+    """
+    import torch
+
+    from .train import Run
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = Config.from_dict(cfg_dict)
+    run_dir = Path(cfg.out)
+    result: dict[str, Any] = {"name": run_dir.name}
+    status = run_status(run_dir, cfg.steps)
+    if status == "done":
+        return {**result, "status": "skipped", "summary": json.loads((run_dir / rundir.SUMMARY).read_text())}
+    started = time.perf_counter()
+    try:
+        if status == "resumable":
+            given = {k: getattr(cfg, k) for k in ("steps", "device", "eval_batch_size", "checkpoint_every", "quiet")}
+            cfg = dataclasses.replace(rundir.merge_for_resume(rundir.saved_config(run_dir), given), out=str(run_dir))
+        elif status == "partial":
+            cfg = dataclasses.replace(cfg, force=True)  # stopped before its first checkpoint: start it over
+        log_path = run_dir / "train.log"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log_file:
+            def log(line: str) -> None:
+                log_file.write(line + "\n")
+                log_file.flush()
+
+            summary = Run(cfg, log=log).fit()
+    except RunLocked as e:
+        return {**result, "status": "locked", "error": str(e)}
+    except GrokfastError as e:
+        return {**result, "status": "failed", "error": str(e)}
+    wall = time.perf_counter() - started
+    if summary is None:
+        return {**result, "status": "interrupted", "wall_s": wall}
+    return {**result, "status": "done", "summary": summary, "wall_s": wall}
+
+
+# ---------------------------------------------------------------------------------- executors
+
+
+def _run_local(configs: list[dict], threads: int, jobs: int, stop: "_Stop") -> Iterator[dict]:
+    if jobs == 1:
+        for cfg in configs:
+            if stop.set:
+                return
+            yield train_point(cfg, threads)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # Never more tasks handed out than workers: after a Ctrl-C nothing new starts.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_ignore_sigint) as pool:
+        pending, queue = set(), list(configs)
+        while queue or pending:
+            while queue and len(pending) < jobs and not stop.set:
+                pending.add(pool.submit(train_point, queue.pop(0), threads))
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+
+def _ignore_sigint() -> None:
+    """Worker processes: an idle worker ignores Ctrl-C; a training Run installs its own handler meanwhile."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_ray(configs: list[dict], threads: int, gpus: float, address: str | None, stop: "_Stop") -> Iterator[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'grokfast-train[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    # max_retries: a task whose worker dies is run again; train_point resumes it from its checkpoint.
+    task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=3)(train_point)
+    pending = [task.remote(cfg, threads) for cfg in configs]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+            if stop.set:
+                for ref in pending:  # a running task's Run gets KeyboardInterrupt, which it checkpoints
+                    ray.cancel(ref)
+                for ref in pending:
+                    try:
+                        yield ray.get(ref)
+                    except (ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError):
+                        pass
+                return
+    finally:
+        if not address:
+            ray.shutdown()
+
+
+class _Stop:
+    """Ctrl-C stops handing out runs; runs in progress checkpoint and stop by their own handlers."""
+
+    def __init__(self):
+        self.set = False
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.set:
+                raise KeyboardInterrupt
+            self.set = True
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ------------------------------------------------------------------------------- the sweep
+
+
+class SweepFile:
+    """sweep.json: shared settings, the grid (the union of every invocation's), and run statuses."""
+
+    def __init__(self, sweep_dir: Path, shared: dict[str, Any]):
+        self.path = sweep_dir / SWEEP_FILE
+        self.data: dict[str, Any] = {"shared": shared, "runs": {}}
+        if self.path.exists():
+            try:
+                old = json.loads(self.path.read_text())
+                old_shared, old_runs = old["shared"], old["runs"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise GrokfastError(f"{self.path} is unreadable; move it away to start a new sweep there") from None
+            changed = sorted(k for k in set(old_shared) | set(shared) if old_shared.get(k) != shared.get(k))
+            if changed:
+                k = changed[0]
+                raise UsageError(f"{sweep_dir} holds a sweep with {k}={old_shared.get(k)!r}, not {shared.get(k)!r}"
+                                 f"{f' (and {len(changed) - 1} more settings)' if len(changed) > 1 else ''}; "
+                                 f"use another --out for a different setting")
+            self.data["runs"] = old_runs
+
+    def add(self, point: Point, status: str) -> None:
+        entry = self.data["runs"].setdefault(point.name, {"point": dataclasses.asdict(point)})
+        entry["status"] = status
+
+    def set(self, name: str, status: str, error: str | None = None) -> None:
+        entry = self.data["runs"][name]
+        entry["status"] = status
+        entry.pop("error", None)
+        if error:
+            entry["error"] = error
+
+    def save(self) -> None:
+        save_json(self.path, self.data)
+
+
+def _result_line(r: dict, index: int, total: int) -> str:
+    head = f"[{index}/{total}] {r['name']}: "
+    if r["status"] in ("done", "skipped"):
+        s = r["summary"]
+        mem, gen = s.get("memorization_step"), s.get("generalization_step")
+        landmarks = ("never memorised" if mem is None else f"memorised {mem:,}") + ", " + \
+                    ("never generalised" if gen is None else f"generalised {gen:,}")
+        tail = f"; {r['wall_s']:.0f} s" if "wall_s" in r else " (finished earlier)"
+        return f"{head}{landmarks}; best test acc {s.get('best_test_acc', float('nan')):.3f}{tail}"
+    if r["status"] == "locked":
+        return f"{head}left alone: {r['error']}"
+    if r["status"] == "interrupted":
+        return f"{head}interrupted; checkpoint saved"
+    return f"{head}failed: {r['error']}"
+
+
+def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
+    dataset = given.get("dataset", "modular")
+    sweep_dir = Path(given.get("out") or Path("sweeps") / dataset)
+    for flag in ("resume", "force"):
+        if given.get(flag):
+            raise UsageError(f"sweep takes no --{flag}: rerunning the command resumes it; use a new --out to start over")
+    points = grid_points(given, dataset)
+    configs = [point_config(given, p, sweep_dir) for p in points]
+    if dataset == "modular":  # a size past the pool would fail every run of it: say so before any starts
+        from .data.modular import pool_size
+
+        pool = pool_size(configs[0].p, configs[0].op)
+        too_big = sorted({c.train_size for c in configs if c.train_size is not None and c.train_size > pool})
+        if too_big:
+            raise UsageError(f"--train-sizes {too_big[0]:,} exceeds the training pool of {pool:,} pairs "
+                             f"(75 % of the {configs[0].p}² pairs); pass at most {pool:,}")
+    shared = shared_settings(configs[0], given)
+    for p, c in zip(points, configs):  # a grid point that changes a shared setting is a bug in the grid
+        assert shared_settings(c, given) == shared, p.name
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise UsageError(f"--out {sweep_dir} is a file, not a directory; choose another --out")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    book = SweepFile(sweep_dir, shared)
+    statuses = {p.name: run_status(sweep_dir / p.name, c.steps) for p, c in zip(points, configs)}
+    for p in points:
+        book.add(p, "done" if statuses[p.name] == "done" else "pending")
+    book.save()
+
+    executor, jobs = given.get("executor", "local"), given.get("jobs", 1)
+    threads = given.get("threads_per_run") or max(1, (os.cpu_count() or 1) // jobs)
+    todo = [dataclasses.asdict(c) for p, c in zip(points, configs) if statuses[p.name] != "done"]
+    finished_before = len(points) - len(todo)
+    log(f"sweep {sweep_dir}: {len(points)} runs ({finished_before} finished before, {len(todo)} to train) on "
+        f"{executor}" + (f", {jobs} at a time" if executor == "local" and jobs > 1 else "") +
+        f", {threads} thread{'s' * (threads > 1)} per run")
+    started, walls, counts = time.perf_counter(), [], {"done": 0, "interrupted": 0, "locked": 0, "failed": 0}
+    with _Stop() as stop:
+        if executor == "ray":
+            results = _run_ray(todo, threads, given.get("gpus_per_run", 0.0), given.get("ray_address"), stop)
+        else:
+            results = _run_local(todo, threads, jobs, stop)
+        for i, r in enumerate(results, 1):
+            status = "done" if r["status"] == "skipped" else r["status"]
+            counts[status] += 1
+            if status == "interrupted":
+                stop.set = True  # the run took the Ctrl-C; start no other
+            book.set(r["name"], {"locked": "running elsewhere"}.get(status, status), r.get("error"))
+            book.save()
+            if "wall_s" in r and status == "done":
+                walls.append(r["wall_s"])
+            log(_result_line(r, finished_before + i, len(points)))
+            left = len(todo) - i
+            if left and walls and not stop.set:
+                parallel = min(left, jobs if executor == "local" else max(1, (os.cpu_count() or 1) // threads))
+                eta = sum(walls) / len(walls) * left / parallel
+                log(f"sweep: {finished_before + counts['done']} done, {parallel} running, "
+                    f"{left - parallel} waiting; ETA {eta / 60:.1f} min")
+    wall = time.perf_counter() - started
+    done = finished_before + counts["done"]
+    log(f"sweep done: {done}/{len(points)} runs finished in {wall:.0f} s"
+        + "".join(f"; {n} {k}" for k, n in counts.items() if n and k != "done")
+        + f"; analyse with: grokfast-train report {sweep_dir}")
+    if counts["interrupted"] or (stop.set and done < len(points)):
+        log("interrupted: rerun the same command to continue")
+        return 130
+    if counts["locked"]:
+        log("runs being trained by another process were left to it: rerun the same command once it has finished")
+    return 0 if done == len(points) else 1
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sweep grid (comma-separated lists; a single-run flag such as --hidden is a one-value axis)")
+    g.add_argument("--fracs", help="data fractions, e.g. 0.1,0.2,0.3 (default for text: 0.1..1.0)")
+    g.add_argument("--train-sizes", help="training-set sizes (default for modular: 1000..9500 by 500, the paper's)")
+    g.add_argument("--hidden-sizes", help="hidden sizes, e.g. 16,32,64 (model-wise; heads and text FFN stay fixed)")
+    g.add_argument("--layers", help="layer counts, e.g. 1,2,4")
+    g.add_argument("--seeds", help="seeds, e.g. 0,1,2")
+    e = p.add_argument_group("execution")
+    e.add_argument("--executor", choices=("local", "ray"), help="local (default) or ray")
+    e.add_argument("--jobs", type=int, help="local: runs at once, each in its own process (default 1)")
+    e.add_argument("--threads-per-run", type=int, help="CPU threads per run (default: cores / jobs)")
+    e.add_argument("--ray-address", help="ray: address of an existing cluster (default: start a local instance)")
+    e.add_argument("--gpus-per-run", type=float, help="ray: GPU share per run, e.g. 0.25 (default 0)")
+
+
+def validate_execution(given: dict[str, Any]) -> None:
+    for key in ("jobs", "threads_per_run"):
+        if key in given and given[key] < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {given[key]}")
+    if given.get("gpus_per_run", 0) < 0:
+        raise UsageError(f"--gpus-per-run must be >= 0, got {given['gpus_per_run']}")
+    if given.get("executor", "local") == "local":
+        for key in ("ray_address", "gpus_per_run"):
+            if key in given:
+                raise UsageError(f"--{key.replace('_', '-')} applies to --executor ray")
+    elif "jobs" in given:
+        raise UsageError("--jobs applies to --executor local; Ray runs as many runs as its resources allow")

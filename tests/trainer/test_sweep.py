@@ -1,0 +1,156 @@
+"""``grokfast-train sweep`` end to end: real runs, resumption, grid changes, executors, bad grids."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grokfast_train.cli import main
+from grokfast_train.rundir import RunLock
+
+TINY = ["--p", "13", "--hidden", "16", "--heads", "2", "--steps", "30", "--eval-every", "10",
+        "--threads-per-run", "1"]
+GRID = ["--train-sizes", "40,80", "--seeds", "0,1"]
+NAMES = ["n40-h16-l1-s0", "n40-h16-l1-s1", "n80-h16-l1-s0", "n80-h16-l1-s1"]
+
+
+def sweep(out: Path, *extra: str) -> int:
+    return main(["sweep", *TINY, *GRID, "--out", str(out), *extra])
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+def summaries(sweep_dir: Path) -> dict[str, dict]:
+    keep = ("memorization_step", "generalization_step", "best_test_acc", "final_test_acc", "final_train_acc",
+            "train_size")
+    return {name: {k: json.loads((sweep_dir / name / "summary.json").read_text())[k] for k in keep}
+            for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    assert sweep(out) == 0
+    return out
+
+
+def test_a_sweep_is_a_grid_of_ordinary_runs(finished, tmp_path):
+    book = json.loads((finished / "sweep.json").read_text())
+    assert sorted(book["runs"]) == NAMES and all(r["status"] == "done" for r in book["runs"].values())
+    assert book["shared"]["p"] == 13 and "seed" not in book["shared"] and "train_size" not in book["shared"]
+    for name in NAMES:
+        cfg = json.loads((finished / name / "config.json").read_text())
+        assert (cfg["train_size"], cfg["seed"]) == (int(name[1:3]), int(name[-1]))
+    # each run is exactly the solo run of the same settings
+    solo = ["--p", "13", "--hidden", "16", "--heads", "2", "--steps", "30", "--eval-every", "10", "--quiet",
+            "--train-size", "80", "--seed", "1", "--out", str(tmp_path / "solo")]
+    assert main(solo) == 0
+    assert metrics(tmp_path / "solo") == metrics(finished / "n80-h16-l1-s1")
+
+
+def test_rerun_skips_finished_runs_and_a_larger_grid_adds_runs(finished, capsys):
+    stamps = {n: (finished / n / "summary.json").stat().st_mtime_ns for n in NAMES}
+    assert sweep(finished) == 0
+    assert "4 finished before, 0 to train" in capsys.readouterr().out
+    assert main(["sweep", *TINY, "--train-sizes", "40,80,60", "--seeds", "0,1", "--out", str(finished)]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs (4 finished before, 2 to train)" in out
+    assert {n: (finished / n / "summary.json").stat().st_mtime_ns for n in NAMES} == stamps  # untouched
+    assert (finished / "n60-h16-l1-s1" / "summary.json").exists()
+
+
+def test_a_different_shared_setting_is_refused(finished, capsys):
+    assert sweep(finished, "--lr", "0.01") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lr=0.001" in err and "another --out" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--train-sizes", ""], "--train-sizes"),
+    (["--seeds", "0,1,0"], "more than once"),
+    (["--fracs", "0.5,1.2"], "outside (0, 1]"),
+    (["--fracs", "0.5", "--train-sizes", "40"], "not both"),
+    (["--hidden-sizes", "16,31"], "divisible"),
+    (["--train-sizes", "40,127"], "exceeds the training pool of 126"),
+    (["--hidden-sizes", "16,x"], "--hidden-sizes"),
+    (["--jobs", "0"], "--jobs"),
+    (["--gpus-per-run", "0.5"], "--executor ray"),
+    (["--resume"], "no --resume"),
+])
+def test_bad_grids_are_one_line_and_exit_2(tmp_path, capsys, args, needle):
+    assert main(["sweep", "--p", "13", "--heads", "2", "--hidden", "16", "--steps", "5", *args,
+                 "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_parallel_jobs_give_the_same_runs(finished, tmp_path):
+    assert sweep(tmp_path / "p", "--jobs", "2") == 0
+    assert summaries(tmp_path / "p") == summaries(finished)
+    for name in NAMES:
+        assert metrics(tmp_path / "p" / name) == metrics(finished / name)
+
+
+def test_a_run_held_by_another_process_is_left_to_it(finished, tmp_path, capsys):
+    out = tmp_path / "s"
+    held = RunLock(out / NAMES[1])
+    try:
+        assert sweep(out) == 1  # not all runs finished
+    finally:
+        held.release()
+    text = capsys.readouterr().out
+    assert "left alone" in text and "another process" in text
+    assert json.loads((out / "sweep.json").read_text())["runs"][NAMES[1]]["status"] == "running elsewhere"
+    assert not (out / NAMES[1] / "metrics.jsonl").exists()
+    assert sweep(out) == 0 and metrics(out / NAMES[1]) == metrics(finished / NAMES[1])
+
+
+def test_interrupted_sweep_resumes_and_trains_every_run_once(finished, tmp_path):
+    out = tmp_path / "s"
+    # long enough that the Ctrl-C lands inside a run; the same grid as `finished` otherwise
+    args = [sys.executable, "-m", "grokfast_train.cli", "sweep", *TINY, *GRID, "--out", str(out)]
+    args[args.index("30")] = "400"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    target = out / NAMES[1] / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (target.exists() and len(target.read_text().splitlines()) >= 2):
+        assert child.poll() is None and time.time() < deadline, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "interrupted" in stdout and not (out / NAMES[2]).exists()  # nothing started after the Ctrl-C
+    first_done = (out / NAMES[0] / "summary.json").stat().st_mtime_ns
+    state = json.loads((out / "sweep.json").read_text())["runs"]
+    assert state[NAMES[1]]["status"] == "interrupted"
+
+    rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 finished before, 3 to train" in rerun.stdout
+    assert (out / NAMES[0] / "summary.json").stat().st_mtime_ns == first_done  # not trained again
+    log = (out / NAMES[1] / "train.log").read_text()
+    assert log.count("resuming") == 1
+    # the interrupted run equals the same run trained without interruption
+    solo = ["--p", "13", "--hidden", "16", "--heads", "2", "--steps", "400", "--eval-every", "10", "--quiet",
+            "--train-size", "40", "--seed", "1", "--out", str(tmp_path / "solo")]
+    assert main(solo) == 0
+    assert metrics(tmp_path / "solo") == metrics(out / NAMES[1])
+
+
+def test_ray_executor_gives_the_same_runs(finished, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    out = tmp_path / "r"
+    assert sweep(out, "--executor", "ray") == 0
+    assert summaries(out) == summaries(finished)
+    for name in NAMES:
+        assert metrics(out / name) == metrics(finished / name)

@@ -115,7 +115,8 @@ def grid_points(given: dict[str, Any], dataset: str) -> list[Point]:
     hidden = axis("hidden_sizes", "--hidden-sizes", "hidden")
     layers = axis("layers", "--layers", "n_layers")
     seeds = axis("seeds", "--seeds", "seed")
-    return [Point(size_key, s, h, n, seed) for h in hidden for n in layers for s in sizes for seed in seeds]
+    # Seed-major: a sweep stopped part-way has whole size curves for its first seeds.
+    return [Point(size_key, s, h, n, seed) for seed in seeds for h in hidden for n in layers for s in sizes]
 
 
 def point_config(given: dict[str, Any], point: Point, sweep_dir: Path) -> Config:
@@ -321,6 +322,16 @@ class SweepFile:
         save_json(self.path, self.data)
 
 
+def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:
+    """Every sweep line also goes to DIR/sweep.log: the sweep's own record, across invocations."""
+    def both(line: str) -> None:
+        log(line)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    return both
+
+
 def _result_line(r: dict, index: int, total: int) -> str:
     head = f"[{index}/{total}] {r['name']}: "
     if r["status"] in ("done", "skipped"):
@@ -360,6 +371,7 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
         raise UsageError(f"--out {sweep_dir} is a file, not a directory; choose another --out")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     book = SweepFile(sweep_dir, shared)
+    log = _tee(log, sweep_dir / "sweep.log")
     statuses = {p.name: run_status(sweep_dir / p.name, c.steps) for p, c in zip(points, configs)}
     for p in points:
         book.add(p, "done" if statuses[p.name] == "done" else "pending")

@@ -16,7 +16,7 @@ from grokfast_train.rundir import RunLock
 TINY = ["--p", "13", "--hidden", "16", "--heads", "2", "--steps", "30", "--eval-every", "10",
         "--threads-per-run", "1"]
 GRID = ["--train-sizes", "40,80", "--seeds", "0,1"]
-NAMES = ["n40-h16-l1-s0", "n40-h16-l1-s1", "n80-h16-l1-s0", "n80-h16-l1-s1"]
+NAMES = ["n40-h16-l1-s0", "n80-h16-l1-s0", "n40-h16-l1-s1", "n80-h16-l1-s1"]  # the order they train in
 
 
 def sweep(out: Path, *extra: str) -> int:
@@ -44,11 +44,13 @@ def finished(tmp_path_factory):
 
 def test_a_sweep_is_a_grid_of_ordinary_runs(finished, tmp_path):
     book = json.loads((finished / "sweep.json").read_text())
-    assert sorted(book["runs"]) == NAMES and all(r["status"] == "done" for r in book["runs"].values())
+    assert sorted(book["runs"]) == sorted(NAMES) and all(r["status"] == "done" for r in book["runs"].values())
     assert book["shared"]["p"] == 13 and "seed" not in book["shared"] and "train_size" not in book["shared"]
     for name in NAMES:
         cfg = json.loads((finished / name / "config.json").read_text())
         assert (cfg["train_size"], cfg["seed"]) == (int(name[1:3]), int(name[-1]))
+    lines = [line for line in (finished / "sweep.log").read_text().splitlines() if line.startswith("[")]
+    assert [line.split("] ")[1].split(":")[0] for line in lines] == NAMES
     # each run is exactly the solo run of the same settings
     solo = ["--p", "13", "--hidden", "16", "--heads", "2", "--steps", "30", "--eval-every", "10", "--quiet",
             "--train-size", "80", "--seed", "1", "--out", str(tmp_path / "solo")]
@@ -142,7 +144,7 @@ def test_interrupted_sweep_resumes_and_trains_every_run_once(finished, tmp_path)
     assert log.count("resuming") == 1
     # the interrupted run equals the same run trained without interruption
     solo = ["--p", "13", "--hidden", "16", "--heads", "2", "--steps", "400", "--eval-every", "10", "--quiet",
-            "--train-size", "40", "--seed", "1", "--out", str(tmp_path / "solo")]
+            "--train-size", "80", "--seed", "0", "--out", str(tmp_path / "solo")]
     assert main(solo) == 0
     assert metrics(tmp_path / "solo") == metrics(out / NAMES[1])
 

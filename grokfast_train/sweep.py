@@ -319,6 +319,13 @@ class SweepFile:
             entry["error"] = error
 
     def save(self) -> None:
+        # Merge with the file as it is now: another invocation on the same sweep (a larger grid run
+        # side by side) may have added runs since this one read it.
+        try:
+            on_disk = json.loads(self.path.read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            on_disk = {}
+        self.data["runs"] = {**on_disk, **self.data["runs"]}
         save_json(self.path, self.data)
 
 

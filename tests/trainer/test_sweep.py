@@ -156,3 +156,14 @@ def test_ray_executor_gives_the_same_runs(finished, tmp_path):
     assert summaries(out) == summaries(finished)
     for name in NAMES:
         assert metrics(out / name) == metrics(finished / name)
+
+
+def test_two_invocations_on_one_sweep_keep_each_others_runs(tmp_path):
+    from grokfast_train.sweep import Point, SweepFile
+
+    a, b = SweepFile(tmp_path, {"p": 13}), SweepFile(tmp_path, {"p": 13})  # both read the sweep before either saved
+    a.add(Point("train_size", 40, 16, 1, 0), "pending")
+    a.save()
+    b.add(Point("train_size", 80, 16, 1, 0), "pending")
+    b.save()
+    assert sorted(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == ["n40-h16-l1-s0", "n80-h16-l1-s0"]

@@ -93,6 +93,8 @@ def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.
     r.add_argument("--resume", action="store_true", help="continue the run in --out (or extend it to a larger --steps)")
     r.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
     r.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    r.add_argument("--log", help="also log to tensorboard and/or wandb (comma-separated; needs the extra); "
+                                 "metrics.jsonl is always written")
     return p
 
 

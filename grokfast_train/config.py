@@ -71,6 +71,7 @@ class Config:
     resume: bool = False
     force: bool = False
     quiet: bool = False
+    log: str | None = None  # experiment loggers beside metrics.jsonl: tensorboard, wandb (comma-separated)
 
     def describe(self) -> str:
         """One line with every setting, printed at the start of a run."""
@@ -202,6 +203,9 @@ def validate(cfg: Config) -> None:
             raise UsageError(f"--grokfast-alpha must be in [0, 1), got {cfg.grokfast_alpha!r}")
     _finite("gen_threshold", cfg.gen_threshold, 0.0, 1.0)
     _finite("mem_threshold", cfg.mem_threshold, 0.0, 1.0)
+    from .loggers import parse as parse_loggers
+
+    parse_loggers(cfg.log)
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.backend not in ("auto", "torch", "triton"):

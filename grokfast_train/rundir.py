@@ -21,7 +21,7 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT)
 
 # Settings a resumed run may change; anything else would make it a different experiment.
 # (The backend stays: its optimiser state -- torch AdamW + filter vs FusedAdamW -- is saved in its own form.)
-RESUMABLE = {"steps", "quiet", "device", "eval_batch_size", "checkpoint_every", "resume", "force", "out"}
+RESUMABLE = {"steps", "quiet", "device", "eval_batch_size", "checkpoint_every", "resume", "force", "out", "log"}
 
 
 def default_out(cfg: Config) -> str:

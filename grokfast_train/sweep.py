@@ -177,7 +177,7 @@ def train_point(cfg_dict: dict[str, Any], threads: int | None = None) -> dict[st
     started = time.perf_counter()
     try:
         if status == "resumable":
-            given = {k: getattr(cfg, k) for k in ("steps", "device", "eval_batch_size", "checkpoint_every", "quiet")}
+            given = {k: getattr(cfg, k) for k in ("steps", "device", "eval_batch_size", "checkpoint_every", "quiet", "log")}
             cfg = dataclasses.replace(rundir.merge_for_resume(rundir.saved_config(run_dir), given), out=str(run_dir))
         elif status == "partial":
             cfg = dataclasses.replace(cfg, force=True)  # stopped before its first checkpoint: start it over

@@ -26,6 +26,7 @@ from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_jso
 from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
+from .loggers import open_loggers
 from .metrics import IntervalMeter, evaluate_test, summarize, weight_norm
 from .models import build_model, resolve_backend
 from .optim import build_optimizer
@@ -189,6 +190,20 @@ class Run:
         _rewrite_jsonl(self.dir / rundir.METRICS, self.history)
 
     def _train(self) -> dict | None:
+        """The loop, with the experiment loggers open around it (closed however it ends)."""
+        loggers = open_loggers(self.cfg.log, self.dir, self.cfg, self.step)
+        summary = None
+        try:
+            summary = self._loop(loggers)
+        finally:
+            for logger in loggers:
+                if summary is not None:
+                    logger.finish(summary)
+                else:
+                    logger.close()
+        return summary
+
+    def _loop(self, loggers: list) -> dict | None:
         cfg = self.cfg
         reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"{cfg.dataset}", printer=self.log)
         start_step, t0 = self.step, time.perf_counter()
@@ -209,6 +224,8 @@ class Run:
                         self.history.append(row)
                         metrics_file.write(json.dumps(row) + "\n")
                         metrics_file.flush()
+                        for logger in loggers:
+                            logger.log_eval(row)
                         reporter.eval(row)
                         for line in marks.update(row):
                             reporter.print(line)

@@ -78,6 +78,41 @@ def test_triton_init_rules(dtype):
     assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < 0.1
 
 
+def test_std_and_alpha_are_an_exact_scaling_of_the_unit_draw():
+    """fp32: the kernel writes randn * std * alpha, so (std, alpha) is the (1, 1) draw x std x alpha, bit for bit."""
+    def init(std, alpha):
+        torch.manual_seed(1)
+        model = _poisoned(Encoderish(vocab=300, hidden=32))
+        scaled_init_(model, std=std, alpha=alpha, seed=9)
+        return model
+
+    a, u = init(STD, ALPHA), init(1.0, 1.0)
+    for name in ("tok", "ff1", "ff2"):
+        wa, wu = getattr(a, name).weight.detach(), getattr(u, name).weight.detach()
+        assert torch.equal(wa, wu * STD * ALPHA), name
+    assert torch.equal(a.ln.weight.detach(), torch.full((32,), ALPHA))
+    assert torch.equal(u.ln.weight.detach(), torch.ones(32))
+
+
+def test_large_sample_of_the_triton_stream_is_standard_normal(monkeypatch):
+    """The unit draw (std 1, alpha 1) over 1 M elements: std within 6 standard errors (0.42 %) of 1,
+    mean within 6 of 0, fourth moment within 6 of 3, Kolmogorov-Smirnov distance below the
+    p = 1e-9 critical value (0.33 %). With the identity above this pins std x alpha for every call."""
+    monkeypatch.setattr(init_mod, "BLOCK", 2 ** 17)  # the stream does not depend on it; the interpreter is faster
+    emb = nn.Embedding(4096, 256)
+    scaled_init_(emb, std=1.0, alpha=1.0, seed=21)
+    z = emb.weight.detach().double().flatten()
+    n = z.numel()
+    assert abs(z.mean().item()) < 6 / math.sqrt(n)
+    assert abs(z.std().item() - 1) < 6 / math.sqrt(2 * n)
+    assert abs(z.pow(4).mean().item() - 3) < 6 * math.sqrt(96 / n)
+    zs, _ = torch.sort(z)
+    cdf = 0.5 * torch.erfc(-zs / math.sqrt(2))
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    d = max((i / n - cdf).max().item(), (cdf - (i - 1) / n).max().item())
+    assert d < math.sqrt(math.log(2 / 1e-9) / (2 * n)), d
+
+
 def test_seeding_is_deterministic():
     def init(seed):
         torch.manual_seed(1)
@@ -135,7 +170,11 @@ def test_non_contiguous_parameter():
     assert not model.weight.is_contiguous()
     scaled_init_(model, std=STD, alpha=ALPHA, seed=1)
     assert torch.isfinite(model.weight).all() and torch.count_nonzero(model.bias) == 0
-    assert 0.1 < model.weight.std().item() < 0.3
+    # exactly what a contiguous parameter of the same shape gets: the stream is by logical index
+    contiguous = nn.Linear(24, 40)
+    scaled_init_(contiguous, std=STD, alpha=ALPHA, seed=1)
+    assert torch.equal(model.weight.detach(), contiguous.weight.detach())
+    _check_normal(model.weight, STD * ALPHA)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -86,7 +86,11 @@ def test_resume_refuses_changed_hyperparameters(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--resume", "--steps", "20", "--lr", "0.5"]) == 2
     assert "--lr" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--resume", "--steps", "10"]) == 2  # nothing to extend
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already at step 10" in err[0] and "--steps larger than 10" in err[0], err
     assert main(["--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to resume" in err[0] and "without --resume" in err[0], err
 
 
 def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):

@@ -269,7 +269,7 @@ def test_resume_validates_against_the_saved_run_not_the_preset(tmp_path):
     ("bad-config", ["--resume", "--steps", "20"], 1, "config.json"),
     (None, ["--seed", "99999999999999999999999"], 2, "--seed"),
     (None, ["--grokfast-lamb", "-0.5"], 2, "--grokfast-lamb"),
-    (None, ["--backend", "triton", "--hidden", "24"], 2, "head sizes"),
+    (None, ["--backend", "triton", "--hidden", "1032"], 2, "head sizes"),  # 1032 / 4 heads = 258 > 128
     (None, ["--p", "100003"], 2, "--p"),
 ])
 def test_more_bad_input_is_one_line(tmp_path, capsys, setup, args, code, needle):

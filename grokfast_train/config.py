@@ -112,6 +112,14 @@ _TEXT_DEFAULT_FRAC = 1.0
 _LEGACY = dict(modular_format="compact", order="shuffle", betas=(0.9, 0.999))
 
 
+def legacy_value(key: str) -> Any:
+    """The value a setting had in files written before it existed (what those runs did)."""
+    if key in _LEGACY:
+        value = _LEGACY[key]
+        return list(value) if isinstance(value, tuple) else value
+    return {f.name: f.default for f in dataclasses.fields(Config)}.get(key)
+
+
 def preset(cfg: Config) -> dict[str, Any]:
     """The paper's settings for this dataset (for modular, of its token format)."""
     if cfg.dataset == "modular" and cfg.modular_format == "compact":

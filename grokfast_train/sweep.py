@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from . import rundir
 from .checkpoint import CHECKPOINT, save_json
-from .config import Config, resolve
+from .config import Config, legacy_value, resolve
 from .errors import GrokfastError, RunLocked, UsageError
 
 SWEEP_FILE = "sweep.json"
@@ -299,6 +299,8 @@ class SweepFile:
                 old_shared, old_runs = old["shared"], old["runs"]
             except (OSError, ValueError, KeyError, TypeError):
                 raise GrokfastError(f"{self.path} is unreadable; move it away to start a new sweep there") from None
+            # a setting added to grokfast-train since the sweep started has, in its file, the value it had then
+            old_shared = {**{k: legacy_value(k) for k in shared if k not in old_shared}, **old_shared}
             changed = sorted(k for k in set(old_shared) | set(shared) if old_shared.get(k) != shared.get(k))
             if changed:
                 k = changed[0]

@@ -167,3 +167,21 @@ def test_two_invocations_on_one_sweep_keep_each_others_runs(tmp_path):
     b.add(Point("train_size", 80, 16, 1, 0), "pending")
     b.save()
     assert sorted(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == ["n40-h16-l1-s0", "n80-h16-l1-s0"]
+
+
+def test_a_sweep_file_from_before_a_setting_existed(finished, capsys):
+    """A setting added since the sweep began counts, in the old file, as the value it had then."""
+    path = finished / "sweep.json"
+    original = path.read_text()
+    try:
+        book = json.loads(original)
+        del book["shared"]["eps"]  # older files lacked it; its default then and now is the same
+        path.write_text(json.dumps(book))
+        assert sweep(finished) == 0
+        book = json.loads(original)
+        del book["shared"]["modular_format"]  # runs from before it existed used the compact format
+        path.write_text(json.dumps(book))
+        assert sweep(finished) == 2
+        assert "modular_format='compact'" in capsys.readouterr().err
+    finally:
+        path.write_text(original)

@@ -32,6 +32,7 @@ from . import rundir
 from .checkpoint import CHECKPOINT, save_json
 from .config import Config, legacy_value, resolve
 from .errors import GrokfastError, RunLocked, UsageError
+from .interrupt import StopFlag
 
 SWEEP_FILE = "sweep.json"
 # The grid's axes: Config field -> the sweep flag that lists its values.
@@ -202,7 +203,7 @@ def train_point(cfg_dict: dict[str, Any], threads: int | None = None) -> dict[st
 # ---------------------------------------------------------------------------------- executors
 
 
-def _run_local(configs: list[dict], threads: int, jobs: int, stop: "_Stop") -> Iterator[dict]:
+def _run_local(configs: list[dict], threads: int, jobs: int, stop: StopFlag) -> Iterator[dict]:
     if jobs == 1:
         for cfg in configs:
             if stop.set:
@@ -231,7 +232,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_ray(configs: list[dict], threads: int, gpus: float, address: str | None, stop: "_Stop") -> Iterator[dict]:
+def _run_ray(configs: list[dict], threads: int, gpus: float, address: str | None, stop: StopFlag) -> Iterator[dict]:
     try:
         import ray
     except ImportError:
@@ -259,29 +260,6 @@ def _run_ray(configs: list[dict], threads: int, gpus: float, address: str | None
     finally:
         if not address:
             ray.shutdown()
-
-
-class _Stop:
-    """Ctrl-C stops handing out runs; runs in progress checkpoint and stop by their own handlers."""
-
-    def __init__(self):
-        self.set = False
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.set:
-                raise KeyboardInterrupt
-            self.set = True
-
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 # ------------------------------------------------------------------------------- the sweep
@@ -394,7 +372,7 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
         f"{executor}" + (f", {jobs} at a time" if executor == "local" and jobs > 1 else "") +
         f", {threads} thread{'s' * (threads > 1)} per run")
     started, walls, counts = time.perf_counter(), [], {"done": 0, "interrupted": 0, "locked": 0, "failed": 0}
-    with _Stop() as stop:
+    with StopFlag() as stop:  # Ctrl-C: runs in progress checkpoint by their own handlers; nothing new starts
         if executor == "ray":
             results = _run_ray(todo, threads, given.get("gpus_per_run", 0.0), given.get("ray_address"), stop)
         else:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels.init as init_mod
-from grokfast_train.cli import config_from_args
+from grokfast_train.cli import config_from_args, main
 from grokfast_train.metrics import first_step
 from grokfast_train.models import build_model
 from grokfast_train.train import Run
@@ -151,3 +151,13 @@ def test_rows_summary_and_batches_follow_the_config(tmp_path):
     assert summary["final_step"] == 30 and summary["train_size"] == task.train_x.shape[0]
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["mem_threshold"] == 0.05 and saved["batch_size"] == 48 and saved["eval_batch_size"] == 10
+
+
+def test_resume_with_force_is_refused_with_its_message(tmp_path, capsys):
+    """--resume continues a run, --force deletes it: together they are a usage error, said in one line."""
+    assert main([*SMALL, "--out", str(tmp_path), "--steps", "10"]) == 0
+    capsys.readouterr()
+    assert main(["--out", str(tmp_path), "--resume", "--force", "--steps", "20"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0] and "--force" in err[0] and "give one of them" in err[0], err
+    assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10]

@@ -1,0 +1,520 @@
+#!/usr/bin/env python
+"""Mutation check: apply representative bugs one at a time to a copy of the repository and see
+whether the test suite catches each.
+
+    python scripts/mutate.py                 # every mutant, each against the test files it names
+    python scripts/mutate.py --full          # every mutant against the whole suite (slow)
+    python scripts/mutate.py --only M3 K1    # some mutants
+    python scripts/mutate.py --list          # the mutants, and whether each pattern is still in the code
+    python scripts/mutate.py --markdown out.md
+
+The copy is ``git archive HEAD`` (what a clone of main holds) in a temporary directory; the
+working tree is never touched. ``--worktree`` copies the working tree instead (tracked files plus
+untracked, non-ignored ones: uncommitted work included), and ``--overlay PATH ...`` lays
+chosen working-tree files over the HEAD copy (e.g. a test file being written).
+
+Each mutant is (id, area, file, [(exact old text, new text), ...], description, tests). The old
+text must occur exactly once in the file: a mutant whose pattern is missing or ambiguous is
+reported as PATTERN NOT FOUND / AMBIGUOUS -- never as killed -- because the code it was written
+against has changed; rewrite it against the current code. Results:
+
+    killed     the named tests (or the whole suite with --full) fail on the mutant
+    survived   they pass: the suite does not see this bug
+    timeout    the tests ran past --timeout (counted as killed, shown separately)
+
+Before any mutant the unmutated copy's tests must pass (baseline); otherwise every mutant would
+look killed. Exit code: 0 all killed, 1 some survived, 2 a pattern is stale or the baseline failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import io
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    id: str
+    area: str
+    file: str
+    edits: tuple[tuple[str, str], ...]  # (exact old text, new text), each old text unique in the file
+    description: str
+    tests: tuple[str, ...]  # test files (or node ids) that should catch it
+
+
+def M(id, area, file, edits, description, tests):
+    if isinstance(edits[0], str):  # one (old, new) pair
+        edits = (edits,)
+    return Mutant(id, area, file, tuple(tuple(e) for e in edits), description, tuple(tests))
+
+
+T_ATT = "tests/kernels/test_attention.py"
+T_ADAMW = "tests/kernels/test_adamw.py"
+T_LN = "tests/kernels/test_layer_norm.py"
+T_EMB = "tests/kernels/test_fused_embedding.py"
+T_INIT = "tests/kernels/test_init.py"
+T_INITREF = "tests/kernels/test_init_reference.py"
+T_MODELS = "tests/trainer/test_models.py"
+T_METRICS = "tests/trainer/test_metrics.py"
+T_PLUMB = "tests/trainer/test_plumbing.py"
+T_RESUME = "tests/trainer/test_resume_mid_interval.py"
+T_RUN = "tests/trainer/test_run.py"
+T_SAMPLER = "tests/trainer/test_sampler.py"
+T_CONFIG = "tests/trainer/test_config.py"
+T_PRESETS = "tests/trainer/test_presets.py"
+T_DATA = "tests/trainer/test_data.py"
+T_ANALYSIS = "tests/trainer/test_analysis.py"
+T_REPORT = "tests/trainer/test_report.py"
+
+MUTANTS: list[Mutant] = [
+    # -- kernels ---------------------------------------------------------------------------------
+    M("K1", "kernels", "kernels/fused_attention.py",
+      ("q, k, v, mask, o, lse, H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E,",
+       "q, k, v, mask, o, lse, H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E * 1.01,"),
+      "attention forward: scores scaled 1 % too much", [T_ATT]),
+    M("K2", "kernels", "kernels/fused_attention.py",
+      ("shift = (Lk - Lq) if causal else Lk", "shift = (Lk - Lq + 1) if causal else Lk"),
+      "attention: causal mask shifted by one key", [T_ATT]),
+    M("K3", "kernels", "kernels/adamw.py",
+      ("step_size = (lr / (1.0 - pw1)).to(tl.float32)", "step_size = lr.to(tl.float32)"),
+      "FusedAdamW: first-moment bias correction dropped", [T_ADAMW]),
+    M("K4", "kernels", "kernels/adamw.py",
+      ("h = tl.where(t == 1, g, h * ga.to(tl.float32) + g * (1.0 - ga).to(tl.float32))",
+       "h = tl.where(t == 1, g, h * (1.0 - ga).to(tl.float32) + g * ga.to(tl.float32))"),
+      "FusedAdamW: Grokfast EMA weights swapped (alpha on g, 1-alpha on h)", [T_ADAMW]),
+    M("K5", "kernels", "kernels/adamw.py",
+      ("decay = (1.0 - lr * wd).to(tl.float32)", "decay = (1.0 - wd).to(tl.float32)"),
+      "FusedAdamW: weight decay not scaled by lr", [T_ADAMW]),
+    M("K6", "kernels", "kernels/fused_layer_norm.py",
+      ("rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))", "rstd = tl.div_rn(1.0, tl.sqrt_rn(var) + eps)"),
+      "LayerNorm kernel: eps outside the square root", [T_LN]),
+    M("K7", "kernels", "kernels/fused_embedding.py",
+      ("rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))", "rstd = tl.div_rn(1.0, tl.sqrt_rn(var) + eps)"),
+      "fused embedding+LayerNorm kernel: eps outside the square root", [T_EMB]),
+    M("K8", "kernels", "kernels/init.py",
+      ("w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float32).mul_(std).to(w))",
+       "w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float32).mul_(2 * std).to(w))"),
+      "reference init (every real CPU run): std doubled", [T_INIT, T_INITREF]),
+    M("K9", "kernels", "kernels/init.py",
+      ("w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float32).mul_(std).to(w))",
+       "w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float32).mul_(std * 1.01).to(w))"),
+      "reference init: std 1 % too large", [T_INIT, T_INITREF]),
+    M("K10", "kernels", "kernels/init.py",
+      ("        if id(w) in done:\n            return\n", ""),
+      "reference init: a tied weight drawn twice", [T_INIT, T_INITREF]),
+    M("K11", "kernels", "kernels/init.py",
+      ("                m.weight.fill_(1.0)\n", "                m.weight.fill_(1.0 / alpha)\n"),
+      "reference init: LayerNorm weight 1 instead of alpha after the rescale", [T_INIT, T_INITREF]),
+    M("K12", "kernels", "kernels/init.py",
+      ("val = tl.randn(seed, (rng + idx).to(tl.int32)) * std * alpha",
+       "val = tl.randn(seed, (rng + idx).to(tl.int32)) * std * alpha * 1.02"),
+      "Triton init: normal weights 2 % too wide", [T_INIT]),
+    M("K13", "kernels", "kernels/init.py",
+      ("val = tl.full([BLOCK], 1.0, tl.float32) * alpha", "val = tl.full([BLOCK], 1.0, tl.float32)"),
+      "Triton init: LayerNorm weight not x alpha", [T_INIT]),
+    M("K14", "kernels", "kernels/init.py",
+      ("val = tl.randn(seed, (rng + idx).to(tl.int32)) * std * alpha",
+       "val = tl.randn(seed, (rng + idx).to(tl.int32)) * std * alpha * alpha"),
+      "Triton init: normal weights x alpha twice", [T_INIT]),
+    M("K15", "kernels", "kernels/init.py",
+      ("torch.empty_like(t, memory_format=torch.contiguous_format)", "torch.empty_like(t)"),
+      "Triton init: a non-contiguous parameter written in memory order (elements permuted)", [T_INIT]),
+    # -- models ----------------------------------------------------------------------------------
+    M("MO1", "models", "grokfast_train/models/encoder.py",
+      ("return self.head(torch.tanh(self.pooler(h[:, 0])))", "return self.head(self.pooler(h[:, 0]))"),
+      "encoder: pooler without tanh", [T_MODELS]),
+    M("MO2", "models", "grokfast_train/models/block.py",
+      ("f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))", "f = self.fc2(F.gelu(self.fc1(h)))"),
+      "block: exact GELU where GPT uses tanh", [T_MODELS]),
+    M("MO3", "models", "grokfast_train/models/decoder.py",
+      ("r = (self.readout_pos if readout_pos is None else readout_pos) % x.shape[1]",
+       "r = (self.readout_pos if readout_pos is None else readout_pos) % x.shape[1] - 1"),
+      "decoder: logits read one position early", [T_MODELS]),
+    M("MO4", "models", "grokfast_train/models/block.py",
+      ("h = ops.layer_norm(a, self.ln1, residual=xq, backend=self.backend)",
+       "h = ops.layer_norm(a, self.ln1, residual=None, backend=self.backend)"),
+      "block: attention residual dropped", [T_MODELS]),
+    # -- metrics ---------------------------------------------------------------------------------
+    M("ME1", "metrics", "grokfast_train/metrics.py",
+      [("self.sums[:2] += torch.stack([loss.detach().double() * n, correct.double()])",
+        "self.sums[:2] += torch.stack([loss.detach().double(), correct.double() / n])"),
+       ("self.sums[2] += n", "self.sums[2] += 1")],
+      "train meter: mean of batch means (not weighted by batch size)", [T_METRICS, T_PLUMB, T_RESUME]),
+    M("ME2", "metrics", "grokfast_train/metrics.py",
+      ('totals[0] += F.cross_entropy(logits.float(), yb, reduction="sum").double()',
+       'totals[0] += F.cross_entropy(logits.float(), yb).double() * min(batch_size, x.shape[0])'),
+      "evaluate: test loss averaged per batch", [T_METRICS, T_PLUMB]),
+    M("ME3", "metrics", "grokfast_train/metrics.py",
+      ('if row[key] >= threshold:', 'if row[key] > threshold:'),
+      "summary: > where the threshold says >=", [T_METRICS, T_PLUMB]),
+    M("ME4", "metrics", "grokfast_train/metrics.py",
+      ('unique = {id(p): p for p in params}.values()', 'unique = list(params)'),
+      "weight norm: a tied weight counted twice", [T_METRICS, T_PLUMB]),
+    M("ME5", "metrics", "grokfast_train/metrics.py",
+      ('"grokking_delay": (gen - mem)', '"grokking_delay": (mem - gen)'),
+      "summary: grokking delay with its sign swapped", [T_METRICS]),
+    M("ME6", "metrics", "grokfast_train/metrics.py",
+      ('    model.eval()\n', '    pass\n'),
+      "evaluate: model left in train mode", [T_METRICS]),
+    M("ME7", "metrics", "grokfast_train/train.py",
+      ('return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": test_acc,\n'
+       '                "test_loss": test_loss,',
+       'return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": test_acc,\n'
+       '                "test_loss": train_loss,'),
+      "run: test_loss row holds the train loss", [T_PLUMB, T_RUN]),
+    # -- sampler ---------------------------------------------------------------------------------
+    M("S1", "sampler", "grokfast_train/sampler.py",
+      ("self.offset.add_(self.batch_size).remainder_(self.n)", "self.offset.add_(self.batch_size - 1).remainder_(self.n)"),
+      "sampler: consecutive batches overlap by one example", [T_SAMPLER]),
+    M("S2", "sampler", "grokfast_train/sampler.py",
+      ('if self.order == "shuffle" and step % self.batches_per_epoch == 0:',
+       'if self.order == "shuffle" and step == 0:'),
+      "sampler: shuffle order never reshuffles after the first epoch", [T_SAMPLER]),
+    M("S3", "sampler", "grokfast_train/sampler.py",
+      ("self.offset.fill_(offset % self.n)", "self.offset.fill_(0)"),
+      "sampler: position inside the epoch not restored on resume", [T_SAMPLER, T_RESUME]),
+    # -- checkpoint / resume -------------------------------------------------------------------------
+    M("R1", "resume", "grokfast_train/train.py",
+      ('            self.meter.load_state_dict(state["meter"])\n', ""),
+      "resume: the interval meter's partial sums dropped", [T_RESUME, T_RUN]),
+    M("R2", "resume", "grokfast_train/train.py",
+      ('                self.grad_filter.load_state_dict(state["grad_filter"])\n',
+       '                pass\n'),
+      "resume: Grokfast filter state dropped", [T_RESUME, T_RUN]),
+    M("R3", "resume", "grokfast_train/train.py",
+      ('            self.opt.load_state_dict(state["optimizer"])\n', ""),
+      "resume: optimiser moments dropped", [T_RESUME, T_RUN]),
+    M("R4", "resume", "grokfast_train/train.py",
+      ("if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set:",
+       "if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:"),
+      "Ctrl-C: no checkpoint written at the interrupt", [T_RESUME, T_RUN]),
+    M("R5", "resume", "grokfast_train/metrics.py",
+      ('return {"sums": self.sums.cpu()}', 'return {"sums": torch.zeros_like(self.sums.cpu())}'),
+      "checkpoint: meter saved empty", [T_METRICS, T_RESUME]),
+    # -- config and its plumbing -----------------------------------------------------------------------
+    M("C1", "config", "grokfast_train/train.py",
+      ("kernels.scaled_init_(model, std=cfg.init_std, alpha=cfg.init_scale, seed=cfg.seed)",
+       "kernels.scaled_init_(model, std=cfg.init_std, alpha=1.0, seed=cfg.seed)"),
+      "run: --init-scale ignored", [T_PLUMB, T_RUN]),
+    M("C2", "config", "grokfast_train/train.py",
+      ("kernels.scaled_init_(model, std=cfg.init_std, alpha=cfg.init_scale, seed=cfg.seed)",
+       "kernels.scaled_init_(model, std=0.02, alpha=cfg.init_scale, seed=cfg.seed)"),
+      "run: --init-std ignored", [T_PLUMB, T_RUN]),
+    M("C3", "config", "grokfast_train/train.py",
+      ("kernels.scaled_init_(model, std=cfg.init_std, alpha=cfg.init_scale, seed=cfg.seed)",
+       "kernels.scaled_init_(model, std=cfg.init_std, alpha=cfg.init_scale, seed=0)"),
+      "run: init not seeded by --seed", [T_PLUMB, T_RUN]),
+    M("C4", "config", "grokfast_train/optim.py",
+      ("opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,",
+       "opt = torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.eps,"),
+      "optimiser: --betas ignored (torch backend)", [T_PLUMB, T_RUN]),
+    M("C5", "config", "grokfast_train/optim.py",
+      ("opt = FusedAdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,",
+       "opt = FusedAdamW(params, lr=1e-3, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,"),
+      "optimiser: --lr ignored (triton backend)", [T_PLUMB, T_RUN]),
+    M("C10", "config", "grokfast_train/train.py",
+      ("summary = summarize(self.history, cfg.mem_threshold, cfg.gen_threshold,",
+       "summary = summarize(self.history, 0.99, cfg.gen_threshold,"),
+      "run: --mem-threshold ignored in summary.json", [T_PLUMB, T_RUN]),
+    M("C11", "config", "grokfast_train/train.py",
+      ("batch = n_train if cfg.batch_size == FULL_BATCH else cfg.batch_size",
+       "batch = n_train if cfg.batch_size == FULL_BATCH else 64"),
+      "run: --batch-size ignored (a fixed 64)", [T_PLUMB, T_RUN]),
+    M("C6", "config", "grokfast_train/config.py",
+      ("lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98),", "lr=1e-3, weight_decay=1.0, betas=(0.9, 0.999),"),
+      "modular preset: torch's betas instead of the paper's (0.9, 0.98)", [T_CONFIG, T_PRESETS]),
+    M("C7", "config", "grokfast_train/config.py",
+      ("_TEXT = dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=10.0,",
+       "_TEXT = dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=1.0,"),
+      "text preset: alpha 1 instead of the paper's 10", [T_CONFIG, T_PRESETS]),
+    M("C8", "config", "grokfast_train/config.py",
+      ("if cfg.resume and cfg.force:", "if False:"),
+      "validation: --resume with --force accepted", [T_CONFIG, T_PRESETS, T_PLUMB]),
+    M("C9", "config", "grokfast_train/rundir.py",
+      ('"resume", "force", "out"', '"resume", "force", "lr", "out"'),
+      "resume: a changed --lr accepted", [T_RUN]),
+    # -- data ------------------------------------------------------------------------------------
+    M("D1", "data", "grokfast_train/data/modular.py",
+      ("        c = (a + b) % p\n", "        c = (a + b + 1) % p\n"),
+      "modular: wrong answers for add", [T_DATA, T_PRESETS]),
+    M("D2", "data", "grokfast_train/data/modular.py",
+      ('return {"op": p + 1, "eq": p + 2, "mod": p + 3}', 'return {"op": p + 1, "eq": p + 3, "mod": p + 2}'),
+      "modular paper tokens: '=' and '%' ids swapped", [T_DATA, T_PRESETS]),
+    M("D3", "data", "grokfast_train/data/modular.py",
+      ("TRAIN_SHARE = (3, 4)", "TRAIN_SHARE = (4, 5)"),
+      "modular: 80/20 split instead of 75/25", [T_DATA, T_PRESETS]),
+    M("D4", "data", "grokfast_train/data/subset.py",
+      ("gen = torch.Generator().manual_seed(seed)", "gen = torch.Generator().manual_seed(seed + k)"),
+      "subsets: permutation depends on the size (subsets no longer nest)", [T_DATA]),
+    # -- Grokfast filter (torch path) ------------------------------------------------------------------
+    M("G1", "grokfast", "grokfast_train/grokfast.py",
+      ("torch._foreach_lerp_(self.h, grads, 1.0 - self.alpha)", "torch._foreach_lerp_(self.h, grads, self.alpha)"),
+      "Grokfast EMA weights swapped", [T_RUN + "::test_triton_backend_trains_like_the_torch_backend", T_RESUME]),
+    M("G2", "grokfast", "grokfast_train/grokfast.py",
+      ("self.h = [g.clone() for g in grads]", "self.h = [torch.zeros_like(g) for g in grads]"),
+      "Grokfast: h starts at zero, not at the first gradient", [T_RUN + "::test_triton_backend_trains_like_the_torch_backend", T_RESUME]),
+    # -- CLI -------------------------------------------------------------------------------------
+    M("CL1", "cli", "grokfast_train/errors.py",
+      ('class RunError(GrokfastError):\n    """The run could not proceed: missing data, unreachable hub, corrupt checkpoint, ... (exit code 1)."""\n\n    exit_code = 1',
+       'class RunError(GrokfastError):\n    """The run could not proceed: missing data, unreachable hub, corrupt checkpoint, ... (exit code 1)."""\n\n    exit_code = 2'),
+      "CLI: runtime errors exit 2 instead of 1", [T_RUN]),
+    M("CL2", "cli", "grokfast_train/rundir.py",
+      ('raise UsageError(f"nothing to resume in {run_dir}: it has no {CONFIG}; start a new run without --resume")',
+       'raise UsageError(f"--out {run_dir} is a file, not a directory; choose another --out")'),
+      "CLI: --resume of an empty directory gets another error's message (exit code still 2)", [T_RUN]),
+    M("CL3", "cli", "grokfast_train/train.py",
+      ('f"pass --steps larger than {self.step} to extend it")', 'f"pass --force to start it over")'),
+      "CLI: a finished run's --resume advises --force, which destroys it (exit code still 2)", [T_RUN]),
+]
+
+T_SWEEP = "tests/trainer/test_sweep.py"
+
+# Sweep and report code: add mutants here as that code lands (same form as above).
+SWEEP_REPORT_MUTANTS: list[Mutant] = [
+    M("SW1", "sweep", "grokfast_train/sweep.py",
+      ('if json.loads(summary.read_text()).get("final_step", 0) >= steps:',
+       'if json.loads(summary.read_text()).get("final_step", 0) > steps:'),
+      "sweep: a run finished at exactly --steps is not recognised as done", [T_SWEEP]),
+    M("SW2", "sweep", "grokfast_train/sweep.py",
+      ("for seed in seeds for h in hidden for n in layers for s in sizes]",
+       "for seed in seeds[:1] for h in hidden for n in layers for s in sizes]"),
+      "sweep grid: only the first seed", [T_SWEEP]),
+    M("SW3", "sweep", "grokfast_train/sweep.py",
+      ("run_settings.update(point.settings(), out=str(sweep_dir / point.name), quiet=True)",
+       "run_settings.update(out=str(sweep_dir / point.name), quiet=True)"),
+      "sweep: grid point settings (size, hidden, layers, seed) not applied to its run", [T_SWEEP]),
+    M("RP1", "report", "grokfast_train/report.py",
+      ("run.smoothed = an.smooth(run.steps, run.test_acc, opts.sigma)",
+       "run.smoothed = an.smooth(run.steps, run.train_acc, opts.sigma)"),
+      "report: steps-to-threshold read from train accuracy instead of test", [T_REPORT, T_ANALYSIS]),
+    M("A1", "analysis", "grokfast_train/analysis.py",
+      ("hits = np.flatnonzero(np.asarray(values) >= threshold)", "hits = np.flatnonzero(np.asarray(values) > threshold)"),
+      "steps-to-threshold: > where the paper takes the first index >= t", [T_ANALYSIS, T_REPORT]),
+    M("A2", "analysis", "grokfast_train/analysis.py",
+      ('return gaussian_filter1d(values, sigma_steps / spacing, mode="reflect")',
+       'return gaussian_filter1d(values, sigma_steps, mode="reflect")'),
+      "smoothing: sigma in evaluations, not in steps", [T_ANALYSIS, T_REPORT]),
+    M("A3", "analysis", "grokfast_train/analysis.py",
+      ("return max(reached) if reached else None", "return min(reached) if reached else None"),
+      "highest point: the lowest threshold step instead of the highest", [T_ANALYSIS, T_REPORT]),
+]
+
+ALL = MUTANTS + SWEEP_REPORT_MUTANTS
+
+
+# -- the copy ------------------------------------------------------------------------------------
+def _git(*args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
+
+
+def make_copy(dest: Path, worktree: bool, overlay: list[str]) -> str:
+    """Fill ``dest`` with the code under test; returns a description of what was copied."""
+    if worktree:
+        files = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split(b"\0")
+        n = 0
+        for f in filter(None, files):
+            src = ROOT / f.decode()
+            if src.is_file():
+                (dest / f.decode()).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / f.decode())
+                n += 1
+        what = f"working tree ({n} files, uncommitted changes included)"
+    else:
+        head = _git("rev-parse", "--short", "HEAD").decode().strip()
+        with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", "HEAD"))) as tar:
+            tar.extractall(dest)
+        what = f"HEAD {head}"
+    for rel in overlay:
+        src = ROOT / rel
+        if not src.is_file():
+            raise SystemExit(f"--overlay {rel}: no such file in the working tree")
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    if overlay:
+        what += " + working-tree " + ", ".join(overlay)
+    return what
+
+
+# -- applying and running ----------------------------------------------------------------------------
+def apply(m: Mutant, root: Path) -> tuple[str | None, str | None]:
+    """Mutate the file in the copy; returns (original text, problem). problem is None when applied."""
+    path = root / m.file
+    if not path.is_file():
+        return None, f"PATTERN NOT FOUND: file {m.file} does not exist"
+    text = original = path.read_text()
+    for i, (old, new) in enumerate(m.edits, 1):
+        n = text.count(old)
+        if n != 1:
+            kind = "PATTERN NOT FOUND" if n == 0 else f"AMBIGUOUS PATTERN ({n} matches)"
+            return None, f"{kind}: edit {i} in {m.file}: {old.splitlines()[0].strip()[:70]!r}"
+        text = text.replace(old, new)
+    path.write_text(text)
+    return original, None
+
+
+def run_tests(root: Path, tests: list[str], timeout: int) -> tuple[str, float, str]:
+    """('pass' | 'fail' | 'timeout', seconds, first failure)."""
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}  # no stale .pyc of a mutant
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts=",
+           *tests]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - t0, ""
+    secs = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        return "pass", secs, ""
+    first = next((ln for ln in out.splitlines() if ln.startswith(("FAILED", "ERROR"))), "")
+    if not first:
+        first = next((ln for ln in reversed(out.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+    if proc.returncode == 5:
+        first = "no tests collected: " + first
+    return "fail", secs, first[:160]
+
+
+def check_import_root(root: Path) -> None:
+    """The copy's packages, not an installed (editable) checkout, must be the ones imported."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = "import grokfast_train, kernels; print(grokfast_train.__file__); print(kernels.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    for f in out:
+        if not Path(f).resolve().is_relative_to(root.resolve()):
+            raise SystemExit(f"the copy imports {f}, not its own code; cannot mutate safely")
+
+
+# -- reporting ---------------------------------------------------------------------------------------
+def markdown(rows, header: str) -> str:
+    lines = [header, "", "| id | area | mutant | result | caught by |", "|---|---|---|---|---|"]
+    for m, result, secs, detail in rows:
+        caught = detail.removeprefix("FAILED ").split(" - ")[0] if result in ("killed", "timeout") else ""
+        if result not in ("killed", "survived", "timeout"):
+            caught = detail
+        lines.append(f"| {m.id} | {m.area} | {m.description} | **{result}** | {caught} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="run the whole suite for each mutant (slow)")
+    ap.add_argument("--only", nargs="+", metavar="ID", help="run these mutants only")
+    ap.add_argument("--list", action="store_true", help="list the mutants and whether their patterns still apply")
+    ap.add_argument("--worktree", action="store_true", help="mutate a copy of the working tree, not of HEAD")
+    ap.add_argument("--overlay", nargs="+", default=[], metavar="PATH",
+                    help="working-tree files laid over the HEAD copy (e.g. new tests not yet committed)")
+    ap.add_argument("--tests", nargs="+", metavar="PATH",
+                    help="run these tests for every mutant instead of the ones each names (e.g. to check one new test)")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per test run (default 900)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run (not recommended)")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the result table as Markdown")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    args = ap.parse_args(argv)
+
+    chosen = ALL
+    if args.only:
+        unknown = set(args.only) - {m.id for m in ALL}
+        if unknown:
+            ap.error(f"unknown mutant ids: {', '.join(sorted(unknown))}")
+        chosen = [m for m in ALL if m.id in args.only]
+    ids = [m.id for m in ALL]
+    assert len(ids) == len(set(ids)), "duplicate mutant ids"
+
+    tmp = Path(tempfile.mkdtemp(prefix="mutate-"))
+    try:
+        what = make_copy(tmp, args.worktree, args.overlay)
+        if args.list:
+            for m in chosen:
+                orig, problem = apply(m, tmp)
+                if orig is not None:
+                    (tmp / m.file).write_text(orig)
+                print(f"{m.id:5} {m.area:9} {'OK' if problem is None else problem:20.200}  {m.description}")
+            return 0
+        check_import_root(tmp)
+        print(f"mutating a copy of {what} in {tmp}")
+        print(f"python {platform.python_version()}, {'whole suite' if args.full else 'named tests'} per mutant")
+
+        def tests_of(m):
+            wanted = ["tests"] if args.full else (args.tests or list(m.tests))
+            return [t for t in wanted if (tmp / t.split("::")[0]).exists()]
+
+        if not args.no_baseline:
+            targets = ["tests"] if args.full else sorted({t for m in chosen for t in tests_of(m)})
+            print(f"baseline: {' '.join(targets)} ...", flush=True)
+            status, secs, detail = run_tests(tmp, targets, args.timeout * 3)
+            print(f"baseline: {status} in {secs:.0f} s {detail}", flush=True)
+            if status != "pass":
+                print("BASELINE FAILS: the unmutated code does not pass these tests; fix that first", file=sys.stderr)
+                return 2
+
+        rows = []
+        for m in chosen:
+            orig, problem = apply(m, tmp)
+            if problem is not None:
+                rows.append((m, problem.split(":")[0], 0.0, problem))
+                print(f"!!! {m.id:5} {problem}", flush=True)
+                continue
+            tests = tests_of(m)
+            missing = [t for t in (args.tests or m.tests) if not (tmp / t.split("::")[0]).exists()]
+            try:
+                if not tests:
+                    status, secs, detail = "fail", 0.0, "NO TEST FILES: " + ", ".join(m.tests)
+                    rows.append((m, "NO TESTS", secs, detail))
+                    print(f"!!! {m.id:5} {detail}", flush=True)
+                    continue
+                status, secs, detail = run_tests(tmp, tests, args.timeout)
+            finally:
+                (tmp / m.file).write_text(orig)
+            result = {"pass": "survived", "fail": "killed", "timeout": "timeout"}[status]
+            if missing:
+                detail = f"(missing test files: {', '.join(missing)}) {detail}"
+            rows.append((m, result, secs, detail))
+            flag = "   " if result != "survived" else "!!!"
+            print(f"{flag} {m.id:5} {result:9} {secs:6.0f} s  {m.description}  {detail}", flush=True)
+
+        counts: dict[str, int] = {}
+        for _, result, _, _ in rows:
+            counts[result] = counts.get(result, 0) + 1
+        stale = [r for r in rows if r[1] not in ("killed", "survived", "timeout")]
+        survived = [r for r in rows if r[1] == "survived"]
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        print(f"\n{len(rows)} mutants: {summary}")
+        if survived:
+            print("SURVIVED (the suite does not see these bugs): " + ", ".join(r[0].id for r in survived))
+        if stale:
+            print("\n" + "!" * 78, file=sys.stderr)
+            print("STALE MUTANTS: the code changed under these; they were NOT run and are NOT counted as killed:",
+                  file=sys.stderr)
+            for m, result, _, detail in stale:
+                print(f"  {m.id}: {detail}", file=sys.stderr)
+            print("!" * 78, file=sys.stderr)
+        if args.markdown:
+            date = _dt.date.today().isoformat()
+            how = (f"`python scripts/mutate.py{' --full' if args.full else ''}` on {what}, {date}: "
+                   f"{summary}")
+            Path(args.markdown).write_text(markdown(rows, how))
+        return 2 if stale else (1 if survived else 0)
+    finally:
+        if args.keep:
+            print(f"copy kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,8 +11,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import (DATA_SOURCES, DATASETS, FULL_BATCH, MODULAR_FORMATS, MODULAR_OPS, ORDERS, Config, resolve,
-                     validate)
+from .config import (CUDA_GRAPH_MODES, DATA_SOURCES, DATASETS, DTYPES, FULL_BATCH, MODULAR_FORMATS, MODULAR_OPS,
+                     ORDERS, Config, resolve, validate)
 from .errors import GrokfastError, RunError, UsageError
 
 PROG = "grokfast-train"
@@ -89,6 +89,12 @@ def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA when present")
     r.add_argument("--backend", choices=("auto", "torch", "triton"),
                    help="torch: plain PyTorch; triton: fused kernels (CUDA); default auto")
+    r.add_argument("--cuda-graph", choices=CUDA_GRAPH_MODES,
+                   help="replay each training step (and evaluation) from a captured CUDA graph: on, off, or "
+                        "auto (default: on with CUDA and --backend triton); the same trajectory either way")
+    r.add_argument("--dtype", choices=DTYPES,
+                   help="compute dtype: fp32 (default, the paper's) or bf16 (autocast; weights, optimiser state, "
+                        "loss and metrics stay fp32)")
     r.add_argument("--out", help="run directory (default runs/<dataset>-<frac>-seed<seed>)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (or extend it to a larger --steps)")
     r.add_argument("--force", action="store_true", help="overwrite an existing run in --out")

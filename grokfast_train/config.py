@@ -20,6 +20,8 @@ MODULAR_OPS = ("add", "sub", "mul", "div")
 MAX_P = 4096  # 16.8 M pairs, 0.5 GB of int64 tokens
 MODULAR_FORMATS = ("paper", "compact")
 ORDERS = ("cyclic", "shuffle")
+CUDA_GRAPH_MODES = ("auto", "on", "off")
+DTYPES = ("fp32", "bf16")
 FULL_BATCH = "full"  # --batch-size full: the whole training subset every step
 CHECKPOINT_STEPS = 1_000  # default checkpoint interval, rounded up to a multiple of --eval-every
 
@@ -66,6 +68,8 @@ class Config:
     mem_threshold: float = 0.99  # train accuracy that counts as memorised
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # auto | torch | triton
+    cuda_graph: str = "auto"  # auto (on for CUDA + triton) | on | off: replay the step from a captured CUDA graph
+    dtype: str = "fp32"  # compute dtype: fp32 (the paper) | bf16 (autocast; fp32 weights, optimiser and metrics)
     # run directory
     out: str | None = None
     resume: bool = False
@@ -109,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 _TEXT_DEFAULT_FRAC = 1.0
 # Settings that did not exist when older run directories were written, with the value those runs
 # used, so that such a run resumes exactly as it started.
-_LEGACY = dict(modular_format="compact", order="shuffle", betas=(0.9, 0.999))
+_LEGACY = dict(modular_format="compact", order="shuffle", betas=(0.9, 0.999), cuda_graph="off", dtype="fp32")
 
 
 def legacy_value(key: str) -> Any:
@@ -218,6 +222,12 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.backend not in ("auto", "torch", "triton"):
         raise UsageError(f"--backend must be auto, torch or triton, got {cfg.backend!r}")
+    if cfg.cuda_graph not in CUDA_GRAPH_MODES:
+        raise UsageError(f"--cuda-graph must be auto, on or off, got {cfg.cuda_graph!r}")
+    if cfg.cuda_graph == "on" and cfg.device == "cpu":
+        raise UsageError("--cuda-graph on needs a CUDA device, and this run is on the CPU; use --cuda-graph off or auto")
+    if cfg.dtype not in DTYPES:
+        raise UsageError(f"--dtype must be fp32 or bf16, got {cfg.dtype!r}")
     if cfg.dataset == "modular":
         if cfg.modular_format not in MODULAR_FORMATS:
             raise UsageError(f"unknown --modular-format {cfg.modular_format!r}; choose one of: {', '.join(MODULAR_FORMATS)}")

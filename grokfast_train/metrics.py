@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -44,32 +46,48 @@ class IntervalMeter:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-             batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the whole of (x, y), in batches."""
+def evaluate_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+                  batch_size: int, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """(sum of cross-entropies, number correct) over the whole of (x, y), in batches, as a float64
+    device tensor: queued, not read (no host sync). ``autocast``: a context factory for the forward
+    (``precision.autocast``). Each example's loss is summed in fp64, the same arithmetic as the
+    captured evaluation (``graph.GraphEval``)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         mb = None if mask is None else mask[i:i + batch_size]
-        logits = model(xb, mb)
-        totals[0] += F.cross_entropy(logits.float(), yb, reduction="sum").double()
-        totals[1] += (logits.argmax(-1) == yb).sum().double()
+        with autocast():
+            logits = model(xb, mb)
+        losses = F.cross_entropy(logits.float(), yb, reduction="none")
+        totals += torch.stack([losses.double().sum(), (logits.argmax(-1) == yb).sum().double()])
     model.train(was_training)
-    loss_sum, correct = totals.tolist()
+    return totals
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+             batch_size: int, autocast=contextlib.nullcontext) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the whole of (x, y), in batches."""
+    loss_sum, correct = evaluate_sums(model, x, y, mask, batch_size, autocast).tolist()
     return loss_sum / x.shape[0], correct / x.shape[0]
 
 
-def evaluate_test(model: torch.nn.Module, task: TaskData, batch_size: int) -> tuple[float, float]:
-    return evaluate(model, task.test_x, task.test_y, task.test_mask, batch_size)
+def evaluate_test(model: torch.nn.Module, task: TaskData, batch_size: int,
+                  autocast=contextlib.nullcontext) -> tuple[float, float]:
+    return evaluate(model, task.test_x, task.test_y, task.test_mask, batch_size, autocast)
 
 
 @torch.no_grad()
+def weight_norm_tensor(params) -> torch.Tensor:
+    """L2 norm of all weights together (tied weights counted once), as a 0-dim fp32 device tensor."""
+    unique = list({id(p): p for p in params}.values())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.float()) for p in unique]))
+
+
 def weight_norm(params) -> float:
     """L2 norm of all weights together (tied weights counted once)."""
-    unique = {id(p): p for p in params}.values()
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.float()) for p in unique])).item()
+    return weight_norm_tensor(params).item()
 
 
 def first_step(history: list[dict], key: str, threshold: float) -> int | None:

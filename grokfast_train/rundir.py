@@ -21,7 +21,10 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT)
 
 # Settings a resumed run may change; anything else would make it a different experiment.
 # (The backend stays: its optimiser state -- torch AdamW + filter vs FusedAdamW -- is saved in its own form.)
-RESUMABLE = {"steps", "quiet", "device", "eval_batch_size", "checkpoint_every", "resume", "force", "out", "log"}
+# cuda_graph may change: a replayed step runs the same kernels as an eager one, the same trajectory;
+# dtype may not: bf16 compute is another trajectory.
+RESUMABLE = {"steps", "quiet", "device", "eval_batch_size", "checkpoint_every", "resume", "force", "out", "log",
+             "cuda_graph"}
 
 
 def default_out(cfg: Config) -> str:

@@ -1,8 +1,8 @@
 """The training loop: one run, from a resolved Config to summary.json.
 
-Read top to bottom: set up (device, data, model, optimiser), then a loop whose body is one
-``train_step`` -- a function of device tensors only, so that a later backend can capture it
-in a CUDA graph -- with evaluation, logging and checkpointing at eval points, the only
+Read top to bottom: set up (device, data, model, optimiser), then a loop that advances by
+``train_step`` -- a function of device tensors only, launched op by op or replayed from a
+CUDA graph (graph.py) -- with evaluation, logging and checkpointing at eval points, the only
 places the host waits for the device.
 """
 
@@ -21,13 +21,13 @@ import torch.nn.functional as F
 import kernels
 from kernels._dispatch import INTERPRET
 
-from . import rundir
+from . import graph, precision, rundir
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
 from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
 from .loggers import open_loggers
-from .metrics import IntervalMeter, evaluate_test, summarize, weight_norm
+from .metrics import IntervalMeter, summarize, weight_norm
 from .models import build_model, resolve_backend
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
@@ -80,7 +80,9 @@ class Run:
         self.device = resolve_device(cfg.device)
         # config.json records what actually ran: the device and backend that "auto" resolved to
         cfg = dataclasses.replace(cfg, device=self.device.type)
-        self.cfg = cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device))
+        cfg = dataclasses.replace(cfg, backend=check_backend(resolve_backend(cfg), self.device))
+        self.cfg = cfg = dataclasses.replace(cfg, cuda_graph=graph.resolve_mode(cfg.cuda_graph, self.device,
+                                                                                cfg.backend))
         self.dir = Path(cfg.out or rundir.default_out(cfg))
         # One process trains in a run directory at a time (held until fit() ends or the process dies).
         self.lock = rundir.RunLock(self.dir)
@@ -101,18 +103,30 @@ class Run:
         batch = n_train if cfg.batch_size == FULL_BATCH else cfg.batch_size
         self.sampler = EpochSampler(n_train, batch, cfg.seed, self.device, cfg.order)
         self.meter = IntervalMeter(self.device)
+        # The step and the evaluation: launched op by op, or replayed from captured CUDA graphs.
+        if cfg.cuda_graph == "on":
+            self.stepper = graph.GraphSteps(self)
+            self.test_sums = graph.GraphEval(self, pool=self.stepper.pool)
+        else:
+            self.stepper = graph.EagerSteps(self)
+            self.test_sums = lambda: graph.eager_test_sums(self)
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0  # training wall time over all sessions of this run
         self.saved_step: int | None = None  # step of the checkpoint on disk
 
     # -- the step ---------------------------------------------------------------------------
+    def autocast(self):
+        """The forward's compute dtype: nothing for fp32, bf16 autocast for bf16 (precision.py)."""
+        return precision.autocast(self.device, self.cfg.dtype)
+
     def train_step(self) -> None:
         task = self.task
         idx = self.sampler.next_indices()
         x, y = task.train_x[idx], task.train_y[idx]
         mask = None if task.train_mask is None else task.train_mask[idx]
-        logits = self.model(x, mask)
+        with self.autocast():
+            logits = self.model(x, mask)
         loss = F.cross_entropy(logits.float(), y)
         self.opt.zero_grad()
         loss.backward()
@@ -161,11 +175,30 @@ class Run:
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, elapsed_s: float) -> dict:
+        test = self.test_sums()  # queued: (test loss sum, correct, weight norm), read after the meter's sync
         train_loss, train_acc = self.meter.read_and_reset()
-        test_loss, test_acc = evaluate_test(self.model, self.task, self.cfg.eval_batch_size)
-        return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": test_acc,
-                "test_loss": test_loss, "weight_norm": weight_norm(self.model.parameters()),
-                "elapsed_s": round(elapsed_s, 3)}
+        test_loss_sum, correct, norm = test.tolist()
+        n = self.task.test_x.shape[0]
+        return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": correct / n,
+                "test_loss": test_loss_sum / n, "weight_norm": norm, "elapsed_s": round(elapsed_s, 3)}
+
+    # -- advancing --------------------------------------------------------------------------
+    def advance(self, limit: int) -> int:
+        """Take at most ``limit`` steps (one, or a replay of several); returns how many were taken."""
+        self.sampler.prepare(self.step)  # host work (a new epoch's order) stays outside the step
+        n = self.stepper(limit)
+        self.step += n
+        return n
+
+    def steps_to_host_work(self) -> int:
+        """Steps until the loop must act on the host: an eval point (checkpoints fall on them), the
+        end of the run, or -- shuffled order -- the start of an epoch. No replay crosses one."""
+        cfg, s = self.cfg, self.step
+        stop = min(cfg.steps, (s // cfg.eval_every + 1) * cfg.eval_every)
+        if self.sampler.order == "shuffle":
+            epoch = self.sampler.batches_per_epoch
+            stop = min(stop, (s // epoch + 1) * epoch)
+        return stop - s
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict | None:
@@ -212,9 +245,7 @@ class Run:
         try:
             with _StopFlag() as stop, open(self.dir / rundir.METRICS, "a") as metrics_file:
                 while self.step < cfg.steps:
-                    self.sampler.prepare(self.step)  # host work (a new epoch's order) stays outside the step
-                    self.train_step()
-                    self.step += 1
+                    self.advance(self.steps_to_host_work())
                     now = time.perf_counter() - t0
                     reporter.step(self.step, (self.step - start_step) / max(now, 1e-9))
                     if self.step % cfg.eval_every == 0 or self.step == cfg.steps:

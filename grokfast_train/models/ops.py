@@ -61,6 +61,11 @@ def layer_norm(x: torch.Tensor, ln: nn.LayerNorm, residual: torch.Tensor | None 
                backend: str = "torch") -> torch.Tensor:
     """``ln(x + residual)`` (post-LN's add-and-normalise; one fused kernel under triton)."""
     if backend == "triton":
+        if residual is not None and residual.dtype != x.dtype:
+            # bf16 autocast: a bf16 branch meets the fp32 residual stream. Add and normalise in fp32, as
+            # torch does under autocast (x + residual promotes; layer_norm runs in fp32).
+            dtype = torch.promote_types(x.dtype, residual.dtype)
+            x, residual = x.to(dtype), residual.to(dtype)
         return _kernel("layer_norm")(x, ln.weight, ln.bias, ln.eps, residual=residual)
     if residual is not None:
         x = x + residual

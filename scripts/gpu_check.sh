@@ -1,15 +1,108 @@
 #!/usr/bin/env bash
-# Every GPU check in one go: versions, the CUDA tests, the compile report and all benchmarks.
-# Usage: scripts/gpu_check.sh [OUT_DIR]   (writes report.txt and bench.json there)
+# Every GPU check in one go, within 8 minutes on the lent machine's image (python3, torch + Triton, rich,
+# transformers, pytest, pytest-benchmark; no datasets, no network, the repository not pip-installed):
+#   1. versions;  2. the CUDA tests (tests/gpu: kernels vs references, graph vs eager, resume, bf16);
+#   3. the training-step benchmarks, one pytest run per shape, JSON out;  4. one end-to-end
+#   `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval every
+#   10 steps), timed;  5. the kernel benchmarks if time is left;  6. the table (scripts/bench_table.py), last.
+# Each section has a time cap (SIGINT first: pytest-benchmark still writes its JSON, the trainer its
+# checkpoint), so the script always ends with the table within the budget.
+#
+# Usage: scripts/gpu_check.sh [OUT_DIR]   (default $OUT, else ./gpu-check); everything is written there.
+# GPU_CHECK_REHEARSAL=1: the same script on a CPU machine with CPU-sized work (the CPU benchmark rows,
+# 300 training steps), to check the script itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-check}}
 mkdir -p "$out"
-export TRITON_INTERPRET=0
-{
-  date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-  echo "== CUDA tests"; python -m pytest -q tests/gpu
-  echo "== benchmarks"; python -m pytest -q benchmarks --benchmark-json="$out/bench.json" --benchmark-columns=min,median,mean,rounds
-} 2>&1 | tee "$out/report.txt"
+out=$(cd "$out" && pwd)
+PY=${PYTHON:-python3}
+export TRITON_INTERPRET=0  # real kernels (tests/conftest.py would default to the interpreter)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+rehearsal=${GPU_CHECK_REHEARSAL:-0}
+budget=${GPU_CHECK_BUDGET_S:-450}
+deadline=$((SECONDS + budget))
+report="$out/report.txt"
+: >"$report"
+
+say() { echo "$*" | tee -a "$report"; }
+# section NAME CAP_S RESERVE_S CMD...: run CMD for at most min(CAP_S, time left - RESERVE_S) seconds.
+section() {
+  local name=$1 cap=$2 reserve=$3
+  shift 3
+  local left=$((deadline - SECONDS - reserve))
+  local t=$((cap < left ? cap : left))
+  if ((t < 10)); then
+    say "== $name: skipped (${left}s left of the ${budget}s budget)"
+    return 0
+  fi
+  say "== $name (at most ${t}s)"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=15 "$t" "$@" 2>&1 | tee -a "$report"
+  local rc=${PIPESTATUS[0]}
+  say "== $name: exit $rc after $((SECONDS - t0))s$( ((rc == 124)) && echo ' (time cap reached)')"
+}
+
+if ((rehearsal)); then
+  bench_k="cpu and not compile and not full"
+  steps=300
+  e2e_device=cpu
+else
+  bench_k="cuda"
+  steps=100000
+  e2e_device=cuda
+fi
+
+say "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) budget ${budget}s rehearsal=${rehearsal} out=$out"
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } 2>&1 \
+  | tee -a "$report" || say "nvidia-smi: not available"
+"$PY" - <<'EOF' 2>&1 | tee -a "$report"
+import importlib, platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "cuda", torch.version.cuda,
+      "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)")
+for name in ("triton", "transformers", "pytest_benchmark", "numpy", "rich"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as e:  # report, do not stop: the sections below say what it breaks
+        print(name, "unavailable:", type(e).__name__, e)
+EOF
+
+# Reserves keep time for what comes after: the end-to-end run (~90 s) and the table.
+section "CUDA tests" 130 230 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
+for shape in modular imdb; do
+  section "step benchmarks ($shape)" 110 100 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
+    -k "$bench_k and $shape" --benchmark-json="$out/bench-$shape.json" --benchmark-columns=min,median,rounds
+done
+e2e() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$PY" -m grokfast_train --dataset modular --steps "$steps" --quiet --force --out "$out/e2e-modular" \
+    --device "$e2e_device" >"$out/e2e-modular.log" 2>&1
+  local rc=$?
+  t1=$(date +%s.%N)
+  tail -n 4 "$out/e2e-modular.log"
+  "$PY" - "$out/e2e-modular" "$t0" "$t1" "$rc" <<'EOF'
+import json, sys
+from pathlib import Path
+run, t0, t1, rc = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+last = rows[-1] if rows else {}
+print(f"end-to-end: exit {rc}; {last.get('step', 0):,} steps, wall {t1 - t0:.1f} s from process start to exit "
+      f"(import, data, warm-up and capture included); training {last.get('elapsed_s', float('nan')):.1f} s "
+      f"= {last.get('step', 0) / max(last.get('elapsed_s', 0) or 1e-9, 1e-9):,.0f} steps/s with an evaluation "
+      f"every {cfg.get('eval_every')} steps; device {cfg.get('device')}, backend {cfg.get('backend')}, "
+      f"cuda_graph {cfg.get('cuda_graph')}, dtype {cfg.get('dtype')}; final test acc {last.get('test_acc')}")
+EOF
+}
+export -f e2e
+export out steps e2e_device PY
+section "end-to-end: grokfast-train --dataset modular --steps $steps" 150 20 bash -c e2e
+if ((!rehearsal)); then
+  section "kernel benchmarks" 60 15 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_adamw_bench.py \
+    benchmarks/test_attention_bench.py benchmarks/test_layer_norm_bench.py --benchmark-json="$out/bench-kernels.json" \
+    --benchmark-columns=min,median,rounds
+fi
+say "== table (elapsed ${SECONDS}s)"
+"$PY" scripts/bench_table.py "$out/bench-modular.json" "$out/bench-imdb.json" 2>&1 | tee "$out/table.md" | tee -a "$report"

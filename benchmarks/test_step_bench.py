@@ -183,7 +183,8 @@ def _paper_hf(dataset, device, tmp_path):
 
 
 ROWS = {
-    # name: (devices, builder)
+    # name: (devices, builder). Ordered so that the compile rows, whose warm-up compiles for a minute or
+    # more, come last: a time-capped run (scripts/gpu_check.sh) loses them first.
     "trainer-triton-graph": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton", cuda_graph="on")),
     "trainer-triton-graph-k1": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton", cuda_graph="on", unroll=1)),
     "trainer-triton-graph-bf16": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton", cuda_graph="on",
@@ -191,11 +192,11 @@ ROWS = {
     "trainer-triton": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton")),
     "trainer-torch": (("cpu", "cuda"), lambda d, dev, t: _trainer(d, dev, t, "torch")),
     "trainer-torch-full": (("cpu", "cuda"), lambda d, dev, t: _trainer(d, dev, t, "torch", readout=False)),
+    "paper-hf": (("cpu", "cuda"), _paper_hf),
     "compile-default": (("cpu",), lambda d, dev, t: _compiled(d, dev, t, None)),
+    "compile-reduce-overhead": (("cuda",), lambda d, dev, t: _compiled(d, dev, t, "reduce-overhead")),
     "compile-max-autotune-no-cudagraphs": (("cuda",), lambda d, dev, t: _compiled(d, dev, t,
                                                                                   "max-autotune-no-cudagraphs")),
-    "compile-reduce-overhead": (("cuda",), lambda d, dev, t: _compiled(d, dev, t, "reduce-overhead")),
-    "paper-hf": (("cpu", "cuda"), _paper_hf),
 }
 
 

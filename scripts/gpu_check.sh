@@ -68,12 +68,14 @@ for name in ("triton", "transformers", "pytest_benchmark", "numpy", "rich"):
         print(name, "unavailable:", type(e).__name__, e)
 EOF
 
-# Reserves keep time for what comes after: the end-to-end run (~90 s) and the table.
-section "CUDA tests" 130 230 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
-for shape in modular imdb; do
-  section "step benchmarks ($shape)" 110 100 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
-    -k "$bench_k and $shape" --benchmark-json="$out/bench-$shape.json" --benchmark-columns=min,median,rounds
-done
+# Caps and reserves (seconds): a section stops early enough to leave its reserve to the ones after
+# it -- the benchmarks ~250 s, the end-to-end run ~60 s, the table. The new graph tests go first.
+section "CUDA tests" 100 250 "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_graph_cuda.py \
+  tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py
+section "step benchmarks (modular)" 120 150 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
+  -k "$bench_k and modular" --benchmark-json="$out/bench-modular.json" --benchmark-columns=min,median,rounds
+section "step benchmarks (imdb)" 130 65 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
+  -k "$bench_k and imdb" --benchmark-json="$out/bench-imdb.json" --benchmark-columns=min,median,rounds
 e2e() {
   local t0 t1
   t0=$(date +%s.%N)
@@ -98,9 +100,9 @@ EOF
 }
 export -f e2e
 export out steps e2e_device PY
-section "end-to-end: grokfast-train --dataset modular --steps $steps" 150 20 bash -c e2e
+section "end-to-end: grokfast-train --dataset modular --steps $steps" 120 5 bash -c e2e
 if ((!rehearsal)); then
-  section "kernel benchmarks" 60 15 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_adamw_bench.py \
+  section "kernel benchmarks" 60 5 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_adamw_bench.py \
     benchmarks/test_attention_bench.py benchmarks/test_layer_norm_bench.py --benchmark-json="$out/bench-kernels.json" \
     --benchmark-columns=min,median,rounds
 fi

@@ -5,7 +5,11 @@
 where the bias is -inf for keys that ``key_padding_mask`` (bool (B, Lk), True = the key takes
 part) switches off and, with ``causal``, for keys j > i + Lk - Lq (bottom-right aligned, so a
 single query, Lq = 1, sees every key). A query row with no visible key outputs zeros and gets
-zero gradients -- never NaN.
+zero gradients -- never NaN. Any head size D from 1 to 128: the kernels pad it to
+BLOCK_D = max(16, next_pow2(D)) lanes and mask the padded ones (they load 0 and are never stored),
+so one compiled variant per BLOCK_D covers every D it pads; D = BLOCK_D compiles without the lane
+mask. Every launch grid is (B*H, blocks): B*H on axis 0, whose CUDA limit is 2**31 - 1 (axes 1 and
+2 stop at 65,535, which a batch of 16,384 with 4 heads would pass).
 
 Forward (FlashAttention-2 style). One program owns BLOCK_M query rows of one (batch, head) and
 streams over the keys in blocks of BLOCK_N. For each block it forms S = Q K^T on the tensor
@@ -35,9 +39,10 @@ products would run on the CUDA cores, without tensor cores, and spill registers 
 sizes (compiled and checked), so they are not shipped. Triton's interpreter computes every fp32 dot
 exactly, whatever the mode, which is why the CPU tests can hold fp32 to ~1e-5.
 
-Block sizes are picked by a rule from D, dtype and Lq (``_TILES``, ``_block_config``), not by
-autotuning: autotuning cannot time anything under the interpreter, and a rule makes the set of
-shipped configurations finite, so ``compile_specs()`` can list and compile all of them.
+Block sizes are picked by a rule from BLOCK_D (padded or not), dtype and Lq (``_TILES``,
+``_PADDED_TILES``, ``_block_config``), not by autotuning: autotuning cannot time anything under
+the interpreter, and a rule makes the set of shipped configurations finite, so
+``compile_specs()`` can list and compile all of them.
 """
 
 from __future__ import annotations
@@ -52,7 +57,11 @@ from torch.autograd.function import once_differentiable
 from ._dispatch import INTERPRET, check_dtype, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+MAX_HEAD_DIM = 128
+# Every head size 1..MAX_HEAD_DIM (a range, so ``D in SUPPORTED_HEAD_DIMS`` keeps working). The
+# kernels pad D to one of _BLOCK_DS: the compiled variants are per BLOCK_D, not per D.
+SUPPORTED_HEAD_DIMS = range(1, MAX_HEAD_DIM + 1)
+_BLOCK_DS = (16, 32, 64, 128)
 MAX_LEN = 1024
 _MAX_GRID_X = 2**31 - 1  # CUDA's limit on launch-grid axis 0, which holds B*H
 _LOG2E = 1.4426950408889634
@@ -106,6 +115,16 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # most cdiv(1024, 16) = 64. The pair's base offset is computed in int64 so that B*H*L*D may
 # exceed 2**31.
 #
+# The head size D is a runtime number; the tiles are BLOCK_D = max(16, next_pow2(D)) wide (tl.dot
+# and tl.arange need a power of two, tl.dot at least 16). When D < BLOCK_D every load and store of
+# a (rows, BLOCK_D) tile is masked to d < D: the padded lanes load 0, so they add nothing to
+# Q K^T, and their columns of O, dQ, dK, dV (then 0 as well) are never stored; one compiled
+# variant per BLOCK_D covers every D it pads. When D == BLOCK_D (EVEN_D: 16, 32, 64, 128) the
+# kernels replace D by the constexpr BLOCK_D and drop the lane mask: with a runtime row stride
+# and per-lane predicates, ptxas needs more registers (the padded variant spills at some of the
+# power-of-two heads' tiles, so it gets its own, smaller tiles), and the power-of-two heads keep
+# the code and tiles they had before padding existed.
+#
 # Causality is a runtime number, not a constexpr: key j is visible from query i when
 # j <= i + shift, with shift = Lk - Lq when causal and shift = Lk (always true) otherwise. That
 # halves the number of compiled variants, and the comparison is needed anyway to mask the
@@ -128,12 +147,23 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _tile_mask(row_ok, offs_d, D, EVEN_D: tl.constexpr):
+    """Mask of a (rows, BLOCK_D) tile: the rows that exist and, when D is padded, the lanes d < D."""
+    if EVEN_D:
+        mask = row_ok[:, None]
+    else:
+        mask = row_ok[:, None] & (offs_d < D)[None, :]
+    return mask
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, Mask, O, LSE,
-              H, Lq, Lk, shift, mask_len, qk_scale,
-              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              H, Lq, Lk, D, shift, mask_len, qk_scale,
+              BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    start_m = tl.program_id(1) * BLOCK_M
+    D = BLOCK_D if EVEN_D else D  # a constexpr row stride when nothing is padded (see above)
     bh = tl.program_id(0).to(tl.int64)
+    start_m = tl.program_id(1) * BLOCK_M
     Q += bh * Lq * D
     O += bh * Lq * D
     K += bh * Lk * D
@@ -141,23 +171,27 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
     LSE += bh * Lq
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
-    q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+    q_tile = offs_m[:, None] * D + offs_d[None, :]
+    q_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
+    q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
 
     # The running maximum starts finite, so that a block whose scores are all -inf (masked)
     # gives exp2(-inf - m) = 0 rather than exp2(-inf + inf) = NaN.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # Keys past the last one visible from this block's last row are never loaded.
     hi = tl.minimum(Lk, start_m + BLOCK_M + shift)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Lk
-        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        kv_tile = offs_n[:, None] * D + offs_d[None, :]
+        kv_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
+        k = tl.load(K + kv_tile, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_tile, mask=kv_mask, other=0.0)
         pad = tl.load(Mask + (bh // H) * Lk + offs_n, mask=offs_n < mask_len, other=1)
         valid = (n_ok & (pad != 0))[None, :] & (offs_n[None, :] <= offs_m[:, None] + shift)
 
@@ -176,33 +210,40 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     acc = acc / l_safe[:, None]
     lse = m_i + tl.log2(l_safe)
-    tl.store(O + offs_m[:, None] * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=m_ok[:, None])
+    # The store's offsets and mask are recomputed, not reused from the load: several tiles sit at
+    # 255 registers, and keeping them live through the loop (or even naming a temporary here,
+    # measured with Triton 3.9) tips them into spills. Check `python -m kernels._compile` after edits.
+    tl.store(O + offs_m[:, None] * D + offs_d[None, :], acc.to(O.dtype.element_ty),
+             mask=_tile_mask(m_ok, offs_d, D, EVEN_D))
     tl.store(LSE + offs_m, lse, mask=m_ok)
 
 
 @triton.jit
-def _attn_bwd_preprocess(O, DO, Delta, Lq,
-                         D: tl.constexpr, BLOCK_M: tl.constexpr):
-    start_m = tl.program_id(1) * BLOCK_M
+def _attn_bwd_preprocess(O, DO, Delta, Lq, D,
+                         BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    D = BLOCK_D if EVEN_D else D
     bh = tl.program_id(0).to(tl.int64)
+    start_m = tl.program_id(1) * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
     ptrs = bh * Lq * D + offs_m[:, None] * D + offs_d[None, :]
-    o = tl.load(O + ptrs, mask=m_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + ptrs, mask=m_ok[:, None], other=0.0).to(tl.float32)
+    tile_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
+    o = tl.load(O + ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + ptrs, mask=tile_mask, other=0.0).to(tl.float32)
     tl.store(Delta + bh * Lq + offs_m, tl.sum(o * do, 1), mask=m_ok)
 
 
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
-                   H, Lq, Lk, shift, mask_len, qk_scale, sm_scale,
-                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   H, Lq, Lk, D, shift, mask_len, qk_scale, sm_scale,
+                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Works in the transposed orientation (keys along rows) so that dK and dV come out of the
-    # matmuls in the (BLOCK_N, D) layout they are stored in.
-    start_n = tl.program_id(1) * BLOCK_N
+    # matmuls in the (BLOCK_N, BLOCK_D) layout they are stored in.
+    D = BLOCK_D if EVEN_D else D
     bh = tl.program_id(0).to(tl.int64)
+    start_n = tl.program_id(1) * BLOCK_N
     Q += bh * Lq * D
     DO += bh * Lq * D
     K += bh * Lk * D
@@ -213,22 +254,26 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
     Delta += bh * Lq
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < Lk
-    k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-    v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+    kv_tile = offs_n[:, None] * D + offs_d[None, :]
+    kv_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
+    k = tl.load(K + kv_tile, mask=kv_mask, other=0.0)
+    v = tl.load(V + kv_tile, mask=kv_mask, other=0.0)
     pad = tl.load(Mask + (bh // H) * Lk + offs_n, mask=offs_n < mask_len, other=1)
     key_ok = n_ok & (pad != 0)
 
-    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     # Query i sees key j when i >= j - shift: start at the first query block that sees start_n.
     lo = tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M
     for start_m in range(lo, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < Lq
-        q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
-        do = tl.load(DO + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+        q_tile = offs_m[:, None] * D + offs_d[None, :]
+        q_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
+        q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
+        do = tl.load(DO + q_tile, mask=q_mask, other=0.0)
         lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
         delta = tl.load(Delta + offs_m, mask=m_ok, other=0.0)
         valid = key_ok[:, None] & m_ok[None, :] & (offs_n[:, None] <= offs_m[None, :] + shift)
@@ -240,18 +285,20 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
         dsT = pT * (dpT - delta[None, :])
         dk = _mma(dsT.to(q.dtype), q, dk, DOT_PRECISION, UPCAST)
 
-    ptrs = offs_n[:, None] * D + offs_d[None, :]
-    tl.store(DK + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=n_ok[:, None])
-    tl.store(DV + ptrs, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
+    ptrs = offs_n[:, None] * D + offs_d[None, :]  # recomputed, as in _attn_fwd
+    st_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
+    tl.store(DK + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=st_mask)
+    tl.store(DV + ptrs, dv.to(DV.dtype.element_ty), mask=st_mask)
 
 
 @triton.jit
 def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
-                 H, Lq, Lk, shift, mask_len, qk_scale, sm_scale,
-                 D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 H, Lq, Lk, D, shift, mask_len, qk_scale, sm_scale,
+                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    start_m = tl.program_id(1) * BLOCK_M
+    D = BLOCK_D if EVEN_D else D
     bh = tl.program_id(0).to(tl.int64)
+    start_m = tl.program_id(1) * BLOCK_M
     Q += bh * Lq * D
     DO += bh * Lq * D
     DQ += bh * Lq * D
@@ -261,38 +308,45 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
     Delta += bh * Lq
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
-    q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
-    do = tl.load(DO + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+    q_tile = offs_m[:, None] * D + offs_d[None, :]
+    q_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
+    q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
+    do = tl.load(DO + q_tile, mask=q_mask, other=0.0)
     lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(Delta + offs_m, mask=m_ok, other=0.0)
 
-    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     hi = tl.minimum(Lk, start_m + BLOCK_M + shift)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Lk
-        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        kv_tile = offs_n[:, None] * D + offs_d[None, :]
+        kv_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
+        # dP before K is loaded: V is dead by then, which keeps the fp32 TF32x3 tiles (operands
+        # split in two) at BLOCK_D = 128 from spilling.
+        v = tl.load(V + kv_tile, mask=kv_mask, other=0.0)
+        dp = _mma(do, tl.trans(v), None, DOT_PRECISION, UPCAST)
+        k = tl.load(K + kv_tile, mask=kv_mask, other=0.0)
         pad = tl.load(Mask + (bh // H) * Lk + offs_n, mask=offs_n < mask_len, other=1)
         valid = (n_ok & (pad != 0))[None, :] & m_ok[:, None] & (offs_n[None, :] <= offs_m[:, None] + shift)
 
         s = _mma(q, tl.trans(k), None, DOT_PRECISION, UPCAST) * qk_scale
         p = tl.exp2(tl.where(valid, s - lse[:, None], float("-inf")))
-        dp = _mma(do, tl.trans(v), None, DOT_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
         dq = _mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST)
 
     tl.store(DQ + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=m_ok[:, None])
+             mask=_tile_mask(m_ok, offs_d, D, EVEN_D))  # recomputed, as in _attn_fwd
 
 
 # ----------------------------------------------------------------------------------------------
 # Launch configuration: a rule, so that the shipped configurations are a finite, compiled list.
 # ----------------------------------------------------------------------------------------------
 
-# Tiles: (BLOCK_M, BLOCK_N, num_warps, num_stages) per operand mode, kernel and D. "fwd" and "dq"
+# Tiles: (BLOCK_M, BLOCK_N, num_warps, num_stages) per operand mode, kernel and BLOCK_D (the
+# padded head size: D = 20 runs the BLOCK_D = 32 tiles). "fwd" and "dq"
 # own BLOCK_M query rows and stream BLOCK_N keys; "dkdv" owns BLOCK_N keys and streams BLOCK_M
 # queries. Each entry is the largest tile, among those compiled for sm_80 and sm_90 (see
 # compile_specs), that keeps register spills at zero on both. TF32x3 splits every fp32 operand
@@ -313,18 +367,37 @@ _TILES = {
 # rows and 4 warps for Lq <= 16 (TF32x3 dq also single-buffers there, to stay spill-free).
 _SMALL_LQ = 16
 _PRE_BLOCK_M = 64
+# Padded head sizes (D < BLOCK_D) where the tile above spills (the runtime row stride and the
+# per-lane masks cost registers): (mode, kernel, BLOCK_D, Lq <= 16) -> (BLOCK_M, BLOCK_N,
+# num_warps, num_stages), each spill-free on sm_80 and sm_90 (compile_specs).
+_PADDED_TILES = {
+    ("tf32x3", "fwd", 64, False): (64, 16, 4, 2),
+    ("tf32x3", "dkdv", 128, False): (16, 16, 8, 2),
+    ("tf32", "dkdv", 128, False): (32, 32, 8, 2),
+    ("16bit", "dkdv", 128, False): (32, 32, 8, 2),
+}
 
 
 def _mode(dtype: torch.dtype, precision: str) -> str:
     return precision if dtype == torch.float32 else "16bit"
 
 
-def _block_config(kernel: str, d: int, mode: str, lq: int) -> dict:
+def _block_d(d: int) -> int:
+    """The head size padded to a power of two, at least 16 (tl.dot's smallest K)."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def _block_config(kernel: str, block_d: int, even_d: bool, mode: str, lq: int) -> dict:
     """Launch configuration of one kernel ("fwd", "dkdv", "dq"): a rule, not autotuning."""
-    block_m, block_n, warps, stages = _TILES[mode][kernel][d]
-    if kernel != "dkdv" and lq <= _SMALL_LQ:
-        block_m, warps = 16, 4
-        stages = 1 if (mode, kernel) == ("tf32x3", "dq") else stages
+    small = kernel != "dkdv" and lq <= _SMALL_LQ
+    padded = None if even_d else _PADDED_TILES.get((mode, kernel, block_d, small))
+    if padded is not None:
+        block_m, block_n, warps, stages = padded
+    else:
+        block_m, block_n, warps, stages = _TILES[mode][kernel][block_d]
+        if small:
+            block_m, warps = 16, 4
+            stages = 1 if (mode, kernel) == ("tf32x3", "dq") else stages
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
 
@@ -341,8 +414,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _launch(kind: str, grid, *args, d: int, lq: int, dtype: torch.dtype, precision: str) -> None:
-    cfg = _block_config(kind, d, _mode(dtype, precision), lq)
-    _KERNELS[kind][grid(cfg)](*args, D=d, DOT_PRECISION=precision,
+    block_d = _block_d(d)
+    cfg = _block_config(kind, block_d, d == block_d, _mode(dtype, precision), lq)
+    _KERNELS[kind][grid(cfg)](*args, BLOCK_D=block_d, EVEN_D=d == block_d, DOT_PRECISION=precision,
                               UPCAST=INTERPRET and dtype == torch.bfloat16, **cfg)
 
 
@@ -372,7 +446,7 @@ class _Attention(torch.autograd.Function):
         o = torch.empty_like(q)
         lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
         _launch("fwd", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
-                q, k, v, mask, o, lse, H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E,
+                q, k, v, mask, o, lse, H, Lq, Lk, D, shift, mask_len, sm_scale * _LOG2E,
                 d=D, lq=Lq, dtype=q.dtype, precision=precision)
 
         ctx.save_for_backward(q, k, v, o, lse, mask)
@@ -389,10 +463,10 @@ class _Attention(torch.autograd.Function):
         do = do.contiguous()
 
         delta = torch.empty_like(lse)
-        _attn_bwd_preprocess[(B * H, triton.cdiv(Lq, _PRE_BLOCK_M))](o, do, delta, Lq, D=D,
-                                                                      BLOCK_M=_PRE_BLOCK_M)
+        _attn_bwd_preprocess[(B * H, triton.cdiv(Lq, _PRE_BLOCK_M))](
+            o, do, delta, Lq, D, BLOCK_D=_block_d(D), EVEN_D=D == _block_d(D), BLOCK_M=_PRE_BLOCK_M)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        common = (H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E, sm_scale)
+        common = (H, Lq, Lk, D, shift, mask_len, sm_scale * _LOG2E, sm_scale)
         config = dict(d=D, lq=Lq, dtype=q.dtype, precision=precision)
         _launch("dkdv", lambda c: (B * H, triton.cdiv(Lk, c["BLOCK_N"])),
                 q, k, v, mask, do, lse, delta, dk, dv, *common, **config)
@@ -414,9 +488,8 @@ def _validate(q, k, v, key_padding_mask) -> None:
     if k.shape != v.shape or k.shape[:2] != (B, H) or k.shape[3] != D:
         raise ValueError(f"expected q (B, H, Lq, D) and k, v (B, H, Lk, D); got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"head dim D={D} is not supported; supported: "
-                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim D={D} is not supported; supported: 1 to {MAX_HEAD_DIM}")
     if B * H > _MAX_GRID_X:
         raise ValueError(f"B*H = {B * H} is not supported; supported: up to {_MAX_GRID_X} (CUDA's grid limit)")
     Lk = k.shape[2]
@@ -439,9 +512,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     key_padding_mask: bool (B, Lk), True where the key takes part (SDPA / Hugging Face
     convention). causal: query i sees keys j <= i + Lk - Lq. sm_scale defaults to 1/sqrt(D).
-    A query with no visible key gets zeros. fp32 / bf16 / fp16, D in {16, 32, 64, 128},
-    Lq and Lk from 1 to 1024. CUDA tensors run the Triton kernels; CPU tensors run
-    ``attention_reference`` (or the kernels under ``TRITON_INTERPRET=1``).
+    A query with no visible key gets zeros. fp32 / bf16 / fp16, D from 1 to 128 (padded inside
+    the kernels to a power of two), Lq and Lk from 1 to 1024, B*H up to 2**31 - 1. CUDA tensors
+    run the Triton kernels; CPU tensors run ``attention_reference`` (or the kernels under
+    ``TRITON_INTERPRET=1``).
     """
     _validate(q, k, v, key_padding_mask)
     tensors = (q, k, v) if key_padding_mask is None else (q, k, v, key_padding_mask)
@@ -458,49 +532,57 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _ARGS = {
-    "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "shift", "mask_len", "qk_scale"),
+    "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "D", "shift", "mask_len", "qk_scale"),
     "dkdv": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DK", "DV",
-             "H", "Lq", "Lk", "shift", "mask_len", "qk_scale", "sm_scale"),
+             "H", "Lq", "Lk", "D", "shift", "mask_len", "qk_scale", "sm_scale"),
     "dq": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DQ",
-           "H", "Lq", "Lk", "shift", "mask_len", "qk_scale", "sm_scale"),
+           "H", "Lq", "Lk", "D", "shift", "mask_len", "qk_scale", "sm_scale"),
 }
 # Triton types of the arguments that are not pointers of the input dtype.
 _ARG_TYPES = {"Mask": "*u8", "LSE": "*fp32", "Delta": "*fp32", "H": "i32", "Lq": "i32", "Lk": "i32",
-                 "shift": "i32", "mask_len": "i32", "qk_scale": "fp32", "sm_scale": "fp32"}
+              "D": "i32", "shift": "i32", "mask_len": "i32", "qk_scale": "fp32", "sm_scale": "fp32"}
 
 
 def compile_specs() -> list:
-    """One CompileSpec per kernel per shipped configuration: D x dtype (fp32 in both of its
-    precisions, "tf32x3" and "tf32") x, for the kernels that own query rows (fwd, dq), both
-    BLOCK_M classes of ``_block_config`` (Lq <= 16 and Lq > 16) where they differ."""
+    """One CompileSpec per kernel per shipped configuration: BLOCK_D x padded or not (EVEN_D) x
+    dtype (fp32 in both of its precisions, "tf32x3" and "tf32") x, for the kernels that own query
+    rows (fwd, dq), both BLOCK_M classes of ``_block_config`` (Lq <= 16 and Lq > 16) where they
+    differ. D itself is a runtime i32, so a padded spec covers every head size that pads to its
+    BLOCK_D (D = 33..63 for BLOCK_D = 64)."""
     from ._compile import CompileSpec
 
     specs = []
-    for d in SUPPORTED_HEAD_DIMS:
-        for dtype in SUPPORTED_DTYPES:
-            t = _TRITON_DTYPE[dtype]
-            specs.append(CompileSpec(
-                name=f"attn_bwd_preprocess[D={d},{t},BLOCK_M={_PRE_BLOCK_M}]", fn=_attn_bwd_preprocess,
-                signature={"O": f"*{t}", "DO": f"*{t}", "Delta": "*fp32", "Lq": "i32",
-                           "D": "constexpr", "BLOCK_M": "constexpr"},
-                constexprs={"D": d, "BLOCK_M": _PRE_BLOCK_M}))
-            for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
-                label = f"{t}-{prec}" if dtype == torch.float32 else t
-                for kind, fn in _KERNELS.items():
-                    seen = []
-                    for lq in (1, _SMALL_LQ + 1):
-                        cfg = _block_config(kind, d, _mode(dtype, prec), lq)
-                        if cfg in seen:
-                            continue
-                        seen.append(cfg)
-                        blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-                        constexprs = {"D": d, "DOT_PRECISION": prec, "UPCAST": False, **blocks}
-                        signature = {a: _ARG_TYPES.get(a, f"*{t}") for a in _ARGS[kind]}
-                        signature.update({c: "constexpr" for c in constexprs})
-                        specs.append(CompileSpec(
-                            name=(f"attn_{kind}[D={d},{label},BLOCK_M={blocks['BLOCK_M']},"
-                                  f"BLOCK_N={blocks['BLOCK_N']},warps={cfg['num_warps']},"
-                                  f"stages={cfg['num_stages']}]"),
-                            fn=fn, signature=signature, constexprs=constexprs,
-                            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], tensor_cores=True))
+    for block_d in _BLOCK_DS:
+        for even_d in (True, False):
+            shape = f"BLOCK_D={block_d}" + ("" if even_d else ",padded")
+            for dtype in SUPPORTED_DTYPES:
+                t = _TRITON_DTYPE[dtype]
+                specs.append(CompileSpec(
+                    name=f"attn_bwd_preprocess[{shape},{t},BLOCK_M={_PRE_BLOCK_M}]", fn=_attn_bwd_preprocess,
+                    signature={"O": f"*{t}", "DO": f"*{t}", "Delta": "*fp32", "Lq": "i32", "D": "i32",
+                               "BLOCK_D": "constexpr", "EVEN_D": "constexpr", "BLOCK_M": "constexpr"},
+                    constexprs={"BLOCK_D": block_d, "EVEN_D": even_d, "BLOCK_M": _PRE_BLOCK_M}))
+                for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
+                    label = f"{t}-{prec}" if dtype == torch.float32 else t
+                    for kind, fn in _KERNELS.items():
+                        seen = []
+                        for lq in (1, _SMALL_LQ + 1):
+                            cfg = _block_config(kind, block_d, even_d, _mode(dtype, prec), lq)
+                            if cfg in seen:
+                                continue
+                            seen.append(cfg)
+                            specs.append(_kernel_spec(CompileSpec, kind, fn, shape, t, label, prec,
+                                                      block_d, even_d, cfg))
     return specs
+
+
+def _kernel_spec(CompileSpec, kind, fn, shape, t, label, prec, block_d, even_d, cfg):
+    blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+    constexprs = {"BLOCK_D": block_d, "EVEN_D": even_d, "DOT_PRECISION": prec, "UPCAST": False, **blocks}
+    signature = {a: _ARG_TYPES.get(a, f"*{t}") for a in _ARGS[kind]}
+    signature.update({c: "constexpr" for c in constexprs})
+    return CompileSpec(
+        name=(f"attn_{kind}[{shape},{label},BLOCK_M={blocks['BLOCK_M']},BLOCK_N={blocks['BLOCK_N']},"
+              f"warps={cfg['num_warps']},stages={cfg['num_stages']}]"),
+        fn=fn, signature=signature, constexprs=constexprs,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], tensor_cores=True)

@@ -86,10 +86,31 @@ CASES = [
 ]
 
 
+# Head sizes that are not a power of two (the paper's model-wise grid: hidden 16..256 with 4 heads
+# gives 4, 8, 12, ..., 64), padded inside the kernels to BLOCK_D = max(16, next_pow2(D)).
+ODD_HEAD_CASES = [
+    (20, 2, 2, 7, 7, 4, torch.float32, True, None),           # hidden 16, 4 heads: modular decoder
+    (21, 2, 2, 1, 100, 12, torch.float32, False, "random"),
+    (22, 2, 1, 33, 65, 12, torch.bfloat16, True, "random"),
+    (23, 1, 2, 37, 37, 20, torch.float32, True, "random"),     # hidden 80 / 4 heads
+    (24, 2, 1, 1, 257, 20, torch.float16, False, "gap"),
+    (25, 1, 1, 100, 37, 44, torch.float32, True, "random"),    # causal, Lq > Lk: empty leading rows
+    (26, 2, 1, 17, 100, 44, torch.float16, False, "random"),
+    (27, 1, 2, 65, 33, 60, torch.float32, False, "random"),
+    (28, 2, 1, 9, 9, 60, torch.bfloat16, True, None),
+    (29, 1, 1, 45, 70, 100, torch.float32, True, "random"),
+    (30, 1, 1, 7, 100, 100, torch.bfloat16, True, "random"),
+    (31, 2, 1, 20, 9, 100, torch.float16, True, "empty_row"),
+    (32, 2, 2, 9, 9, 1, torch.float32, False, "random"),       # the smallest head
+    (33, 1, 1, 17, 33, 127, torch.float16, True, "random"),    # the largest odd one
+    (34, 1, 1, 33, 17, 48, torch.float32, True, "random"),     # multiple of 16, not a power of two
+]
+
+
 @needs_interpreter
-@pytest.mark.parametrize("seed,B,H,Lq,Lk,D,dtype,causal,mask_kind", CASES,
+@pytest.mark.parametrize("seed,B,H,Lq,Lk,D,dtype,causal,mask_kind", CASES + ODD_HEAD_CASES,
                          ids=[f"Lq{c[3]}-Lk{c[4]}-D{c[5]}-{str(c[6])[6:]}-causal{int(c[7])}-{c[8]}"
-                              for c in CASES])
+                              for c in CASES + ODD_HEAD_CASES])
 def test_forward_and_gradients_match_reference(seed, B, H, Lq, Lk, D, dtype, causal, mask_kind):
     q, k, v, mask, do = _inputs(seed, B, H, Lq, Lk, D, dtype, mask_kind)
     out, grads = _run(attention, q, k, v, mask, causal, do)
@@ -101,12 +122,13 @@ def test_forward_and_gradients_match_reference(seed, B, H, Lq, Lk, D, dtype, cau
 
 
 @needs_interpreter
-@pytest.mark.parametrize("D", [16, 32, 64, 128])
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 12, 20, 44, 100])
 @pytest.mark.parametrize("dtype,precision",
                          [(torch.float32, "tf32x3"), (torch.float32, "tf32"), (torch.float16, "tf32")],
                          ids=["fp32-tf32x3", "fp32-tf32", "fp16"])
 def test_every_tile_configuration(monkeypatch, D, dtype, precision):
-    """Each (mode, D) has its own tiles; run each with both BLOCK_M classes (Lq <= 16 and > 16).
+    """Each (mode, BLOCK_D) has its own tiles; run each with both BLOCK_M classes (Lq <= 16 and > 16),
+    at D = BLOCK_D and at a D that pads to it.
     The interpreter computes fp32 dots exactly whatever the precision, so fp32 tolerances hold."""
     import kernels.fused_attention as attention_module
 
@@ -142,8 +164,8 @@ def test_query_rows_without_keys_give_zeros_and_zero_gradients(dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("Lq,Lk,causal", [(100, 37, False), (7, 65, True)])
-def test_outputs_and_gradients_fully_written(monkeypatch, Lq, Lk, causal):
+@pytest.mark.parametrize("Lq,Lk,causal,D", [(100, 37, False, 32), (7, 65, True, 32), (37, 9, True, 20)])
+def test_outputs_and_gradients_fully_written(monkeypatch, Lq, Lk, causal, D):
     """Every buffer the kernels write is allocated NaN-poisoned; none may survive."""
     allocated = []
 
@@ -160,7 +182,7 @@ def test_outputs_and_gradients_fully_written(monkeypatch, Lq, Lk, causal):
 
     monkeypatch.setattr(torch, "empty_like", poisoned_empty_like)
     monkeypatch.setattr(torch, "empty", poisoned_empty)
-    q, k, v, mask, do = _inputs(30, 2, 1, Lq, Lk, 32, torch.float32, "random")
+    q, k, v, mask, do = _inputs(30, 2, 1, Lq, Lk, D, torch.float32, "random")
     out, grads = _run(attention, q, k, v, mask, causal, do)
     # o, lse, delta, dq, dk, dv
     assert len(allocated) >= 6, "the kernels' buffers were not allocated through torch.empty*"
@@ -171,6 +193,52 @@ def test_outputs_and_gradients_fully_written(monkeypatch, Lq, Lk, causal):
     _assert_close(out, ref, torch.float32, "out")
     for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
         _assert_close(g, rg, torch.float32, name)
+
+
+def _nan_tailed(t):
+    """t as the front of a longer buffer whose tail is NaN (returns the view and the buffer)."""
+    big = torch.full((t.numel() + 256,), float("nan"), dtype=t.dtype)
+    view = big[: t.numel()].view(t.shape)
+    view.copy_(t.detach())
+    return view, big
+
+
+@needs_interpreter
+@pytest.mark.parametrize("D,dtype", [(20, torch.float32), (12, torch.bfloat16), (1, torch.float16)])
+def test_padded_head_lanes_are_never_loaded_or_stored(monkeypatch, D, dtype):
+    """Every tensor the kernels read or write is the front of a longer buffer with a NaN tail.
+    The padded lanes (d >= D) of a tile's last row lie in that tail (those of any other row lie in
+    the next row). A load of one brings NaN into a dot product (NaN * 0 = NaN), which reaches the
+    output or a gradient; a store of one overwrites the tail's NaN."""
+    outputs = []
+    real_empty_like = torch.empty_like
+
+    def nan_tailed_empty_like(t, *args, **kwargs):
+        view, big = _nan_tailed(real_empty_like(t, *args, **kwargs))
+        outputs.append((big, view.numel()))
+        return view
+
+    q, k, v, mask, do = _inputs(35, 2, 2, 19, 23, D, dtype, "random")
+    (q, _), (k, _), (v, _), (do, _) = (_nan_tailed(t) for t in (q, k, v, do))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    monkeypatch.setattr(torch, "empty_like", nan_tailed_empty_like)
+    out, grads = _run(attention, q, k, v, mask, True, do)
+    monkeypatch.undo()
+    assert len(outputs) >= 5  # o, delta, dq, dk, dv
+    for big, n in outputs:
+        assert torch.isnan(big[n:]).all(), "a padded head lane was stored past the end of a buffer"
+    ref, ref_grads = _run(attention_reference, q, k, v, mask, True, do)
+    _assert_close(out, ref, dtype, "out")
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        _assert_close(g, rg, dtype, name)
+
+
+@needs_interpreter
+def test_default_scale_is_one_over_sqrt_of_the_real_head_size():
+    q, k, v, _, _ = _inputs(36, 1, 1, 5, 6, 20, torch.float32)
+    out = attention(q, k, v)
+    _assert_close(out, attention(q, k, v, sm_scale=20 ** -0.5), torch.float32, "out")
+    assert not torch.allclose(out, attention(q, k, v, sm_scale=32 ** -0.5), atol=1e-4)
 
 
 @needs_interpreter
@@ -325,19 +393,21 @@ def test_fp32_dot_precision_follows_torch_tf32_switch():
 def test_compile_specs_cover_every_launch_configuration():
     """Every configuration the launcher can pick is one that compile_specs() ships (and so is
     compiled for sm_80 and sm_90 by the compile test), and every kernel uses the tensor cores."""
-    from kernels.fused_attention import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _block_config, _mode,
-                                   compile_specs)
+    from kernels.fused_attention import (MAX_HEAD_DIM, SUPPORTED_DTYPES, _block_config, _block_d, _mode,
+                                         compile_specs)
 
     shipped = {(s.fn.__name__, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages)
                for s in compile_specs()}
-    for d in SUPPORTED_HEAD_DIMS:
+    assert {_block_d(d) for d in range(1, MAX_HEAD_DIM + 1)} == {16, 32, 64, 128}
+    for d in range(1, MAX_HEAD_DIM + 1):
         for dtype in SUPPORTED_DTYPES:
             for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
                 for kind in ("fwd", "dkdv", "dq"):
                     for lq in (1, 7, 16, 17, 256, 1024):
-                        cfg = _block_config(kind, d, _mode(dtype, prec), lq)
-                        constexprs = {"D": d, "DOT_PRECISION": prec, "UPCAST": False,
-                                      "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+                        block_d = _block_d(d)
+                        cfg = _block_config(kind, block_d, d == block_d, _mode(dtype, prec), lq)
+                        constexprs = {"BLOCK_D": block_d, "EVEN_D": d == block_d, "DOT_PRECISION": prec,
+                                      "UPCAST": False, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
                         key = ("_attn_" + ("bwd_" if kind != "fwd" else "") + kind,
                                tuple(sorted(constexprs.items())), cfg["num_warps"], cfg["num_stages"])
                         assert key in shipped, key
@@ -356,9 +426,9 @@ def _qkv(B=1, H=1, Lq=4, Lk=4, D=16, dtype=torch.float32, device="cpu"):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(dtype=torch.float64), "supported: float32, bfloat16, float16"),
     (dict(dtype=torch.int32), "supported: float32"),
-    (dict(D=8), "supported: 16, 32, 64, 128"),
-    (dict(D=48), "supported: 16, 32, 64, 128"),
-    (dict(D=256), "supported: 16, 32, 64, 128"),
+    (dict(D=0), "supported: 1 to 128"),
+    (dict(D=129), "supported: 1 to 128"),
+    (dict(D=256), "supported: 1 to 128"),
     (dict(Lk=1025), "supported: 1 to 1024"),
     (dict(Lq=0), "supported: 1 to 1024"),
     (dict(device="meta"), "supported: cuda"),

@@ -20,15 +20,14 @@ __all__ = ["Decoder", "EncoderClassifier", "build_model", "resolve_backend"]
 
 def resolve_backend(cfg) -> str:
     """``auto``: the Triton kernels when the run is on CUDA and the attention kernel takes the
-    head size (hidden / heads in 16, 32, 64, 128), PyTorch's ops otherwise -- the same function
+    head size (hidden / heads from 1 to 128), PyTorch's ops otherwise -- the same function
     either way. An explicit ``triton`` with a head size the kernel lacks is a UsageError."""
-    from kernels.fused_attention import SUPPORTED_HEAD_DIMS
+    from kernels.fused_attention import MAX_HEAD_DIM
 
-    head_ok = cfg.hidden // cfg.heads in SUPPORTED_HEAD_DIMS
+    head_ok = 1 <= cfg.hidden // cfg.heads <= MAX_HEAD_DIM
     if cfg.backend == "triton" and not head_ok:
         raise UsageError(f"--backend triton: the attention kernel takes head sizes (hidden / heads) "
-                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}, not {cfg.hidden // cfg.heads}; "
-                         f"use --backend torch or auto")
+                         f"1 to {MAX_HEAD_DIM}, not {cfg.hidden // cfg.heads}; use --backend torch or auto")
     if cfg.backend != "auto":
         return cfg.backend
     on_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())

@@ -373,10 +373,18 @@ def test_build_model_rejects_inconsistent_tasks():
 
 
 def test_resolve_backend():
+    from grokfast_train.errors import UsageError
+
     def cfg(**kw):
         return resolve(Config(dataset="modular", **kw))
     assert resolve_backend(cfg(device="cpu")) == "torch"
     assert resolve_backend(cfg(device="cuda", hidden=128, heads=4)) == "triton"  # head dim 32
-    assert resolve_backend(cfg(device="cuda", hidden=48, heads=4)) == "torch"  # head dim 12: no kernel
+    # Every head size of the paper's model-wise grid (hidden 16..256 by 16, 4 heads: 4, 8, ..., 64)
+    # and the kernel's extremes take the fused path; past 128 there is no kernel.
+    for hidden, heads in [(16 * i, 4) for i in range(1, 17)] + [(7, 7), (128, 1), (100, 1)]:
+        assert resolve_backend(cfg(device="cuda", hidden=hidden, heads=heads)) == "triton", (hidden, heads)
+    assert resolve_backend(cfg(device="cuda", hidden=516, heads=4)) == "torch"  # head dim 129: no kernel
+    with pytest.raises(UsageError, match="1 to 128, not 256"):
+        resolve_backend(cfg(device="cuda", hidden=256, heads=1, backend="triton"))
     assert resolve_backend(cfg(device="cpu", backend="triton")) == "triton"  # asked for: taken as asked
     assert resolve_backend(cfg(device="cuda", backend="torch")) == "torch"

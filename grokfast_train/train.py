@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_jso
 from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
+from .interrupt import StopFlag
 from .loggers import open_loggers
 from .metrics import IntervalMeter, summarize, weight_norm
 from .models import build_model, resolve_backend
@@ -47,30 +47,6 @@ def check_backend(backend: str, device: torch.device) -> str:
         raise UsageError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                          "on the CPU, slowly); use --backend torch")
     return backend
-
-
-class _StopFlag:
-    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never half a step."""
-
-    def __init__(self):
-        self.set = False
-        self._previous = None
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.set:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            self.set = True
-
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 class Run:
@@ -243,7 +219,7 @@ class Run:
         marks = _Milestones(cfg, self.history)
         interrupted = False
         try:
-            with _StopFlag() as stop, open(self.dir / rundir.METRICS, "a") as metrics_file:
+            with StopFlag() as stop, open(self.dir / rundir.METRICS, "a") as metrics_file:
                 while self.step < cfg.steps:
                     self.advance(self.steps_to_host_work())
                     now = time.perf_counter() - t0

@@ -83,8 +83,7 @@ T_REPORT = "tests/trainer/test_report.py"
 MUTANTS: list[Mutant] = [
     # -- kernels ---------------------------------------------------------------------------------
     M("K1", "kernels", "kernels/fused_attention.py",
-      ("q, k, v, mask, o, lse, H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E,",
-       "q, k, v, mask, o, lse, H, Lq, Lk, shift, mask_len, sm_scale * _LOG2E * 1.01,"),
+      ("sm_scale * _LOG2E,\n", "sm_scale * _LOG2E * 1.01,\n"),  # the forward launch (the backward's has no newline)
       "attention forward: scores scaled 1 % too much", [T_ATT]),
     M("K2", "kernels", "kernels/fused_attention.py",
       ("shift = (Lk - Lq) if causal else Lk", "shift = (Lk - Lq + 1) if causal else Lk"),
@@ -155,14 +154,14 @@ MUTANTS: list[Mutant] = [
        ("self.sums[2] += n", "self.sums[2] += 1")],
       "train meter: mean of batch means (not weighted by batch size)", [T_METRICS, T_PLUMB, T_RESUME]),
     M("ME2", "metrics", "grokfast_train/metrics.py",
-      ('totals[0] += F.cross_entropy(logits.float(), yb, reduction="sum").double()',
-       'totals[0] += F.cross_entropy(logits.float(), yb).double() * min(batch_size, x.shape[0])'),
+      ("totals += torch.stack([losses.double().sum(),",
+       "totals += torch.stack([losses.double().mean() * min(batch_size, x.shape[0]),"),
       "evaluate: test loss averaged per batch", [T_METRICS, T_PLUMB]),
     M("ME3", "metrics", "grokfast_train/metrics.py",
       ('if row[key] >= threshold:', 'if row[key] > threshold:'),
       "summary: > where the threshold says >=", [T_METRICS, T_PLUMB]),
     M("ME4", "metrics", "grokfast_train/metrics.py",
-      ('unique = {id(p): p for p in params}.values()', 'unique = list(params)'),
+      ("unique = list({id(p): p for p in params}.values())", "unique = list(params)"),
       "weight norm: a tied weight counted twice", [T_METRICS, T_PLUMB]),
     M("ME5", "metrics", "grokfast_train/metrics.py",
       ('"grokking_delay": (gen - mem)', '"grokking_delay": (mem - gen)'),
@@ -171,10 +170,7 @@ MUTANTS: list[Mutant] = [
       ('    model.eval()\n', '    pass\n'),
       "evaluate: model left in train mode", [T_METRICS]),
     M("ME7", "metrics", "grokfast_train/train.py",
-      ('return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": test_acc,\n'
-       '                "test_loss": test_loss,',
-       'return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": test_acc,\n'
-       '                "test_loss": train_loss,'),
+      ('"test_loss": test_loss_sum / n,', '"test_loss": train_loss,'),
       "run: test_loss row holds the train loss", [T_PLUMB, T_RUN]),
     # -- sampler ---------------------------------------------------------------------------------
     M("S1", "sampler", "grokfast_train/sampler.py",

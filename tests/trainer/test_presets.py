@@ -125,3 +125,19 @@ def test_final_line_says_never(tmp_path, capsys):
 def test_resolve_refuses_a_bad_order():
     with pytest.raises(UsageError, match="--order"):
         resolve(Config(order="sorted"))
+
+
+def test_triton_backend_trains_head_size_20_like_the_torch_backend(tmp_path):
+    """--hidden 80 --heads 4 (head size 20, one of the paper's model-wise sizes) on the fused path:
+    the kernels under the interpreter follow PyTorch's ops step for step."""
+    args = ["--p", "13", "--hidden", "80", "--heads", "4", "--train-size", "30", "--steps", "4", "--eval-every", "2",
+            "--checkpoint-every", "2", *QUIET]
+    assert main([*args, "--backend", "torch", "--out", str(tmp_path / "torch")]) == 0
+    assert main([*args, "--backend", "triton", "--out", str(tmp_path / "triton")]) == 0
+    rows = {b: [json.loads(line) for line in (tmp_path / b / "metrics.jsonl").read_text().splitlines()]
+            for b in ("torch", "triton")}
+    assert json.loads((tmp_path / "triton" / "config.json").read_text())["backend"] == "triton"
+    for a, b in zip(rows["torch"], rows["triton"], strict=True):
+        for key in ("train_loss", "test_loss", "weight_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+        assert (a["train_acc"], a["test_acc"]) == (b["train_acc"], b["test_acc"])

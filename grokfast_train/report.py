@@ -21,14 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from . import analysis as an
+from .config import legacy_value
 from .errors import GrokfastError, RunError, UsageError
 
 PROG = "grokfast-train report"
 CONFIG, METRICS, SUMMARY, SWEEP = "config.json", "metrics.jsonl", "summary.json", "sweep.json"
 FIGURES = "figures"
 # Settings that do not make a different experiment: they never split a sweep's runs into groups.
+# Every setting a resume may change (rundir.RESUMABLE, less steps: the budget) is one; a test keeps
+# the two in step (rundir is not imported here: it brings torch, which a report does not need).
 NOT_EXPERIMENT = {"frac", "train_size", "seed", "out", "resume", "force", "quiet", "device", "backend",
-                  "eval_batch_size", "checkpoint_every", "cache_dir", "data_dir"}
+                  "eval_batch_size", "checkpoint_every", "cache_dir", "data_dir", "log", "cuda_graph"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,7 +142,8 @@ def analyse(run: Run, opts: Options) -> None:
 def model_keys(runs: list[Run], window: int | None) -> None:
     """Name each run's group: hidden and layers, plus any other setting that varies within them."""
     def setting(r: Run, field: str):
-        value = r.config.get(field)
+        # a run written before the setting existed ran with its legacy value (config.legacy_value)
+        value = r.config[field] if field in r.config else legacy_value(field)
         if field == "steps" and window is not None and isinstance(value, int):
             return min(value, window)  # the budget analysed: runs cut to one window compare
         return value

@@ -226,3 +226,24 @@ def test_the_cli_dispatches_report(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "grokfast_train", "report", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_execution_settings_and_older_run_files_do_not_split_groups(tmp_path, no_matplotlib):
+    """Runs of one sweep trained across a version change: a newer config.json records settings an
+    older one lacks (cuda_graph, dtype) or execution settings differ (--log, --cuda-graph). They
+    are one experiment unless a setting that changes the trajectory differs."""
+    root = tmp_path / "s"
+    make_run(root / "old", 1000, 0, 128, gen=900)
+    make_run(root / "new", 1000, 1, 128, gen=900, cuda_graph="off", dtype="fp32", log="tensorboard")
+    assert main([str(root)]) == 0
+    assert {r["model"] for r in read_report(root)["runs"]} == {"hidden=128,layers=1"}
+    make_run(root / "bf16", 1000, 2, 128, gen=900, dtype="bf16")  # another trajectory: its own group
+    assert main([str(root)]) == 0
+    assert len({r["model"] for r in read_report(root)["runs"]}) == 2
+
+
+def test_every_setting_a_resume_may_change_is_not_an_experiment():
+    from grokfast_train.report import NOT_EXPERIMENT
+    from grokfast_train.rundir import RESUMABLE
+
+    assert RESUMABLE - {"steps"} <= NOT_EXPERIMENT

@@ -150,12 +150,14 @@ def test_interrupted_sweep_resumes_and_trains_every_run_once(finished, tmp_path)
 
 
 def test_ray_executor_gives_the_same_runs(finished, tmp_path):
+    """A real local Ray instance, each run a task: the runs equal the local executor's (two of them,
+    to keep Ray's start-up the main cost)."""
     pytest.importorskip("ray", reason="the ray extra is not installed")
     out = tmp_path / "r"
-    assert sweep(out, "--executor", "ray") == 0
-    assert summaries(out) == summaries(finished)
-    for name in NAMES:
+    assert main(["sweep", *TINY, "--train-sizes", "40,80", "--seeds", "1", "--out", str(out), "--executor", "ray"]) == 0
+    for name in ("n40-h16-l1-s1", "n80-h16-l1-s1"):
         assert metrics(out / name) == metrics(finished / name)
+        assert json.loads((out / name / "summary.json").read_text())["final_step"] == 30
 
 
 def test_two_invocations_on_one_sweep_keep_each_others_runs(tmp_path):

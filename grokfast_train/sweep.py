@@ -104,14 +104,11 @@ def grid_points(given: dict[str, Any], dataset: str) -> list[Point]:
     preset = resolve(Config(dataset=dataset))
 
     def axis(list_key: str, flag: str, single_key: str) -> list[int]:
+        """The listed values, else the single-run flag's, else the preset's (each point is validated
+        as an ordinary run's config by point_config)."""
         if list_key in given:
-            values = _parse_list(flag, given[list_key], int)
-        else:
-            values = [given.get(single_key, getattr(preset, single_key))]
-        bad = [v for v in values if v <= 0 and single_key != "seed" or v < 0]
-        if bad:
-            raise UsageError(f"{flag}: {bad[0]} is not a valid value")
-        return values
+            return _parse_list(flag, given[list_key], int)
+        return [given.get(single_key, getattr(preset, single_key))]
 
     hidden = axis("hidden_sizes", "--hidden-sizes", "hidden")
     layers = axis("layers", "--layers", "n_layers")

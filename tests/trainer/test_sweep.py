@@ -187,3 +187,10 @@ def test_a_sweep_file_from_before_a_setting_existed(finished, capsys):
         assert "modular_format='compact'" in capsys.readouterr().err
     finally:
         path.write_text(original)
+
+
+def test_a_bad_value_on_an_axis_names_the_grid_point(tmp_path, capsys):
+    assert main(["sweep", "--p", "13", "--heads", "2", "--hidden-sizes", "16,0", "--steps", "5",
+                 "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "grid point" in err and "h0" in err and "--hidden" in err

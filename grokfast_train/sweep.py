@@ -175,7 +175,8 @@ def train_point(cfg_dict: dict[str, Any], threads: int | None = None) -> dict[st
     started = time.perf_counter()
     try:
         if status == "resumable":
-            given = {k: getattr(cfg, k) for k in ("steps", "device", "eval_batch_size", "checkpoint_every", "quiet", "log")}
+            # what a resume may change (rundir.RESUMABLE) comes from this invocation; the rest from the run
+            given = {k: getattr(cfg, k) for k in rundir.RESUMABLE - {"resume", "force", "out"}}
             cfg = dataclasses.replace(rundir.merge_for_resume(rundir.saved_config(run_dir), given), out=str(run_dir))
         elif status == "partial":
             cfg = dataclasses.replace(cfg, force=True)  # stopped before its first checkpoint: start it over

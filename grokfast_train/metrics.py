@@ -7,7 +7,6 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .data.task import TaskData
 
 
 class IntervalMeter:
@@ -73,11 +72,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: tor
     return loss_sum / x.shape[0], correct / x.shape[0]
 
 
-def evaluate_test(model: torch.nn.Module, task: TaskData, batch_size: int,
-                  autocast=contextlib.nullcontext) -> tuple[float, float]:
-    return evaluate(model, task.test_x, task.test_y, task.test_mask, batch_size, autocast)
-
-
 @torch.no_grad()
 def weight_norm_tensor(params) -> torch.Tensor:
     """L2 norm of all weights together (tied weights counted once), as a 0-dim fp32 device tensor."""
@@ -95,6 +89,14 @@ def first_step(history: list[dict], key: str, threshold: float) -> int | None:
         if row[key] >= threshold:
             return row["step"]
     return None
+
+
+def landmarks_text(summary: dict) -> str:
+    """'memorised at step 400, generalised at step 3,200 (delay 2,800)', or 'never ...' for either."""
+    mem, gen, delay = summary["memorization_step"], summary["generalization_step"], summary["grokking_delay"]
+    parts = ["never memorised" if mem is None else f"memorised at step {mem:,}",
+             "never generalised" if gen is None else f"generalised at step {gen:,}"]
+    return ", ".join(parts) + ("" if delay is None else f" (delay {delay:,})")
 
 
 def summarize(history: list[dict], mem_threshold: float, gen_threshold: float,

@@ -33,6 +33,7 @@ from .checkpoint import CHECKPOINT, save_json
 from .config import Config, legacy_value, resolve
 from .errors import GrokfastError, RunLocked, UsageError
 from .interrupt import StopFlag
+from .metrics import landmarks_text
 
 SWEEP_FILE = "sweep.json"
 # The grid's axes: Config field -> the sweep flag that lists its values.
@@ -321,11 +322,8 @@ def _result_line(r: dict, index: int, total: int) -> str:
     head = f"[{index}/{total}] {r['name']}: "
     if r["status"] in ("done", "skipped"):
         s = r["summary"]
-        mem, gen = s.get("memorization_step"), s.get("generalization_step")
-        landmarks = ("never memorised" if mem is None else f"memorised {mem:,}") + ", " + \
-                    ("never generalised" if gen is None else f"generalised {gen:,}")
         tail = f"; {r['wall_s']:.0f} s" if "wall_s" in r else " (finished earlier)"
-        return f"{head}{landmarks}; best test acc {s.get('best_test_acc', float('nan')):.3f}{tail}"
+        return f"{head}{landmarks_text(s)}; best test acc {s['best_test_acc']:.3f}{tail}"
     if r["status"] == "locked":
         return f"{head}left alone: {r['error']}"
     if r["status"] == "interrupted":

@@ -27,7 +27,7 @@ from .data import TaskData, load_task
 from .errors import RunError, UsageError
 from .interrupt import StopFlag
 from .loggers import open_loggers
-from .metrics import IntervalMeter, summarize, weight_norm
+from .metrics import IntervalMeter, landmarks_text, summarize, weight_norm
 from .models import build_model, resolve_backend
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
@@ -308,11 +308,7 @@ def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _summary_line(s: dict, run_dir: Path) -> str:
-    mem, gen, delay = s["memorization_step"], s["generalization_step"], s["grokking_delay"]
-    parts = ["never memorised" if mem is None else f"memorised at step {mem:,}",
-             "never generalised" if gen is None else f"generalised at step {gen:,}"]
-    landmarks = ", ".join(parts) + ("" if delay is None else f" (delay {delay:,})")
-    return (f"done: {landmarks}; best test acc {s['best_test_acc']:.4f}; {s['steps_per_s']:.3g} steps/s; "
+    return (f"done: {landmarks_text(s)}; best test acc {s['best_test_acc']:.4f}; {s['steps_per_s']:.3g} steps/s; "
             f"results in {run_dir}")
 
 

@@ -101,27 +101,28 @@ class RunLock:
         self.release()
 
 
-def prepare(run_dir: Path, resume: bool, force: bool) -> None:
-    """Refuse to clobber an existing run unless asked; clear it with --force."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out {run_dir} is a file, not a directory; choose another --out")
-    present = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if resume:
-        if CHECKPOINT not in present:
-            raise UsageError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
-        return
-    if present and not force:
-        if SUMMARY in present:
-            advice = "pass --resume --steps N to extend it, --force to overwrite it"
-        elif CHECKPOINT in present:
-            advice = "pass --resume to continue it, --force to overwrite it"
-        else:  # stopped before its first checkpoint: nothing to resume
-            advice = "it has no checkpoint to resume from; pass --force to start it over"
-        what = "a finished run" if SUMMARY in present else "an unfinished run"
-        raise UsageError(f"{run_dir} holds {what}; {advice}, or choose another --out")
-    for name in present:
-        (run_dir / name).unlink()
+def prepare(run_dir: Path, resume: bool, force: bool) -> RunLock:
+    """Lock the run directory (creating it), then refuse to clobber an existing run unless asked;
+    clear it with --force. Returns the lock, held until released (Run.fit releases it)."""
+    lock = RunLock(run_dir)  # first: nothing is read or removed while another process trains here
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --out {run_dir} ({e.strerror}); choose another --out") from None
+        present = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if resume:
+            if CHECKPOINT not in present:
+                raise UsageError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
+            return lock
+        if present and not force:
+            if SUMMARY in present:
+                advice = "pass --resume --steps N to extend it, --force to overwrite it"
+            elif CHECKPOINT in present:
+                advice = "pass --resume to continue it, --force to overwrite it"
+            else:  # stopped before its first checkpoint: nothing to resume
+                advice = "it has no checkpoint to resume from; pass --force to start it over"
+            what = "a finished run" if SUMMARY in present else "an unfinished run"
+            raise UsageError(f"{run_dir} holds {what}; {advice}, or choose another --out")
+        for name in present:
+            (run_dir / name).unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -60,9 +60,8 @@ class Run:
         self.cfg = cfg = dataclasses.replace(cfg, cuda_graph=graph.resolve_mode(cfg.cuda_graph, self.device,
                                                                                 cfg.backend))
         self.dir = Path(cfg.out or rundir.default_out(cfg))
-        # One process trains in a run directory at a time (held until fit() ends or the process dies).
-        self.lock = rundir.RunLock(self.dir)
-        rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
+        # Locked: one process trains in a run directory at a time (until fit() ends or the process dies).
+        self.lock = rundir.prepare(self.dir, cfg.resume, cfg.force)  # before any slow work: fail fast
         log(cfg.describe())
 
         self.task: TaskData = (task if task is not None else load_task(cfg, log=log)).to(self.device)

@@ -34,10 +34,11 @@ def resolve_backend(cfg) -> str:
     return "triton" if on_cuda and head_ok else "torch"
 
 
-def build_model(cfg, task) -> nn.Module:
-    """A resolved ``grokfast_train.config.Config`` and a ``TaskData`` -> the dataset's model."""
+def build_model(cfg, task, runs: int | None = None) -> nn.Module:
+    """A resolved ``grokfast_train.config.Config`` and a ``TaskData`` -> the dataset's model; ``runs=R``:
+    the packed model of R such runs (``runs.py``), every parameter (R, ...), weights left to the pack."""
     backend = resolve_backend(cfg)
-    size = dict(hidden=cfg.hidden, n_layers=cfg.n_layers, heads=cfg.heads, ffn=cfg.ffn, backend=backend)
+    size = dict(hidden=cfg.hidden, n_layers=cfg.n_layers, heads=cfg.heads, ffn=cfg.ffn, backend=backend, runs=runs)
     if cfg.dataset == "modular":
         if task.num_classes != task.vocab_size:
             raise ValueError(f"the decoder's LM head predicts tokens: num_classes {task.num_classes} "

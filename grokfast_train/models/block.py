@@ -8,6 +8,9 @@ from every position (every position may be attended to), but the query, the atte
 both residuals, both LayerNorms and the FFN run on one row. That is exact -- the other rows of
 the output are simply not computed -- and it is what the last layer needs when the loss reads
 one position (DESIGN.md, "Compute only what the loss reads").
+
+``runs=R`` builds the packed layer (``runs.py``): R independent copies, activations (R, B, L, C).
+The forward is written for any leading dimensions, so one body serves both.
 """
 
 from __future__ import annotations
@@ -17,41 +20,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .runs import RunLayerNorm, RunLinear
 
 
 class Block(nn.Module):
     def __init__(self, hidden: int, heads: int, ffn: int, ln_eps: float, causal: bool, gelu: str,
-                 backend: str = "torch"):
+                 backend: str = "torch", runs: int | None = None):
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden {hidden} must be divisible by heads {heads}")
         self.heads, self.causal, self.gelu = heads, causal, gelu  # gelu: "none" (erf) | "tanh"
         self.backend = ops.check_backend(backend)
+        if runs is None:
+            linear, norm = nn.Linear, lambda n: nn.LayerNorm(n, eps=ln_eps)
+        else:
+            linear, norm = (lambda i, o: RunLinear(runs, i, o)), (lambda n: RunLayerNorm(runs, n, ln_eps))
         # separate q/k/v projections: the readout-only path projects queries at one row only
-        self.q = nn.Linear(hidden, hidden)
-        self.k = nn.Linear(hidden, hidden)
-        self.v = nn.Linear(hidden, hidden)
-        self.o = nn.Linear(hidden, hidden)
-        self.ln1 = nn.LayerNorm(hidden, eps=ln_eps)
-        self.fc1 = nn.Linear(hidden, ffn)
-        self.fc2 = nn.Linear(ffn, hidden)
-        self.ln2 = nn.LayerNorm(hidden, eps=ln_eps)
+        self.q = linear(hidden, hidden)
+        self.k = linear(hidden, hidden)
+        self.v = linear(hidden, hidden)
+        self.o = linear(hidden, hidden)
+        self.ln1 = norm(hidden)
+        self.fc1 = linear(hidden, ffn)
+        self.fc2 = linear(ffn, hidden)
+        self.ln2 = norm(hidden)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, query_pos: int | None = None) -> torch.Tensor:
-        """x (B, L, C), mask bool (B, L) True at real tokens -> (B, L, C), or (B, 1, C) at ``query_pos``."""
-        B, _, C = x.shape
+        """x (..., L, C), mask bool (..., L) True at real tokens -> (..., L, C), or (..., 1, C) at
+        ``query_pos``; the leading dimensions are (B,), or (R, B) for a pack."""
+        lead, C = x.shape[:-2], x.shape[-1]
         xq = x
         if query_pos is not None:
-            xq = x[:, query_pos:query_pos + 1]
+            xq = x[..., query_pos:query_pos + 1, :]
             if self.causal:  # keys after the query are never seen; don't project them
-                x = x[:, :query_pos + 1]
-                mask = None if mask is None else mask[:, :query_pos + 1]
+                x = x[..., :query_pos + 1, :]
+                mask = None if mask is None else mask[..., :query_pos + 1]
 
-        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, H, T, C/H)
-            return t.view(B, t.shape[1], self.heads, C // self.heads).transpose(1, 2)
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (N, H, T, C/H): a pack's runs join the batch
+            return t.reshape(-1, t.shape[-2], self.heads, C // self.heads).transpose(1, 2)
 
+        mask = None if mask is None else mask.reshape(-1, mask.shape[-1])
         a = ops.attention(heads(self.q(xq)), heads(self.k(x)), heads(self.v(x)), mask, self.causal, self.backend)
-        a = self.o(a.transpose(1, 2).reshape(B, xq.shape[1], C))
+        a = self.o(a.transpose(1, 2).reshape(*lead, xq.shape[-2], C))
         h = ops.layer_norm(a, self.ln1, residual=xq, backend=self.backend)
         f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))
         return ops.layer_norm(f, self.ln2, residual=h, backend=self.backend)

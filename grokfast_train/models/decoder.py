@@ -9,37 +9,41 @@ The loss reads one position (the one that predicts the answer), so ``forward`` r
 logits there only. Causality makes that cheap: nothing after ``readout_pos`` can reach it, so
 those positions are dropped before the first layer, and the last layer runs its query, FFN
 and LayerNorms at ``readout_pos`` alone.
+
+``runs=R``: the packed decoder (``runs.py``): ids (R, B, L) -> logits (R, B, vocab).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .block import Block
+from .runs import RunEmbedding, leading_rows, tied_head
 
 
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, hidden: int = 128, n_layers: int = 1, heads: int = 4, ffn: int | None = None,
                  max_len: int = 512, ln_eps: float = 1e-5, readout_pos: int = -1, readout_only: bool = True,
-                 backend: str = "torch"):
+                 backend: str = "torch", runs: int | None = None):
         super().__init__()
+        self.runs = runs
         self.max_len = max_len
         self.readout_pos = readout_pos  # default for forward(); negative counts from the end
         self.readout_only = readout_only  # False: run everything everywhere, then pick readout_pos
-        self.tok_emb = nn.Embedding(vocab_size, hidden)
-        self.pos_emb = nn.Embedding(max_len, hidden)
+        embedding = nn.Embedding if runs is None else lambda n, c: RunEmbedding(runs, n, c)
+        self.tok_emb = embedding(vocab_size, hidden)
+        self.pos_emb = embedding(max_len, hidden)
         self.layers = nn.ModuleList(
-            Block(hidden, heads, ffn or 4 * hidden, ln_eps, causal=True, gelu="tanh", backend=backend)
+            Block(hidden, heads, ffn or 4 * hidden, ln_eps, causal=True, gelu="tanh", backend=backend, runs=runs)
             for _ in range(n_layers))
         # LM head: F.linear with tok_emb.weight (tied), so there is one parameter, initialised once
 
     def _trunk(self, x: torch.Tensor, mask: torch.Tensor | None, query_pos: int | None) -> torch.Tensor:
-        L = x.shape[1]
+        L = x.shape[-1]
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
-        h = self.tok_emb(x) + self.pos_emb.weight[:L]
+        h = self.tok_emb(x) + leading_rows(self.pos_emb.weight, L)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, query_pos=query_pos if i == last else None)
@@ -47,7 +51,7 @@ class Decoder(nn.Module):
 
     def forward_all(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L) token ids -> next-token logits at every position (B, L, vocab)."""
-        return F.linear(self._trunk(x, mask, None), self.tok_emb.weight)
+        return tied_head(self._trunk(x, mask, None), self.tok_emb.weight)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, readout_pos: int | None = None) -> torch.Tensor:
         """x (B, L) token ids -> logits (B, vocab) at ``readout_pos`` (default: the constructor's).
@@ -55,8 +59,8 @@ class Decoder(nn.Module):
         ``mask`` (bool (B, L), True at real tokens) is honoured as a key padding mask, as
         transformers' ``attention_mask`` is; the task's sequences have no padding and pass None.
         """
-        r = (self.readout_pos if readout_pos is None else readout_pos) % x.shape[1]
+        r = (self.readout_pos if readout_pos is None else readout_pos) % x.shape[-1]
         if not self.readout_only:
-            return self.forward_all(x, mask)[:, r]
-        x, mask = x[:, :r + 1], None if mask is None else mask[:, :r + 1]
-        return F.linear(self._trunk(x, mask, r)[:, 0], self.tok_emb.weight)
+            return self.forward_all(x, mask)[..., r, :]
+        x, mask = x[..., :r + 1], None if mask is None else mask[..., :r + 1]
+        return tied_head(self._trunk(x, mask, r)[..., 0, :], self.tok_emb.weight)

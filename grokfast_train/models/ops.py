@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runs import per_run, leading_rows
+
 BACKENDS = ("torch", "triton")
 
 
@@ -59,7 +61,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mas
 
 def layer_norm(x: torch.Tensor, ln: nn.LayerNorm, residual: torch.Tensor | None = None,
                backend: str = "torch") -> torch.Tensor:
-    """``ln(x + residual)`` (post-LN's add-and-normalise; one fused kernel under triton)."""
+    """``ln(x + residual)`` (post-LN's add-and-normalise; one fused kernel under triton). A pack's
+    ``RunLayerNorm`` has (R, C) weights and normalises run r's rows of x (R, ..., C) with row r."""
     if backend == "triton":
         if residual is not None and residual.dtype != x.dtype:
             # bf16 autocast: a bf16 branch meets the fp32 residual stream. Add and normalise in fp32, as
@@ -69,14 +72,20 @@ def layer_norm(x: torch.Tensor, ln: nn.LayerNorm, residual: torch.Tensor | None 
         return _kernel("layer_norm")(x, ln.weight, ln.bias, ln.eps, residual=residual)
     if residual is not None:
         x = x + residual
+    if ln.weight.dim() == 2:  # per-run affine after a shared normalisation
+        y = F.layer_norm(x, ln.normalized_shape, None, None, ln.eps)
+        return torch.addcmul(per_run(ln.bias, y.dim()), y, per_run(ln.weight, y.dim()))
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
 def embeddings(x: torch.Tensor, word: nn.Embedding, pos: nn.Embedding, type_: nn.Embedding, ln: nn.LayerNorm,
                backend: str = "torch") -> torch.Tensor:
     """BERT's embedding block, ``ln(word[x] + type[0] + pos[:L])`` (gather, sum and LayerNorm in one
-    kernel under triton, and its backward in one more)."""
+    kernel under triton, and its backward in one more). A pack's tables are (R, V, C) and ids (R, B, L)."""
     if backend == "triton":
         return _kernel("embedding_layer_norm")(x, word.weight, pos.weight, type_.weight, ln.weight, ln.bias, ln.eps,
                                                padding_idx=word.padding_idx)
+    if word.weight.dim() == 3:
+        return layer_norm(word(x) + leading_rows(type_.weight, 1) + leading_rows(pos.weight, x.shape[-1]), ln,
+                          backend=backend)
     return layer_norm(word(x) + type_.weight[0] + pos.weight[:x.shape[1]], ln, backend=backend)

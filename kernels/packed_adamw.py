@@ -1,0 +1,181 @@
+"""AdamW (+ the Grokfast filter) over a pack of R runs: (R, ...) parameters, one row of hyperparameters per run.
+
+``PackedAdamW(params, hyper)``: every parameter has a leading run axis R; ``hyper[r]`` is run r's
+``dict(lr, betas, eps, weight_decay, grokfast_alpha, grokfast_lamb)`` (``grokfast_alpha=None``: no
+filter for that run). Run r's slice of every parameter follows ``torch.optim.AdamW`` (+ Grokfast's EMA,
+``h`` starting at the first gradient) with run r's settings -- the arithmetic of ``FusedAdamW``.
+
+Layout, and why: the state lives in run-major flat buffers of shape (R, S) -- row r holds run r's slice
+of every parameter, one after another, S padded to a multiple of ``BLOCK`` -- and every parameter
+(and its ``.grad``) is rebound to a strided view of them (run stride S, each run's slice contiguous).
+So each program of ``FusedAdamW``'s kernel covers one block of ONE run, and the kernel's per-program
+group table is simply the run index: the same kernel, one launch for the whole pack, per-run
+hyperparameters read from a (R, 8) device table. A run's state is one row: its weight norm, a freeze
+(``freeze(r)``) and its checkpoint slice are single row operations.
+
+CUDA tensors run the Triton kernel; CPU tensors a vectorised PyTorch step over the (R, S) rows with
+per-run columns (``TRITON_INTERPRET=1`` runs the kernel on CPU too). The step count t is shared by
+the pack (all runs step together) and lives on the device, as the hyperparameters do, so a step is
+capturable in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable
+
+import torch
+import triton
+
+from ._dispatch import check_dtype, use_triton
+from .adamw import BLOCK, NUM_WARPS, _check_hyper, _fused_adamw_kernel
+
+_STATE = ("exp_avg", "exp_avg_sq", "grokfast_h")
+# A parameter rebound to a strided view of the run-major buffer has its gradient accumulated in place;
+# torch warns that the layout is not dense. That is the layout this optimiser is built on.
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+def _row(h: dict[str, Any]) -> tuple[float, ...]:
+    """One run's row of the kernel's table: lr, beta1, beta2, eps, weight decay, alpha, lamb (0, 0: no filter)."""
+    a = h.get("grokfast_alpha")
+    betas = tuple(h.get("betas", (0.9, 0.999)))
+    row = dict(lr=h.get("lr", 1e-3), eps=h.get("eps", 1e-8), weight_decay=h.get("weight_decay", 1e-2),
+               lamb=h.get("grokfast_lamb", 0.0))
+    _check_hyper(row["lr"], betas, row["eps"], row["weight_decay"], a, row["lamb"])
+    return (float(row["lr"]), float(betas[0]), float(betas[1]), float(row["eps"]), float(row["weight_decay"]),
+            0.0 if a is None else float(a), 0.0 if a is None else float(row["lamb"]), 0.0)
+
+
+class PackedAdamW:
+    def __init__(self, params: Iterable[torch.nn.Parameter], hyper: list[dict[str, Any]],
+                 kernel: bool | None = None):
+        """``kernel``: run the Triton kernel (True) or the PyTorch rows (False); default by device
+        (``use_triton``: CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
+        self.params = list(params)
+        R = len(hyper)
+        if R < 1 or not self.params:
+            raise ValueError("PackedAdamW: needs at least one run and one parameter")
+        device = self.params[0].device
+        for p in self.params:
+            check_dtype("PackedAdamW: a parameter", p, (torch.float32,))
+            if p.dim() < 1 or p.shape[0] != R:
+                raise ValueError(f"PackedAdamW: a parameter of shape {tuple(p.shape)} has no run axis of {R}")
+            if p.device != device or not p.requires_grad:
+                raise ValueError("PackedAdamW: parameters must be on one device and require grad")
+        self.runs, self.device = R, device
+        self.grokfast = any(h.get("grokfast_alpha") is not None for h in hyper)
+        sizes = [p[0].numel() for p in self.params]
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.stride = S = triton.cdiv(max(sum(sizes), 1), BLOCK) * BLOCK
+        if R * S >= 2 ** 31:
+            raise ValueError(f"PackedAdamW: {R} x {S} elements; supported: fewer than 2**31")
+        names = ("param", "grad", "exp_avg", "exp_avg_sq") + (("grokfast_h",) if self.grokfast else ())
+        self.flat = {k: torch.zeros(R, S, dtype=torch.float32, device=device) for k in names}
+        # one view per parameter of each flat buffer: (R, *shape), run stride S, each run's slice contiguous
+        self.views: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+        for p, off in zip(self.params, offsets):
+            inner = torch.empty(p.shape[1:]).stride() if p.dim() > 1 else ()
+            for k in names:
+                self.views[k].append(self.flat[k].as_strided(p.shape, (S, *inner), off))
+        with torch.no_grad():
+            for p, pv, gv in zip(self.params, self.views["param"], self.views["grad"]):
+                pv.copy_(p.detach())
+                p.data = pv
+                p.grad = gv
+        programs_per_run = S // BLOCK
+        self._steps = torch.zeros(R * programs_per_run, dtype=torch.int32, device=device)
+        self._run_of = torch.arange(R, dtype=torch.int32).repeat_interleave(programs_per_run).to(device)
+        self.rows = [_row(h) for h in hyper]
+        self._hyper = torch.tensor(self.rows, dtype=torch.float64).to(device)
+        self.kernel = use_triton(self.flat["param"]) if kernel is None else kernel
+
+    # ------------------------------------------------------------------ hyperparameters
+    def set_run(self, r: int, **hyper: Any) -> None:
+        """Change run r's hyperparameters (lr, weight_decay, ...); a device write, no host sync."""
+        keys = ("lr", "beta1", "beta2", "eps", "weight_decay", "grokfast_alpha", "grokfast_lamb")
+        row = list(self.rows[r])
+        for k, v in hyper.items():
+            row[keys.index(k)] = float(v)
+        self.rows[r] = tuple(row)
+        self._hyper[r].copy_(torch.tensor(row, dtype=torch.float64), non_blocking=True)
+
+    @torch.no_grad()
+    def freeze(self, r: int) -> None:
+        """Take run r out of training for good: its weights and state are zeroed and its lr, weight decay
+        and filter gain set to 0, so it computes finite zeros from now on and never touches the others."""
+        self.set_run(r, lr=0.0, weight_decay=0.0, grokfast_lamb=0.0)
+        for buf in self.flat.values():
+            buf[r].zero_()
+
+    # ------------------------------------------------------------------ the step
+    def zero_grad(self) -> None:
+        self.flat["grad"].zero_()
+        for p, gv in zip(self.params, self.views["grad"]):
+            if p.grad is not gv:  # something replaced .grad: point it back at the flat buffer
+                p.grad = gv
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, gv in zip(self.params, self.views["grad"]):
+            if p.grad is not gv:
+                gv.copy_(p.grad if p.grad is not None else torch.zeros_like(gv))
+                p.grad = gv
+        f = self.flat
+        if self.kernel:
+            _fused_adamw_kernel[(self._steps.numel(),)](
+                f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"], f.get("grokfast_h", f["exp_avg"]),
+                self._steps, self._run_of, self._hyper, BLOCK=BLOCK, GROKFAST=self.grokfast, num_warps=NUM_WARPS)
+        else:
+            self._step_rows()
+
+    def _step_rows(self) -> None:
+        """The same update on CPU rows: every hyperparameter a (R, 1) column, scalars rounded as torch's."""
+        self._steps.add_(1)
+        t = int(self._steps[0])
+        hp = torch.tensor(self.rows, dtype=torch.float64)  # host copy of the table (CPU: the table itself)
+        lr, b1, b2, eps, wd, ga, lamb = (hp[:, i:i + 1] for i in range(7))
+        col = lambda v: v.to(torch.float32)  # noqa: E731  -- fp64 scalars rounded once to fp32
+        f = self.flat
+        p, g, m, v = f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"]
+        if self.grokfast:
+            h = f["grokfast_h"]
+            if t == 1:
+                h.copy_(g)
+            else:
+                h.mul_(col(ga)).add_(g * col(1.0 - ga))
+            g = g + col(lamb) * h
+        p.mul_(col(1.0 - lr * wd))
+        m.lerp_(g, col(1.0 - b1).expand_as(m))
+        v.mul_(col(b2)).addcmul_(g * col(1.0 - b2), g)
+        denom = (v.sqrt() / col(torch.sqrt(1.0 - b2 ** t))).add_(col(eps))
+        p.sub_(col(lr / (1.0 - b1 ** t)) * (m / denom))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def step_count(self) -> int:
+        return int(self._steps[0])
+
+    def run_state(self, r: int) -> dict[str, list[torch.Tensor]]:
+        """Run r's optimiser state, per parameter, shaped like its solo parameters (CPU copies)."""
+        return {k: [t[r].detach().cpu().clone() for t in self.views[k]] for k in _STATE if k in self.views}
+
+    @torch.no_grad()
+    def load_run_state(self, r: int, state: dict[str, list[torch.Tensor] | None]) -> None:
+        """Set run r's state from per-parameter tensors (a missing or None entry: zeros)."""
+        for k in _STATE:
+            if k not in self.views:
+                continue
+            tensors = state.get(k)
+            for i, view in enumerate(self.views[k]):
+                if tensors is None:
+                    view[r].zero_()
+                else:
+                    view[r].copy_(tensors[i])
+
+    def set_step_count(self, t: int) -> None:
+        self._steps.fill_(t)
+
+    def weight_norms(self) -> torch.Tensor:
+        """Each run's L2 weight norm, (R,) fp32 on the device (the padding is zero and adds nothing)."""
+        return torch.linalg.vector_norm(self.flat["param"], dim=1)

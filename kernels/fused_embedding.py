@@ -4,6 +4,15 @@
 type_ids=None, padding_idx=None)`` -> (B, L, H). ``type_ids=None`` means every token is type 0 (what
 the encoder does); ``padding_idx`` is F.embedding's: that word row is read as it is but gets no gradient.
 
+Packed runs (``word_weight`` 3-D): R independent models trained as one stacked model (one launch instead
+of R). ids (and type_ids) (R, B, L); word (R, V, H), pos (R, P, H), type (R, T, H), LayerNorm weight and
+bias (R, H) -> (R, B, L, H). Run r's tokens read only run r's tables, and every gradient has its input's
+shape with run r's sums in slot r (``padding_idx`` rows get none in any run). The optimiser keeps the
+runs run-major in one flat buffer, so each table is a view whose run axis has any stride (each run's
+slice contiguous): the kernels read it in place at ``table + r * stride(0)``, no copy (a 30,522 x 128
+word table is 15.6 MB per run). A constexpr ``PACKED`` selects it, so the solo kernels compile to the
+same code as before.
+
 Why it is fused -- bytes at the paper's IMDB shape (B 128 x L 256 = 32,768 tokens, H 128 fp32: one
 row is 512 B, one (tokens, H) activation 16.8 MB). The position table (L x H = 128 KB) and the type
 rows stay in L2, so only the word rows count as gathered from memory.
@@ -33,7 +42,8 @@ host sync, so it is not made (an out-of-range id there reads out of bounds, as a
 
 Kernels:
 - forward: a tile of ``BLOCK_M`` tokens x ``BLOCK_N`` (next power of two >= H, at least 32) columns per
-  program, whole rows in registers; saves the per-token mean and 1/std (8 B per token).
+  program, whole rows in registers; saves the per-token mean and 1/std (8 B per token). Packed: each
+  run's tokens are tiled on their own (a tile never straddles runs).
 - backward: a 2-D grid, (position blocks of ``BLOCK_M``) x (chunks of the batch). A program walks its
   batch chunk at fixed positions, so the position rows are loaded once and the position gradient of
   its tile accumulates in registers; it recomputes the sum, forms the LayerNorm input gradient dz,
@@ -45,13 +55,17 @@ Kernels:
   with ``type_ids`` each tile reduces dz per type and adds it with one atomic vector add per type.
   Determinism: the position, type (``type_ids=None``) and LayerNorm-affine gradients are
   deterministic; the word gradient (and the type gradient with ``type_ids``) sums with atomics, so
-  its fp32 rounding can vary from run to run on a GPU.
+  its fp32 rounding can vary from run to run on a GPU. Packed: grid axis 0 is (run, position block), so
+  a program works within one run; its word/type atomics go to that run's slot of the (R, V, H) / (R, T, H)
+  gradient and its partials to per-run slabs, summed per run.
 
 CUDA tensors run Triton; CPU tensors run ``embedding_layer_norm_reference`` (or Triton under
 ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -78,14 +92,19 @@ _TL_IDS = {torch.int64: "i64", torch.int32: "i32"}
 _FWD_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 16, 1024: 16, 2048: 16, 4096: 32}
 _BWD_WARPS = {torch.int64: {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 32, 2048: 32, 4096: 8},
               torch.int32: {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 32, 2048: 8, 4096: 8}}
+# The packed backward (its run offsets keep 6 more pointers live) under Triton 3.9, both id dtypes, with
+# and without type_ids: ptxas spilled 8-24 B at the solo counts for BLOCK_N 256 (16), 1024 (32),
+# 2048 (8: int32, type_ids) and 4096 (8: int64, type_ids, sm_90); these are clean on sm_80 and sm_90.
+_BWD_WARPS_PACKED = {32: 32, 64: 16, 128: 16, 256: 32, 512: 32, 1024: 8, 2048: 32, 4096: 16}
 
 
-def _config(n: int, id_dtype: torch.dtype = torch.int64) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_M, forward num_warps, backward num_warps) for hidden size ``n`` and ids of
-    ``id_dtype``: tiles of at least 2048 elements (whole rows)."""
+def _config(n: int, id_dtype: torch.dtype = torch.int64, packed: bool = False) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_M, forward num_warps, backward num_warps) for hidden size ``n``, ids of
+    ``id_dtype`` and packed runs or not: tiles of at least 2048 elements (whole rows)."""
     block_n = max(32, triton.next_power_of_2(n))
     block_m = max(1, 2048 // block_n)
-    return block_n, block_m, _FWD_WARPS[block_n], _BWD_WARPS[id_dtype][block_n]
+    bwd_warps = _BWD_WARPS_PACKED[block_n] if packed else _BWD_WARPS[id_dtype][block_n]
+    return block_n, block_m, _FWD_WARPS[block_n], bwd_warps
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -95,11 +114,27 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 @triton.jit
 def _emb_ln_fwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, B, Y, MEAN, RSTD, M, L, N, eps,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr):
+                       rows_per_run, tiles_per_run, word_run_stride, pos_run_stride, type_run_stride,
+                       w_run_stride, b_run_stride,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr,
+                       PACKED: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    if PACKED:  # tiles_per_run programs per run; a tile never straddles two runs
+        run = pid // tiles_per_run
+        run_start = run * rows_per_run  # a multiple of L, so rows % L is still the position
+        rows = run_start + (pid - run * tiles_per_run) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_end = run_start + rows_per_run
+        run64 = run.to(tl.int64)
+        WORD += run64 * word_run_stride
+        POS += run64 * pos_run_stride
+        TYPE += run64 * type_run_stride
+        W += run64 * w_run_stride
+        B += run64 * b_run_stride
+    else:  # the packed-only arguments are unused
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_end = M
     cols = tl.arange(0, BLOCK_N)
-    row_mask = rows < M
+    row_mask = rows < row_end
     col_mask = cols < N
     mask = row_mask[:, None] & col_mask[None, :]
 
@@ -129,10 +164,29 @@ def _emb_ln_fwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, B, Y, MEAN, RSTD, M, L, N,
 def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
                        DWORD, DPOS_PART, DTYPE, DW_PART, DB_PART,
                        Bsz, L, N, T, padding_idx, batches_per_program,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr):
-    pid_l = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid = pid_c * tl.num_programs(0) + pid_l
+                       V, word_run_stride, pos_run_stride, type_run_stride, w_run_stride,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr,
+                       PACKED: tl.constexpr):
+    if PACKED:  # axis 0 is (run, position block); every program stays within one run
+        pos_blocks = tl.cdiv(L, BLOCK_M)
+        run = tl.program_id(0) // pos_blocks
+        pid_l = tl.program_id(0) - run * pos_blocks
+        pid_c = tl.program_id(1)
+        slab = run * tl.num_programs(1) + pid_c  # this program's (L, N) position-gradient partial
+        pid = slab * pos_blocks + pid_l  # partials laid out (R, batch chunks x position blocks, N)
+        run64 = run.to(tl.int64)
+        WORD += run64 * word_run_stride
+        POS += run64 * pos_run_stride
+        TYPE += run64 * type_run_stride
+        W += run64 * w_run_stride
+        DWORD += run64 * V * N  # the (R, V, N) and (R, T, N) gradients are contiguous
+        DTYPE += run64 * T * N
+        run_first_row = run * Bsz * L
+    else:  # the packed-only arguments are unused
+        pid_l = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        slab = pid_c
+        pid = pid_c * tl.num_programs(0) + pid_l
     pos = pid_l * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     pos_mask = pos < L
@@ -151,6 +205,8 @@ def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
     b_end = tl.minimum(b_start + batches_per_program, Bsz)
     for bi in range(b_start, b_end):
         rows = bi * L + pos  # < B * L, an i32 like M in the forward
+        if PACKED:
+            rows += run_first_row  # < R * B * L = M
         offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
         ids = tl.load(IDS + rows, mask=pos_mask, other=0).to(tl.int64)
         word_offs = ids[:, None] * N + cols[None, :]
@@ -178,76 +234,111 @@ def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
         dpos_acc += dz
         dw_acc += tl.sum(dy * xhat, axis=0)
         db_acc += tl.sum(dy, axis=0)
-    tl.store(DPOS_PART + pid_c.to(tl.int64) * L * N + pos_offs, dpos_acc, mask=mask)
+    tl.store(DPOS_PART + slab.to(tl.int64) * L * N + pos_offs, dpos_acc, mask=mask)
     tl.store(DW_PART + pid * N + cols, dw_acc, mask=col_mask)
     tl.store(DB_PART + pid * N + cols, db_acc, mask=col_mask)
 
 
-def _bwd_grid(device: torch.device, batch: int, length: int, block_m: int) -> tuple[int, int, int]:
-    """(position blocks, batch chunks, batches per program): about 4 programs per SM on CUDA."""
+def _bwd_grid(device: torch.device, batch: int, length: int, block_m: int,
+              runs: int = 1) -> tuple[int, int, int]:
+    """(position blocks, batch chunks, batches per program), per run: about 4 programs per SM on CUDA,
+    shared by the ``runs`` packed runs."""
     pos_blocks = triton.cdiv(length, block_m)
     if device.type == "cuda":
         target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 8  # the interpreter: a few programs, so the cross-program reductions are exercised
-    chunks = max(1, min(batch, target // pos_blocks))
+    chunks = max(1, min(batch, target // (pos_blocks * runs)))
     per_program = triton.cdiv(batch, chunks)
     return pos_blocks, triton.cdiv(batch, per_program), per_program
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """A packed table (R, ..., H) as the kernels read it: run r at ``t + r * t.stride(0)``, each run's
+    slice contiguous. The optimiser's strided views already are (used in place, whatever their run
+    stride); anything else is copied."""
+    if t.shape[0] > 0 and t[0].is_contiguous():
+        return t
+    return t.contiguous()
 
 
 class _EmbeddingLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, type_ids, word, pos, typ, weight, bias, eps, padding_idx):
-        batch, length = ids.shape
-        n = word.shape[1]
-        m = batch * length
+        packed = word.dim() == 3
+        runs = ids.shape[0] if packed else 1
+        batch, length = ids.shape[-2:]
+        n = word.shape[-1]
+        m = runs * batch * length
         ids_c = ids.contiguous()
         tids_c = None if type_ids is None else type_ids.to(ids.dtype).contiguous()
-        word, pos, typ = word.contiguous(), pos.contiguous(), typ.contiguous()
-        weight, bias = weight.contiguous(), bias.contiguous()
+        block_n, block_m, warps, _ = _config(n, ids.dtype)
+        if packed:  # run r's tokens are the contiguous rows [r * B * L, (r + 1) * B * L)
+            word, pos, typ, weight, bias = map(_rows_contiguous, (word, pos, typ, weight, bias))
+            tiles_per_run = triton.cdiv(batch * length, block_m)
+            grid = runs * tiles_per_run
+            packed_args = (batch * length, tiles_per_run, word.stride(0), pos.stride(0), typ.stride(0),
+                           weight.stride(0), bias.stride(0))
+        else:  # the packed-only arguments are constants, so they add no specialisations
+            word, pos, typ = word.contiguous(), pos.contiguous(), typ.contiguous()
+            weight, bias = weight.contiguous(), bias.contiguous()
+            grid = triton.cdiv(m, block_m)
+            packed_args = (0,) * 7
         y = _empty((m, n), torch.float32, ids.device)
         mean = _empty((m,), torch.float32, ids.device)
         rstd = _empty((m,), torch.float32, ids.device)
-        block_n, block_m, warps, _ = _config(n, ids.dtype)
         if m > 0:
-            _emb_ln_fwd_kernel[(triton.cdiv(m, block_m),)](
+            _emb_ln_fwd_kernel[(grid,)](
                 ids_c, ids_c if tids_c is None else tids_c, word, pos, typ, weight, bias, y, mean, rstd,
-                m, length, n, eps,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids_c is not None, num_warps=warps)
+                m, length, n, eps, *packed_args,
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids_c is not None, PACKED=packed,
+                num_warps=warps)
         ctx.save_for_backward(ids_c, tids_c, word, pos, typ, weight, mean, rstd)
         ctx.padding_idx = -1 if padding_idx is None else padding_idx
-        return y.view(batch, length, n)
+        ctx.packed = packed
+        return y.view(ids.shape + (n,))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         ids, tids, word, pos, typ, weight, mean, rstd = ctx.saved_tensors
-        batch, length = ids.shape
-        vocab, n = word.shape
-        n_pos, n_types = pos.shape[0], typ.shape[0]
+        packed = ctx.packed
+        runs = ids.shape[0] if packed else 1
+        batch, length = ids.shape[-2:]
+        vocab, n = word.shape[-2:]
+        n_pos, n_types = pos.shape[-2], typ.shape[-2]
+        lead = (runs,) if packed else ()  # every gradient has its input's shape
         dev = ids.device
-        dy2 = dy.reshape(batch * length, n).to(torch.float32).contiguous()
-        block_n, block_m, _, warps = _config(n, ids.dtype)
-        dword = torch.zeros((vocab, n), dtype=torch.float32, device=dev)  # atomics accumulate into it
-        dtype_ = torch.zeros((n_types, n), dtype=torch.float32, device=dev) if tids is not None else None
-        if batch * length > 0:
-            pos_blocks, chunks, per_program = _bwd_grid(dev, batch, length, block_m)
-            dpos_part = _empty((chunks, length, n), torch.float32, dev)
-            dw_part = _empty((pos_blocks * chunks, n), torch.float32, dev)
-            db_part = _empty((pos_blocks * chunks, n), torch.float32, dev)
-            _emb_ln_bwd_kernel[(pos_blocks, chunks)](
+        dy2 = dy.reshape(runs * batch * length, n).to(torch.float32).contiguous()
+        block_n, block_m, _, warps = _config(n, ids.dtype, packed)
+        dword = torch.zeros(lead + (vocab, n), dtype=torch.float32, device=dev)  # atomics accumulate into it
+        dtype_ = torch.zeros(lead + (n_types, n), dtype=torch.float32, device=dev) if tids is not None else None
+        if runs * batch * length > 0:
+            pos_blocks, chunks, per_program = _bwd_grid(dev, batch, length, block_m, runs)
+            # per run: (batch chunks) position partials and (batch chunks x position blocks) affine partials
+            dpos_part = _empty((runs * chunks, length, n), torch.float32, dev)
+            dw_part = _empty((runs * pos_blocks * chunks, n), torch.float32, dev)
+            db_part = _empty((runs * pos_blocks * chunks, n), torch.float32, dev)
+            packed_args = ((vocab, word.stride(0), pos.stride(0), typ.stride(0), weight.stride(0)) if packed
+                           else (0,) * 5)
+            _emb_ln_bwd_kernel[(runs * pos_blocks, chunks)](
                 ids, ids if tids is None else tids, word, pos, typ, weight, dy2, mean, rstd,
                 dword, dpos_part, dword if dtype_ is None else dtype_, dw_part, db_part,
-                batch, length, n, n_types, ctx.padding_idx, per_program,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids is not None, num_warps=warps)
-            dpos_l, dw, db = dpos_part.sum(0), dw_part.sum(0), db_part.sum(0)
+                batch, length, n, n_types, ctx.padding_idx, per_program, *packed_args,
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids is not None, PACKED=packed,
+                num_warps=warps)
+            dpos_l = dpos_part.view(runs, chunks, length, n).sum(1)
+            dw = dw_part.view(runs, pos_blocks * chunks, n).sum(1)
+            db = db_part.view(runs, pos_blocks * chunks, n).sum(1)
         else:
-            dpos_l = torch.zeros((length, n), dtype=torch.float32, device=dev)
-            dw = torch.zeros(n, dtype=torch.float32, device=dev)
-            db = torch.zeros(n, dtype=torch.float32, device=dev)
+            dpos_l = torch.zeros((runs, length, n), dtype=torch.float32, device=dev)
+            dw = torch.zeros((runs, n), dtype=torch.float32, device=dev)
+            db = torch.zeros((runs, n), dtype=torch.float32, device=dev)
         if dtype_ is None:  # every token is type 0: its gradient is the sum of the position gradient
-            dtype_ = F.pad(dpos_l.sum(0, keepdim=True), (0, 0, 0, n_types - 1))
+            dtype_ = F.pad(dpos_l.sum(1, keepdim=True), (0, 0, 0, n_types - 1))
         dpos = F.pad(dpos_l, (0, 0, 0, n_pos - length)) if n_pos > length else dpos_l
+        if not packed:
+            dpos, dtype_, dw, db = dpos[0], dtype_.view(n_types, n), dw[0], db[0]
         need = ctx.needs_input_grad
         return (None, None, dword if need[2] else None, dpos if need[3] else None, dtype_ if need[4] else None,
                 dw if need[5] else None, db if need[6] else None, None, None)
@@ -255,41 +346,53 @@ class _EmbeddingLayerNormFn(torch.autograd.Function):
 
 def _check(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, type_ids, padding_idx) -> None:
     name = "embedding_layer_norm"
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-        raise ValueError(f"{name}: ids must be a (B, L) tensor of token ids")
+    packed = isinstance(word_weight, torch.Tensor) and word_weight.dim() == 3
+    lead, runs_ = (1, "R, ") if packed else (0, "")
+    why = " (packed runs: word_weight is (R, V, H))" if packed else ""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 + lead:
+        raise ValueError(f"{name}: ids must be a ({runs_}B, L) tensor of token ids{why}")
     check_dtype(f"{name}: ids", ids, ID_DTYPES)
     for arg, t in (("word_weight", word_weight), ("pos_weight", pos_weight), ("type_weight", type_weight)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2:
-            raise ValueError(f"{name}: {arg} must be a 2-D (rows, H) tensor")
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 + lead:
+            raise ValueError(f"{name}: {arg} must be a {2 + lead}-D ({runs_}rows, H) tensor{why}")
         check_dtype(f"{name}: {arg}", t, WEIGHT_DTYPES)
-    vocab, n = word_weight.shape
+    vocab, n = word_weight.shape[-2:]
     if not 1 <= n <= MAX_N:
         raise ValueError(f"{name}: hidden size {n} is unsupported; supported: 1 to {MAX_N}")
     for arg, t in (("pos_weight", pos_weight), ("type_weight", type_weight)):
-        if t.shape[1] != n or t.shape[0] < 1:
-            raise ValueError(f"{name}: {arg} has shape {tuple(t.shape)}; supported: (rows >= 1, {n}), "
+        if t.shape[-1] != n or t.shape[-2] < 1:
+            raise ValueError(f"{name}: {arg} has shape {tuple(t.shape)}; supported: ({runs_}rows >= 1, {n}), "
                              f"the hidden size of word_weight")
-    if ids.shape[1] > pos_weight.shape[0]:
-        raise ValueError(f"{name}: sequence length {ids.shape[1]} exceeds the {pos_weight.shape[0]} "
+    if ids.shape[-1] > pos_weight.shape[-2]:
+        raise ValueError(f"{name}: sequence length {ids.shape[-1]} exceeds the {pos_weight.shape[-2]} "
                          f"positions of pos_weight")
+    want = (word_weight.shape[0], n) if packed else (n,)
     for arg, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name}: {arg} must be a tensor of shape ({n},)")
+            raise ValueError(f"{name}: {arg} must be a tensor of shape {want}")
         check_dtype(f"{name}: {arg}", t, WEIGHT_DTYPES)
-        if tuple(t.shape) != (n,):
-            raise ValueError(f"{name}: {arg} has shape {tuple(t.shape)}; supported: ({n},), the hidden size")
+        if tuple(t.shape) != want:
+            raise ValueError(f"{name}: {arg} has shape {tuple(t.shape)}; supported: {want}, "
+                             f"({runs_}the hidden size){why}")
+    if packed:
+        runs = word_weight.shape[0]
+        got = {arg: t.shape[0] for arg, t in (("ids", ids), ("pos_weight", pos_weight),
+                                              ("type_weight", type_weight))}
+        if runs < 1 or any(r != runs for r in got.values()):
+            raise ValueError(f"{name}: packed runs need the same R >= 1 on every input's first axis; "
+                             f"word_weight has R = {runs}, " + ", ".join(f"{a} {r}" for a, r in got.items()))
     if type_ids is not None:
         if not isinstance(type_ids, torch.Tensor) or type_ids.shape != ids.shape:
             raise ValueError(f"{name}: type_ids must be a tensor of ids' shape {tuple(ids.shape)}")
         check_dtype(f"{name}: type_ids", type_ids, ID_DTYPES)
-        if type_weight.shape[0] > MAX_TYPES:
-            raise ValueError(f"{name}: {type_weight.shape[0]} token types with type_ids; supported: "
+        if type_weight.shape[-2] > MAX_TYPES:
+            raise ValueError(f"{name}: {type_weight.shape[-2]} token types with type_ids; supported: "
                              f"1 to {MAX_TYPES} (or type_ids=None: every token type 0)")
     if padding_idx is not None and not (isinstance(padding_idx, int) and -vocab <= padding_idx < vocab):
         raise ValueError(f"{name}: padding_idx {padding_idx!r} is unsupported; supported: None or an int "
                          f"in [-{vocab}, {vocab})")
     # Out-of-range ids: checked where it costs no host sync (CPU tensors); see the module docstring.
-    for arg, t, hi in (("ids", ids, vocab), ("type_ids", type_ids, type_weight.shape[0])):
+    for arg, t, hi in (("ids", ids, vocab), ("type_ids", type_ids, type_weight.shape[-2])):
         if t is not None and t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= hi):
             raise ValueError(f"{name}: {arg} out of range; supported: 0 to {hi - 1}")
 
@@ -300,7 +403,14 @@ def embedding_layer_norm_reference(ids: torch.Tensor, word_weight: torch.Tensor,
                                    padding_idx: int | None = None) -> torch.Tensor:
     """The executable spec: ``LayerNorm((word[ids] + type[type_ids or 0]) + pos[:L])`` in the weights'
     dtype (fp64 weights stay fp64), the word lookup F.embedding's (``padding_idx`` row: no gradient).
-    Differentiable by autograd."""
+    Differentiable by autograd. Packed (word_weight (R, V, H)): a loop over the runs, run r's tokens
+    ``ids[r]`` through run r's tables and LayerNorm."""
+    if word_weight.dim() == 3:
+        return torch.stack([
+            embedding_layer_norm_reference(ids[r], word_weight[r], pos_weight[r], type_weight[r], ln_weight[r],
+                                           ln_bias[r], eps, None if type_ids is None else type_ids[r],
+                                           padding_idx)
+            for r in range(word_weight.shape[0])])
     length = ids.shape[1]
     t = type_weight[0] if type_ids is None else F.embedding(type_ids, type_weight)
     z = F.embedding(ids, word_weight, padding_idx=padding_idx) + t + pos_weight[:length]
@@ -316,7 +426,7 @@ def embedding_layer_norm(ids: torch.Tensor, word_weight: torch.Tensor, pos_weigh
     word table). ``type_ids=None``: every token is type 0."""
     _check(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, type_ids, padding_idx)
     if use_triton(ids, type_ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias):
-        pad = None if padding_idx is None else padding_idx % word_weight.shape[0]
+        pad = None if padding_idx is None else padding_idx % word_weight.shape[-2]
         return _EmbeddingLayerNormFn.apply(ids, type_ids, word_weight, pos_weight, type_weight, ln_weight,
                                            ln_bias, float(eps), pad)
     return embedding_layer_norm_reference(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, eps,
@@ -325,20 +435,23 @@ def embedding_layer_norm(ids: torch.Tensor, word_weight: torch.Tensor, pos_weigh
 
 def compile_specs() -> list[CompileSpec]:
     """Every configuration ``embedding_layer_norm`` can launch: forward and backward x BLOCK_N x id dtype
-    x type_ids given or not."""
+    x type_ids given or not x packed runs or not."""
     specs = []
     for block_n in BLOCK_NS:
         for id_dtype, it in _TL_IDS.items():
-            _, block_m, fwd_warps, bwd_warps = _config(block_n, id_dtype)
-            for has_tids in (False, True):
-                consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=has_tids)
-                tag = f"BLOCK_M={block_m},BLOCK_N={block_n},{it}{',type_ids' if has_tids else ''}"
+            for has_tids, packed in itertools.product((False, True), (False, True)):
+                _, block_m, fwd_warps, bwd_warps = _config(block_n, id_dtype, packed)
+                consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=has_tids, PACKED=packed)
+                tag = (f"BLOCK_M={block_m},BLOCK_N={block_n},{it}{',type_ids' if has_tids else ''}"
+                       f"{',packed' if packed else ''}")
                 specs.append(CompileSpec(
                     name=f"embedding_layer_norm_fwd[{tag}]", fn=_emb_ln_fwd_kernel,
                     signature=dict(IDS=f"*{it}", TIDS=f"*{it}", WORD="*fp32", POS="*fp32", TYPE="*fp32",
                                    W="*fp32", B="*fp32", Y="*fp32", MEAN="*fp32", RSTD="*fp32", M="i32",
-                                   L="i32", N="i32", eps="fp32", BLOCK_M="constexpr", BLOCK_N="constexpr",
-                                   HAS_TYPE_IDS="constexpr"),
+                                   L="i32", N="i32", eps="fp32", rows_per_run="i32", tiles_per_run="i32",
+                                   word_run_stride="i32", pos_run_stride="i32", type_run_stride="i32",
+                                   w_run_stride="i32", b_run_stride="i32", BLOCK_M="constexpr",
+                                   BLOCK_N="constexpr", HAS_TYPE_IDS="constexpr", PACKED="constexpr"),
                     constexprs=consts, num_warps=fwd_warps))
                 specs.append(CompileSpec(
                     name=f"embedding_layer_norm_bwd[{tag}]", fn=_emb_ln_bwd_kernel,
@@ -346,7 +459,9 @@ def compile_specs() -> list[CompileSpec]:
                                    W="*fp32", DY="*fp32", MEAN="*fp32", RSTD="*fp32", DWORD="*fp32",
                                    DPOS_PART="*fp32", DTYPE="*fp32", DW_PART="*fp32", DB_PART="*fp32",
                                    Bsz="i32", L="i32", N="i32", T="i32", padding_idx="i32",
-                                   batches_per_program="i32", BLOCK_M="constexpr", BLOCK_N="constexpr",
-                                   HAS_TYPE_IDS="constexpr"),
+                                   batches_per_program="i32", V="i32", word_run_stride="i32",
+                                   pos_run_stride="i32", type_run_stride="i32", w_run_stride="i32",
+                                   BLOCK_M="constexpr", BLOCK_N="constexpr", HAS_TYPE_IDS="constexpr",
+                                   PACKED="constexpr"),
                     constexprs=consts, num_warps=bwd_warps))
     return specs

@@ -14,13 +14,25 @@ normalisation and affine, one rounding to the input dtype at the output. ``x`` a
 fp32, bf16 or fp16 (the same dtype); ``weight`` and ``bias`` any of those three (read as fp32) or
 ``None`` (weight 1, bias 0); hidden size N from 1 to 4096 (``MAX_N``).
 
+Packed runs (weight/bias (R, N) instead of (N,)): R independent models trained as one stacked model
+(one launch instead of R); x and residual are (R, ..., N) and run r's rows ``x[r]`` are normalised with
+``weight[r]``, ``bias[r]``; the weight/bias gradients are (R, N), each run's own sums. The optimiser
+keeps the runs run-major in one flat buffer, so a packed weight is a view whose run axis has any stride
+(each row contiguous): the kernels read an fp32 one in place, row r at ``weight + r * stride(0)``, no
+copy (a bf16/fp16 one is converted, as in the solo form). A constexpr ``PACKED`` selects it, so the solo
+kernels compile to the same code as before.
+
 Kernels:
 - forward: a tile of ``BLOCK_M`` rows x ``BLOCK_N`` (next power of two >= N, at least 32) columns
-  per program, whole rows in registers; saves the per-row mean and 1/std (8 bytes per row).
+  per program, whole rows in registers; saves the per-row mean and 1/std (8 bytes per row). Packed:
+  each run's rows are tiled on their own (a tile never straddles runs, so a program loads one weight
+  row; the cost is at most one partial tile per run).
 - backward: a fixed number of programs (a few per SM), each walking a contiguous range of rows in
   tiles; it writes dx for its rows and its own partial sums of dweight (sum dy * xhat) and dbias
   (sum dy) to a (programs, N) fp32 buffer that one ``sum(0)`` reduces afterwards -- no atomics, so
   the result is deterministic. ``dresidual`` is ``dx`` (the same tensor; autograd copes with aliasing).
+  Packed: the programs are split evenly over the runs, each walking rows of one run only, and the
+  partials are (R, programs per run, N), summed per run.
 
 CUDA tensors run Triton; CPU tensors run ``layer_norm_reference`` (or Triton under
 ``TRITON_INTERPRET=1``).
@@ -65,11 +77,22 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 @triton.jit
 def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                           rows_per_run, tiles_per_run, w_run_stride, b_run_stride,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                           PACKED: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    if PACKED:  # tiles_per_run programs per run; a tile never straddles two runs
+        run = pid // tiles_per_run
+        run_start = run * rows_per_run
+        rows = run_start + (pid - run * tiles_per_run) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_end = run_start + rows_per_run
+        W += run.to(tl.int64) * w_run_stride
+        B += run.to(tl.int64) * b_run_stride
+    else:  # rows_per_run, tiles_per_run and the run strides are unused
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_end = M
     cols = tl.arange(0, BLOCK_N)
-    row_mask = rows < M
+    row_mask = rows < row_end
     col_mask = cols < N
     mask = row_mask[:, None] & col_mask[None, :]
     offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
@@ -92,15 +115,25 @@ def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps,
 
 @triton.jit
 def _layer_norm_bwd_kernel(X, R, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, rows_per_program,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                           rows_per_run, programs_per_run, w_run_stride,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                           PACKED: tl.constexpr):
     pid = tl.program_id(0)
+    if PACKED:  # programs_per_run programs per run, each within its run: partials never mix runs
+        run = pid // programs_per_run
+        W += run.to(tl.int64) * w_run_stride
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
     w = tl.load(W + cols, mask=col_mask, other=0.0)
     dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    row_start = pid * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, M)
+    if PACKED:
+        run_start = run * rows_per_run
+        row_start = run_start + (pid - run * programs_per_run) * rows_per_program
+        row_end = tl.minimum(row_start + rows_per_program, run_start + rows_per_run)
+    else:  # rows_per_run, programs_per_run and w_run_stride are unused
+        row_start = pid * rows_per_program
+        row_end = tl.minimum(row_start + rows_per_program, M)
     for r0 in range(row_start, row_end, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
@@ -124,17 +157,35 @@ def _layer_norm_bwd_kernel(X, R, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, 
     tl.store(DB_PART + pid * N + cols, db_acc, mask=col_mask)
 
 
-def _num_bwd_programs(device: torch.device, tiles: int) -> int:
+def _num_bwd_programs(device: torch.device, tiles: int, runs: int = 1) -> int:
+    """Backward programs per run: a few per SM in all (``runs`` share them), at most one per tile."""
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(tiles, 4 * sms))
-    return max(1, min(tiles, 4))  # the interpreter: a few programs, so the cross-program reduction is exercised
+        return max(1, min(tiles, triton.cdiv(4 * sms, runs)))
+    # the interpreter: a few programs, so the cross-program reduction is exercised
+    return max(1, min(tiles, triton.cdiv(4, runs)))
 
 
 def _affine_fp32(weight, bias, n, device):
     w = torch.ones(n, dtype=torch.float32, device=device) if weight is None else weight.float().contiguous()
     b = torch.zeros(n, dtype=torch.float32, device=device) if bias is None else bias.float().contiguous()
     return w, b
+
+
+def _packed_affine_fp32(t, n, fill, device):
+    """A packed (R, N) weight or bias as the kernels read it, fp32 row ``r`` at ``t + r * run_stride``:
+    (tensor, run_stride). An fp32 view with contiguous rows (the optimiser's flat buffer) is used in
+    place, whatever its run stride; ``None`` is one shared row of ``fill`` (run stride 0)."""
+    if t is None:
+        return torch.full((n,), fill, dtype=torch.float32, device=device), 0
+    t = t.float()
+    if n > 1 and t.stride(1) != 1:
+        t = t.contiguous()
+    return t, t.stride(0)
+
+
+def _is_packed(weight, bias) -> bool:
+    return any(t is not None and t.dim() == 2 for t in (weight, bias))
 
 
 class _LayerNormFn(torch.autograd.Function):
@@ -144,16 +195,29 @@ class _LayerNormFn(torch.autograd.Function):
         x2 = x.reshape(-1, n).contiguous()
         r2 = None if residual is None else residual.reshape(-1, n).contiguous()
         m = x2.shape[0]
-        w, b = _affine_fp32(weight, bias, n, x.device)
+        block_n, block_m, warps, _ = _config(n)
+        packed = _is_packed(weight, bias)
+        if packed:  # x is (R, ..., N): run r's rows are the contiguous rows [r * m / R, (r + 1) * m / R)
+            runs = x.shape[0]
+            rows_per_run = m // runs
+            w, w_stride = _packed_affine_fp32(weight, n, 1.0, x.device)
+            b, b_stride = _packed_affine_fp32(bias, n, 0.0, x.device)
+            tiles_per_run = triton.cdiv(rows_per_run, block_m)
+            grid = runs * tiles_per_run
+        else:  # the packed-only arguments are constants, so they add no specialisations
+            runs, rows_per_run, tiles_per_run, w_stride, b_stride = 1, m, 0, 0, 0
+            w, b = _affine_fp32(weight, bias, n, x.device)
+            grid = triton.cdiv(m, block_m)
         y = _empty((m, n), x.dtype, x.device)
         mean = _empty((m,), torch.float32, x.device)
         rstd = _empty((m,), torch.float32, x.device)
-        block_n, block_m, warps, _ = _config(n)
         if m > 0:
-            _layer_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+            _layer_norm_fwd_kernel[(grid,)](
                 x2, x2 if r2 is None else r2, w, b, y, mean, rstd, m, n, eps,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, num_warps=warps)
+                rows_per_run if packed else 0, tiles_per_run, w_stride, b_stride,
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed, num_warps=warps)
         ctx.save_for_backward(x2, r2, w, mean, rstd)
+        ctx.packed, ctx.runs, ctx.w_stride = packed, runs, w_stride
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.wdtype = None if weight is None else weight.dtype
         ctx.bdtype = None if bias is None else bias.dtype
@@ -165,27 +229,33 @@ class _LayerNormFn(torch.autograd.Function):
     def backward(ctx, dy):
         x2, r2, w, mean, rstd = ctx.saved_tensors
         m, n = x2.shape
+        runs = ctx.runs
+        rows_per_run = m // runs
         dy2 = dy.reshape(-1, n).contiguous()
         if dy2.dtype != x2.dtype:
             dy2 = dy2.to(x2.dtype)
         block_n, block_m, _, warps = _config(n)
-        tiles = triton.cdiv(m, block_m)
-        programs = _num_bwd_programs(x2.device, tiles)
-        rows_per_program = block_m * triton.cdiv(tiles, programs)
-        programs = triton.cdiv(m, rows_per_program) if m > 0 else 0
+        tiles = triton.cdiv(rows_per_run, block_m)
+        per_run = _num_bwd_programs(x2.device, tiles, runs)
+        rows_per_program = block_m * triton.cdiv(tiles, per_run)
+        per_run = triton.cdiv(rows_per_run, rows_per_program) if rows_per_run > 0 else 0
         dx = _empty((m, n), x2.dtype, x2.device)
-        dw_part = _empty((max(programs, 1), n), torch.float32, x2.device)
-        db_part = _empty((max(programs, 1), n), torch.float32, x2.device)
-        if programs > 0:
-            _layer_norm_bwd_kernel[(programs,)](
+        # per run, per program partial sums: (R, programs per run, N), reduced per run below
+        dw_part = _empty((runs, max(per_run, 1), n), torch.float32, x2.device)
+        db_part = _empty((runs, max(per_run, 1), n), torch.float32, x2.device)
+        if per_run > 0:
+            packed = ctx.packed
+            _layer_norm_bwd_kernel[(runs * per_run,)](
                 x2, x2 if r2 is None else r2, w, dy2, dx, mean, rstd, dw_part, db_part, m, n, rows_per_program,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, num_warps=warps)
+                rows_per_run if packed else 0, per_run if packed else 0, ctx.w_stride,
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed, num_warps=warps)
         else:
             dw_part.zero_()
             db_part.zero_()
         dx = dx.view(ctx.x_shape)
-        dw = dw_part.sum(0).to(ctx.wdtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
-        db = db_part.sum(0).to(ctx.bdtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        shape = (runs, n) if ctx.packed else (n,)
+        dw = dw_part.sum(1).view(shape).to(ctx.wdtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
+        db = db_part.sum(1).view(shape).to(ctx.bdtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         dres = dx if r2 is not None and ctx.needs_input_grad[3] else None
         return dx if ctx.needs_input_grad[0] else None, dw, db, dres, None
 
@@ -197,12 +267,23 @@ def _check(x, weight, bias, residual) -> None:
     n = x.shape[-1]
     if not 1 <= n <= MAX_N:
         raise ValueError(f"layer_norm: hidden size (last dim) {n} is unsupported; supported: 1 to {MAX_N}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None:
-            check_dtype(f"layer_norm: {name}", t, SUPPORTED_DTYPES)
-            if tuple(t.shape) != (n,):
-                raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}; supported: ({n},), "
-                                 f"the last dim of x")
+    given = [(name, t) for name, t in (("weight", weight), ("bias", bias)) if t is not None]
+    for name, t in given:
+        check_dtype(f"layer_norm: {name}", t, SUPPORTED_DTYPES)
+        if t.dim() == 1 and tuple(t.shape) != (n,) or t.dim() == 2 and t.shape[1] != n or t.dim() not in (1, 2):
+            raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}; supported: ({n},), the last dim "
+                             f"of x, or (R, {n}) for R packed runs with x of shape (R, ..., {n})")
+    if len(given) == 2 and weight.dim() != bias.dim():
+        raise ValueError(f"layer_norm: weight {tuple(weight.shape)} and bias {tuple(bias.shape)} must both be "
+                         f"1-D (N,) or both be 2-D (R, N) (packed runs)")
+    if _is_packed(weight, bias):
+        runs = given[0][1].shape[0]
+        if len(given) == 2 and bias.shape[0] != runs:
+            raise ValueError(f"layer_norm: weight {tuple(weight.shape)} and bias {tuple(bias.shape)} disagree "
+                             f"on the number of packed runs")
+        if runs < 1 or x.dim() < 2 or x.shape[0] != runs:
+            raise ValueError(f"layer_norm: packed runs (weight/bias of shape ({runs}, {n})) need x of shape "
+                             f"({runs}, ..., {n}) with R >= 1; x has shape {tuple(x.shape)}")
     if residual is not None:
         if residual.shape != x.shape:
             raise ValueError(f"layer_norm: residual has shape {tuple(residual.shape)}; it must match "
@@ -215,7 +296,14 @@ def _check(x, weight, bias, residual) -> None:
 def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                          eps: float = 1e-5, residual: torch.Tensor | None = None) -> torch.Tensor:
     """The executable spec: ``LN(x + residual)`` over the last dim, the sum and the statistics in fp32
-    (fp64 inputs stay fp64), one rounding to x's dtype at the end. Differentiable by autograd."""
+    (fp64 inputs stay fp64), one rounding to x's dtype at the end. Differentiable by autograd.
+    Packed (2-D weight/bias (R, N)): run r, ``x[r]``, normalised with ``weight[r]``, ``bias[r]`` -- a
+    loop over the runs."""
+    if _is_packed(weight, bias):
+        return torch.stack([layer_norm_reference(x[r], None if weight is None else weight[r],
+                                                 None if bias is None else bias[r], eps,
+                                                 None if residual is None else residual[r])
+                            for r in range(x.shape[0])])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     z = x.to(acc) if residual is None else x.to(acc) + residual.to(acc)
     w = None if weight is None else weight.to(acc)
@@ -226,7 +314,9 @@ def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: tor
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5,
                residual: torch.Tensor | None = None) -> torch.Tensor:
     """``LayerNorm(x + residual)`` over the last dim (``residual`` optional), differentiable in x,
-    weight, bias and residual. Output has x's dtype and shape."""
+    weight, bias and residual. Output has x's dtype and shape. weight/bias (N,), or (R, N) for R packed
+    runs: then x (and residual) is (R, ..., N), run r normalised with weight[r], bias[r], and the
+    weight/bias gradients are (R, N), per run."""
     _check(x, weight, bias, residual)
     if use_triton(x, weight, bias, residual):
         return _LayerNormFn.apply(x, weight, bias, residual, float(eps))
@@ -234,25 +324,31 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
 
 
 def compile_specs() -> list[CompileSpec]:
-    """Every configuration ``layer_norm`` can launch: forward and backward x dtype x BLOCK_N x residual."""
+    """Every configuration ``layer_norm`` can launch: forward and backward x dtype x BLOCK_N x residual
+    x packed runs or not."""
     specs = []
     for block_n in BLOCK_NS:
         _, block_m, fwd_warps, bwd_warps = _config(block_n)
         for dtype, ty in _TL_DTYPES.items():
             for has_res in (False, True):
-                consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=has_res)
-                tag = f"BLOCK_M={block_m},BLOCK_N={block_n},{ty}{',residual' if has_res else ''}"
-                specs.append(CompileSpec(
-                    name=f"layer_norm_fwd[{tag}]", fn=_layer_norm_fwd_kernel,
-                    signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", B="*fp32", Y=f"*{ty}", MEAN="*fp32",
-                                   RSTD="*fp32", M="i32", N="i32", eps="fp32", BLOCK_M="constexpr",
-                                   BLOCK_N="constexpr", HAS_RESIDUAL="constexpr"),
-                    constexprs=consts, num_warps=fwd_warps))
-                specs.append(CompileSpec(
-                    name=f"layer_norm_bwd[{tag}]", fn=_layer_norm_bwd_kernel,
-                    signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", DY=f"*{ty}", DX=f"*{ty}", MEAN="*fp32",
-                                   RSTD="*fp32", DW_PART="*fp32", DB_PART="*fp32", M="i32", N="i32",
-                                   rows_per_program="i32", BLOCK_M="constexpr", BLOCK_N="constexpr",
-                                   HAS_RESIDUAL="constexpr"),
-                    constexprs=consts, num_warps=bwd_warps))
+                for packed in (False, True):
+                    consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=has_res, PACKED=packed)
+                    tag = (f"BLOCK_M={block_m},BLOCK_N={block_n},{ty}{',residual' if has_res else ''}"
+                           f"{',packed' if packed else ''}")
+                    specs.append(CompileSpec(
+                        name=f"layer_norm_fwd[{tag}]", fn=_layer_norm_fwd_kernel,
+                        signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", B="*fp32", Y=f"*{ty}", MEAN="*fp32",
+                                       RSTD="*fp32", M="i32", N="i32", eps="fp32", rows_per_run="i32",
+                                       tiles_per_run="i32", w_run_stride="i32", b_run_stride="i32",
+                                       BLOCK_M="constexpr", BLOCK_N="constexpr", HAS_RESIDUAL="constexpr",
+                                       PACKED="constexpr"),
+                        constexprs=consts, num_warps=fwd_warps))
+                    specs.append(CompileSpec(
+                        name=f"layer_norm_bwd[{tag}]", fn=_layer_norm_bwd_kernel,
+                        signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", DY=f"*{ty}", DX=f"*{ty}", MEAN="*fp32",
+                                       RSTD="*fp32", DW_PART="*fp32", DB_PART="*fp32", M="i32", N="i32",
+                                       rows_per_program="i32", rows_per_run="i32", programs_per_run="i32",
+                                       w_run_stride="i32", BLOCK_M="constexpr", BLOCK_N="constexpr",
+                                       HAS_RESIDUAL="constexpr", PACKED="constexpr"),
+                        constexprs=consts, num_warps=bwd_warps))
     return specs

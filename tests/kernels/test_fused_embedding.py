@@ -244,3 +244,218 @@ def test_compile_specs_cover_every_dispatched_configuration():
             for fn, warps in ((emb_mod._emb_ln_fwd_kernel, fwd_warps), (emb_mod._emb_ln_bwd_kernel, bwd_warps)):
                 for has_tids in (False, True):
                     assert (fn, block_m, block_n, has_tids, ids, warps) in shipped, n
+
+
+# ---- packed runs: ids (R, B, L), tables (R, rows, H), LayerNorm (R, H); run r uses only run r's ----
+
+def _strided(runs, shape, stride, offset, values):
+    """``values`` (runs, *shape) placed at ``offset`` inside per-run slabs of ``stride`` elements of one
+    NaN-filled flat leaf buffer, as the optimiser lays packed runs out: the run axis strided, each run's
+    slice contiguous. Returns the view (a non-leaf; autograd.grad takes it)."""
+    size = values[0].numel()
+    buf = torch.full((runs * stride,), float("nan"), dtype=values.dtype)
+    buf.view(runs, stride)[:, offset:offset + size].copy_(values.reshape(runs, size))
+    buf.requires_grad_()
+    return buf.view(runs, stride)[:, offset:offset + size].view(runs, *shape)
+
+
+def _packed_inputs(runs, b, l, h, vocab, n_pos, n_types, type_ids, id_dtype, seed):
+    g = torch.Generator().manual_seed(seed * 7919 + runs * 1009 + b * 131 + l * 17 + h)
+    ids = torch.randint(0, vocab, (runs, b, l), generator=g).to(id_dtype)
+    tids = torch.randint(0, n_types, (runs, b, l), generator=g).to(id_dtype) if type_ids else None
+    values = [torch.randn(runs, vocab, h, generator=g), 0.5 * torch.randn(runs, n_pos, h, generator=g),
+              0.5 * torch.randn(runs, n_types, h, generator=g), 1 + 0.5 * torch.randn(runs, h, generator=g),
+              0.3 * torch.randn(runs, h, generator=g)]
+    # each table in its own buffer with its own run stride (none equal to the table's size), so a
+    # stride or table mixed up reads the wrong rows (or the NaN gaps)
+    weights = [_strided(runs, v.shape[1:], v[0].numel() + 3 + 5 * k, 2 + k, v) for k, v in enumerate(values)]
+    dy = torch.randn(runs, b, l, h, generator=g)
+    return ids, tids, weights, dy
+
+
+def _per_run_float64(ids, tids, weights, dy, eps, padding_idx):
+    """Expected output and gradients, independently of the module: a loop over the runs of F.embedding
+    and F.layer_norm in float64 on exactly the kernel's input values."""
+    w64 = [w.detach().double().requires_grad_() for w in weights]
+    word, pos, typ, lw, lb = w64
+    ys = []
+    for r in range(ids.shape[0]):
+        t = typ[r][0] if tids is None else F.embedding(tids[r].long(), typ[r])
+        z = F.embedding(ids[r].long(), word[r], padding_idx=padding_idx) + t + pos[r][:ids.shape[2]]
+        ys.append(F.layer_norm(z, (word.shape[2],), lw[r], lb[r], eps))
+    y64 = torch.stack(ys)
+    y64.backward(dy.double())
+    return y64.detach(), [w.grad for w in w64]
+
+
+def _run_packed_case(runs, b, l, h, vocab=5, n_pos=None, n_types=2, type_ids=False, padding_idx=None,
+                     id_dtype=torch.int64, eps=1e-12, seed=0):
+    n_pos = n_pos or l + 3  # rows past L must get zero gradient
+    ids, tids, weights, dy = _packed_inputs(runs, b, l, h, vocab, n_pos, n_types, type_ids, id_dtype, seed)
+    y = embedding_layer_norm(ids, *weights, eps, type_ids=tids, padding_idx=padding_idx)
+    grads = torch.autograd.grad(y, weights, dy)
+    y64, ref = _per_run_float64(ids, tids, weights, dy, eps, padding_idx)
+    assert y.shape == (runs, b, l, h)
+    _close("y", y.detach(), y64)
+    for name, gr, rf in zip(GRADS, grads, ref):
+        _close(name, gr, rf)
+    dword, dpos, dtype_ = grads[:3]
+    for r in range(runs):  # exact zeros: rows run r does not use get nothing, from any run
+        unused = torch.ones(vocab, dtype=torch.bool)
+        unused[ids[r].long().unique()] = False
+        assert (dword[r][unused] == 0).all(), f"run {r}: word rows it never used got a gradient"
+    if padding_idx is not None:
+        assert (dword[:, padding_idx] == 0).all(), "a padding row got a gradient"
+    assert (dpos[:, l:] == 0).all(), "position rows past L got a gradient"
+    if tids is None:
+        assert (dtype_[:, 1:] == 0).all(), "type rows other than 0 got a gradient without type_ids"
+    return ids, tids, weights, dy, y, grads
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+@pytest.mark.parametrize("b,l,h", [(1, 1, 16), (3, 7, 200), (2, 17, 100), (3, 5, 7)])
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_packed_runs_against_per_run_embedding_layer_norm(runs, b, l, h, padding_idx):
+    """What a packed encoder calls (type_ids None), with strided run axes, against a loop over the runs of
+    F.embedding + F.layer_norm: y and all five gradients. (3, 7, 200): two batch chunks per run; (2, 17,
+    100): two position blocks per run, the second holding one row; vocab 5, so ids repeat and 0 occurs."""
+    ids, _, _, _, _, _ = _run_packed_case(runs, b, l, h, padding_idx=padding_idx)
+    if b * l >= 14:  # every run has the padding id and a repeated id (the scatter must accumulate)
+        assert all((ids[r] == 0).any() and ids[r].flatten().bincount().max() > 1 for r in range(runs))
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
+def test_packed_runs_with_type_ids(runs, id_dtype):
+    _run_packed_case(runs, 3, 9, 48, n_types=3, type_ids=True, padding_idx=1, id_dtype=id_dtype, seed=1)
+
+
+def test_packed_runs_match_solo_kernel_runs():
+    """Each packed run is its solo run: y bitwise, the gradients to fp32 rounding (partial sums and atomics
+    are grouped differently)."""
+    ids, _, weights, dy, y, grads = _run_packed_case(3, 3, 17, 100, padding_idx=0, seed=2)
+    for r in range(3):
+        solo = [w[r].detach().clone().requires_grad_() for w in weights]
+        yr = embedding_layer_norm(ids[r], *solo, 1e-12, padding_idx=0)
+        yr.backward(dy[r])
+        assert torch.equal(y[r], yr)
+        for name, w, g in zip(GRADS, solo, grads):
+            torch.testing.assert_close(g[r], w.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_packed_runs_in_one_flat_buffer():
+    """The optimiser's layout: every table of run r in one slab, the runs one after another; the gradient
+    of the flat buffer is the per-run gradients in their places."""
+    g = torch.Generator().manual_seed(3)
+    runs, vocab, h, n_pos, n_types = 3, 6, 24, 7, 2
+    shapes = [(vocab, h), (n_pos, h), (n_types, h), (h,), (h,)]
+    sizes = [torch.Size(s).numel() for s in shapes]
+    slab = sum(sizes) + 5
+    buf = torch.randn(runs, slab, generator=g).requires_grad_()
+    views, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(buf[:, offset:offset + size].view(runs, *shape))
+        offset += size
+    ids = torch.randint(0, vocab, (runs, 2, 5), generator=g)
+    dy = torch.randn(runs, 2, 5, h, generator=g)
+    y = embedding_layer_norm(ids, *views, 1e-12, padding_idx=0)
+    (dbuf,) = torch.autograd.grad(y, buf, dy)
+    y64, ref = _per_run_float64(ids, None, views, dy, 1e-12, 0)
+    _close("y", y.detach(), y64)
+    expected = torch.cat([r.reshape(runs, -1) for r in ref] + [torch.zeros(runs, 5, dtype=torch.float64)], 1)
+    _close("dbuffer", dbuf, expected)
+
+
+class _LaunchSpy:
+    """Stands in for a kernel: records each launch's arguments, then launches it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def test_packed_tables_are_read_in_place(monkeypatch):
+    """The strided tables reach both kernels as they are (no copy), with their run strides."""
+    fwd, bwd = _LaunchSpy(emb_mod._emb_ln_fwd_kernel), _LaunchSpy(emb_mod._emb_ln_bwd_kernel)
+    monkeypatch.setattr(emb_mod, "_emb_ln_fwd_kernel", fwd)
+    monkeypatch.setattr(emb_mod, "_emb_ln_bwd_kernel", bwd)
+    _, _, weights, _, _, _ = _run_packed_case(3, 2, 5, 16, seed=4)
+    (args, kwargs), = fwd.calls
+    assert [a.data_ptr() for a in args[2:7]] == [w.data_ptr() for w in weights] and kwargs["PACKED"]
+    assert list(args[-5:]) == [w.stride(0) for w in weights]
+    assert [w.stride(0) for w in weights] == [83, 136, 45, 34, 39]  # none is the table's size
+    (args, kwargs), = bwd.calls
+    assert [a.data_ptr() for a in args[2:6]] == [w.data_ptr() for w in weights[:4]] and kwargs["PACKED"]
+    assert list(args[-4:]) == [w.stride(0) for w in weights[:4]]
+
+
+def test_packed_reference_is_bert_embeddings_per_run():
+    g = torch.Generator().manual_seed(6)
+    expected, tables = [], []
+    ids, tids = torch.randint(0, 20, (2, 3, 8), generator=g), torch.randint(0, 2, (2, 3, 8), generator=g)
+    for r in range(2):
+        word = torch.nn.Embedding(20, 16, padding_idx=0, dtype=torch.float64)
+        pos, typ = torch.nn.Embedding(10, 16, dtype=torch.float64), torch.nn.Embedding(2, 16, dtype=torch.float64)
+        ln = torch.nn.LayerNorm(16, eps=1e-12, dtype=torch.float64)
+        for m in (word, pos, typ, ln):
+            for p in m.parameters():
+                torch.nn.init.normal_(p, generator=g)
+        expected.append(ln(word(ids[r]) + typ(tids[r]) + pos(torch.arange(8).expand(3, 8))))
+        tables.append((word.weight, pos.weight, typ.weight, ln.weight, ln.bias))
+    stacked = [torch.stack(t) for t in zip(*tables)]
+    got = embedding_layer_norm_reference(ids, *stacked, 1e-12, type_ids=tids, padding_idx=0)
+    torch.testing.assert_close(got, torch.stack(expected))
+
+
+def test_packed_cpu_without_interpreter_runs_the_reference(monkeypatch):
+    monkeypatch.setattr(emb_mod, "use_triton", lambda *t: False)
+    ids, _, weights, _ = _packed_inputs(2, 2, 5, 16, 7, 5, 2, False, torch.int64, seed=7)
+    assert torch.equal(embedding_layer_norm(ids, *weights, 1e-12, padding_idx=1),
+                       embedding_layer_norm_reference(ids, *weights, 1e-12, padding_idx=1))
+
+
+def test_packed_empty_batch():
+    _run_packed_case(3, 0, 5, 32)
+
+
+def test_packed_unsupported_inputs_raise_value_error():
+    ids = torch.randint(0, 10, (3, 2, 4))
+    word, pos, typ = torch.randn(3, 10, 8), torch.randn(3, 6, 8), torch.randn(3, 2, 8)
+    lw, lb = torch.ones(3, 8), torch.zeros(3, 8)
+    f = embedding_layer_norm
+    with pytest.raises(ValueError, match=r"ids must be a \(R, B, L\) tensor"):
+        f(ids[0], word, pos, typ, lw, lb)
+    with pytest.raises(ValueError, match="pos_weight must be a 3-D"):
+        f(ids, word, pos[0], typ, lw, lb)
+    with pytest.raises(ValueError, match=r"ln_weight has shape \(8,\); supported: \(3, 8\)"):
+        f(ids, word, pos, typ, lw[0], lb)
+    with pytest.raises(ValueError, match="same R >= 1 .* type_weight 2"):
+        f(ids, word, pos, typ[:2], lw, lb)
+    with pytest.raises(ValueError, match="same R >= 1 .* ids 2"):
+        f(ids[:2], word, pos, typ, lw, lb)
+    with pytest.raises(ValueError, match=r"ln_bias has shape \(2, 8\)"):
+        f(ids, word, pos, typ, lw, lb[:2])
+    with pytest.raises(ValueError, match="sequence length 4 exceeds the 3 positions"):
+        f(ids, word, pos[:, :3], typ, lw, lb)
+    with pytest.raises(ValueError, match="type_ids must be a tensor of ids' shape"):
+        f(ids, word, pos, typ, lw, lb, type_ids=ids[0])
+    with pytest.raises(ValueError, match="ids out of range; supported: 0 to 9"):
+        f(torch.full((3, 2, 4), 10), word, pos, typ, lw, lb)
+
+
+def test_packed_compile_specs_cover_every_dispatched_configuration():
+    shipped = {(s.fn, s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.constexprs["HAS_TYPE_IDS"],
+                s.constexprs["PACKED"], s.signature["IDS"], s.num_warps) for s in emb_mod.compile_specs()}
+    for n in list(range(1, 70)) + [127, 128, 129, 768, 1000, 2049, 4096]:
+        for id_dtype, ids in ((torch.int64, "*i64"), (torch.int32, "*i32")):
+            for packed in (False, True):
+                block_n, block_m, fwd_warps, bwd_warps = emb_mod._config(n, id_dtype, packed)
+                for fn, warps in ((emb_mod._emb_ln_fwd_kernel, fwd_warps),
+                                  (emb_mod._emb_ln_bwd_kernel, bwd_warps)):
+                    for has_tids in (False, True):
+                        assert (fn, block_m, block_n, has_tids, packed, ids, warps) in shipped, n

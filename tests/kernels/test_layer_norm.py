@@ -189,3 +189,184 @@ def test_compile_specs_cover_every_dispatched_configuration():
         block_n, block_m, fwd_warps, bwd_warps = ln_mod._config(n)
         for fn, warps in ((ln_mod._layer_norm_fwd_kernel, fwd_warps), (ln_mod._layer_norm_bwd_kernel, bwd_warps)):
             assert (fn, block_m, block_n, warps) in shipped, n
+
+
+# ---- packed runs: weight/bias (R, N), x (R, ..., N), run r normalised with weight[r], bias[r] ----
+
+def _strided_rows(runs, n, stride, offset, values):
+    """(runs, n) rows at ``offset`` inside per-run slabs of ``stride`` elements of one flat leaf buffer, as
+    the optimiser lays packed runs out: run axis stride ``stride``, each row contiguous. (leaf, view)."""
+    buf = torch.full((runs * stride,), float("nan"), dtype=values.dtype)
+    view = buf.view(runs, stride)[:, offset:offset + n]
+    view.copy_(values)
+    buf.requires_grad_()
+    return buf, buf.view(runs, stride)[:, offset:offset + n]
+
+
+def _packed_inputs(runs, lead, n, dtype, residual, wdtype, seed, weight=True, bias=True):
+    g = torch.Generator().manual_seed(seed * 7919 + runs * 131 + n)
+    shape = (runs, *lead, n)
+    x = (torch.randn(shape, generator=g) * 2 + 0.5).to(dtype).requires_grad_()
+    r = torch.randn(shape, generator=g).to(dtype).requires_grad_() if residual else None
+    # weight and bias in buffers with different run strides, neither equal to n
+    w = _strided_rows(runs, n, n + 37, 5, (1 + 0.5 * torch.randn(runs, n, generator=g)).to(wdtype))[1] \
+        if weight else None
+    b = _strided_rows(runs, n, 2 * n + 3, n + 1, (0.3 * torch.randn(runs, n, generator=g)).to(wdtype))[1] \
+        if bias else None
+    dy = torch.randn(shape, generator=g).to(dtype)
+    return x, r, w, b, dy
+
+
+def _per_run_float64(x, r, w, b, dy, eps=1e-5):
+    """The expected output and gradients, independently of the module: a loop over the runs of
+    F.layer_norm in float64 on exactly the kernel's input values."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, r, w, b)]
+    x64, r64, w64, b64 = leaves
+    n = x.shape[-1]
+    y64 = torch.stack([torch.nn.functional.layer_norm(x64[i] if r64 is None else x64[i] + r64[i], (n,),
+                                                      None if w64 is None else w64[i],
+                                                      None if b64 is None else b64[i], eps)
+                       for i in range(x.shape[0])])
+    y64.backward(dy.double())
+    return y64.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def _run_packed_case(runs, lead, n, dtype, residual, wdtype=None, seed=0, weight=True, bias=True):
+    wdtype = wdtype or dtype
+    x, r, w, b, dy = _packed_inputs(runs, lead, n, dtype, residual, wdtype, seed, weight, bias)
+    y = layer_norm(x, w, b, 1e-5, residual=r)
+    wanted = [t for t in (x, r, w, b) if t is not None]
+    grads = iter(torch.autograd.grad(y, wanted, dy))
+    got = [next(grads) if t is not None else None for t in (x, r, w, b)]
+    y64, ref = _per_run_float64(x, r, w, b, dy)
+    assert y.shape == x.shape and y.dtype == dtype
+    _close("y", y.detach(), y64, dtype)
+    for name, t, gt, rf in zip(("dx", "dresidual", "dweight", "dbias"), (x, r, w, b), got, ref):
+        if t is not None:
+            assert gt.shape == t.shape and gt.dtype == t.dtype, (name, gt.shape, gt.dtype)
+            _close(name, gt, rf, dtype)
+    return x, r, w, b, dy, y, got
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+@pytest.mark.parametrize("rows", [1, 7, 37])
+@pytest.mark.parametrize("n", [7, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+def test_packed_runs_against_per_run_layer_norm(runs, rows, n, dtype, residual):
+    """Packed weight/bias (R, N) with strided run axes: forward and every gradient against a loop over
+    the runs of F.layer_norm. rows 37 at n 100 (BLOCK_M 16): three tiles per run, the last partial, and
+    two backward programs per run whose row ranges end inside a tile."""
+    _run_packed_case(runs, (rows,), n, dtype, residual)
+
+
+def test_packed_runs_batched_shape_and_fp32_weights_with_bf16_activations():
+    _run_packed_case(3, (2, 5), 48, torch.bfloat16, True, wdtype=torch.float32, seed=1)
+    _run_packed_case(2, (), 33, torch.float32, True, seed=2)  # x (R, N): one row per run
+
+
+@pytest.mark.parametrize("weight,bias", [(True, False), (False, True)])
+def test_packed_runs_with_weight_or_bias_none(weight, bias):
+    _run_packed_case(3, (7,), 40, torch.float32, True, seed=3, weight=weight, bias=bias)
+
+
+def test_packed_runs_match_solo_kernel_runs():
+    """Each packed run is its solo run: y and dx bitwise, dweight/dbias to fp32 rounding (the backward's
+    partial sums are grouped differently)."""
+    x, r, w, b, dy, y, (dx, dr, dw, db) = _run_packed_case(3, (37,), 100, torch.float32, True, seed=4)
+    for i in range(3):
+        xi, ri = x[i].detach().clone().requires_grad_(), r[i].detach().clone().requires_grad_()
+        wi, bi = w[i].detach().clone().requires_grad_(), b[i].detach().clone().requires_grad_()
+        yi = layer_norm(xi, wi, bi, 1e-5, residual=ri)
+        yi.backward(dy[i])
+        assert torch.equal(y[i], yi) and torch.equal(dx[i], xi.grad) and torch.equal(dr[i], ri.grad)
+        torch.testing.assert_close(dw[i], wi.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(db[i], bi.grad, atol=1e-5, rtol=1e-5)
+
+
+class _LaunchSpy:
+    """Stands in for a kernel: records each launch's arguments, then launches it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def test_packed_fp32_weights_are_read_in_place(monkeypatch):
+    """The strided (R, N) fp32 weight and bias reach the kernels as they are (no copy), with their run strides."""
+    fwd, bwd = _LaunchSpy(ln_mod._layer_norm_fwd_kernel), _LaunchSpy(ln_mod._layer_norm_bwd_kernel)
+    monkeypatch.setattr(ln_mod, "_layer_norm_fwd_kernel", fwd)
+    monkeypatch.setattr(ln_mod, "_layer_norm_bwd_kernel", bwd)
+    _, _, w, b, _, _, _ = _run_packed_case(3, (7,), 20, torch.float32, False, seed=5)
+    (args, kwargs), = fwd.calls
+    assert args[2].data_ptr() == w.data_ptr() and args[3].data_ptr() == b.data_ptr()
+    assert args[-2:] == (w.stride(0), b.stride(0)) == (57, 43) and kwargs["PACKED"]
+    (args, kwargs), = bwd.calls
+    assert args[2].data_ptr() == w.data_ptr() and args[-1] == 57 and kwargs["PACKED"]
+
+
+def test_packed_reference_is_a_layer_norm_per_run():
+    g = torch.Generator().manual_seed(6)
+    x, r = torch.randn(3, 4, 5, 33, generator=g, dtype=torch.float64), torch.randn(3, 4, 5, 33, generator=g,
+                                                                                  dtype=torch.float64)
+    lns = [torch.nn.LayerNorm(33, eps=1e-5, dtype=torch.float64) for _ in range(3)]
+    for ln in lns:
+        torch.nn.init.normal_(ln.weight, generator=g)
+        torch.nn.init.normal_(ln.bias, generator=g)
+    w, b = torch.stack([ln.weight for ln in lns]), torch.stack([ln.bias for ln in lns])
+    expected = torch.stack([ln(x[i] + r[i]) for i, ln in enumerate(lns)])
+    torch.testing.assert_close(layer_norm_reference(x, w, b, 1e-5, residual=r), expected)
+    torch.testing.assert_close(layer_norm_reference(x, None, b, 1e-5),
+                               torch.stack([torch.nn.functional.layer_norm(x[i], (33,), None, b[i], 1e-5)
+                                            for i in range(3)]))
+
+
+def test_packed_cpu_without_interpreter_runs_the_reference(monkeypatch):
+    monkeypatch.setattr(ln_mod, "use_triton", lambda *t: False)
+    g = torch.Generator().manual_seed(7)
+    x, w, b = torch.randn(2, 3, 16, generator=g), torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
+    assert torch.equal(layer_norm(x, w, b, 1e-5), layer_norm_reference(x, w, b, 1e-5))
+
+
+def test_packed_empty_runs():
+    """Runs with no rows: an empty output, zero (R, N) weight and bias gradients."""
+    x = torch.randn(3, 0, 24, requires_grad=True)
+    w, b = torch.randn(3, 24, requires_grad=True), torch.randn(3, 24, requires_grad=True)
+    y = layer_norm(x, w, b)
+    y.backward(torch.randn(3, 0, 24))
+    assert y.shape == (3, 0, 24)
+    assert w.grad.shape == b.grad.shape == (3, 24) and not w.grad.any() and not b.grad.any()
+
+
+def test_packed_unsupported_inputs_raise_value_error():
+    x = torch.randn(3, 4, 16)
+    w, b = torch.ones(3, 16), torch.zeros(3, 16)
+    with pytest.raises(ValueError, match="must both be 1-D"):
+        layer_norm(x, w, torch.zeros(16))
+    with pytest.raises(ValueError, match="disagree on the number of packed runs"):
+        layer_norm(x, w, torch.zeros(2, 16))
+    with pytest.raises(ValueError, match=r"need x of shape \(3, \.\.\., 16\)"):
+        layer_norm(torch.randn(2, 4, 16), w, b)
+    with pytest.raises(ValueError, match=r"need x of shape"):
+        layer_norm(torch.randn(16), w, None)
+    with pytest.raises(ValueError, match="weight has shape"):
+        layer_norm(x, torch.ones(3, 15), b)
+    with pytest.raises(ValueError, match="bias has shape"):
+        layer_norm(x, None, torch.zeros(3, 2, 16))
+
+
+def test_compile_specs_cover_packed_runs():
+    shipped = {(s.fn, s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.constexprs["HAS_RESIDUAL"],
+                s.constexprs["PACKED"], s.signature["X"], s.num_warps) for s in ln_mod.compile_specs()}
+    for n in list(range(1, 70)) + [127, 128, 129, 768, 1000, 2049, 4096]:
+        block_n, block_m, fwd_warps, bwd_warps = ln_mod._config(n)
+        for fn, warps in ((ln_mod._layer_norm_fwd_kernel, fwd_warps), (ln_mod._layer_norm_bwd_kernel, bwd_warps)):
+            for has_res in (False, True):
+                for packed in (False, True):
+                    for ty in ("*fp32", "*bf16", "*fp16"):
+                        assert (fn, block_m, block_n, has_res, packed, ty, warps) in shipped, n

@@ -74,11 +74,12 @@ class RunLock:
     """
 
     def __init__(self, run_dir: Path):
+        self._fd: int | None = None  # set before anything can raise: __del__ releases whatever was taken
         if run_dir.exists() and not run_dir.is_dir():
             raise UsageError(f"--out {run_dir} is a file, not a directory; choose another --out")
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise UsageError(f"cannot create --out {run_dir} ({e.strerror}); choose another --out") from None
         try:

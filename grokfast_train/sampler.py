@@ -70,3 +70,48 @@ class EpochSampler:
         if state["perm"].numel():
             self.perm.copy_(state["perm"])
         self.offset.fill_(offset % self.n)
+
+
+class PackSampler:
+    """The samplers of R packed runs, drawn by one device-side gather per step.
+
+    Run r keeps an ordinary ``EpochSampler`` (its own subset size, batch, seed and epoch order: what
+    its solo run draws), but that sampler's permutation and offset are views into (R, n_max) and (R,)
+    buffers, so ``next_indices`` serves every run at once. A run's batch may be smaller than the
+    widest (full-batch runs over different subset sizes): its lanes past its batch are padding,
+    ``valid`` is False there and the loss and metrics weigh them 0.
+    """
+
+    def __init__(self, sizes: list[int], batch_size: int | None, seeds: list[int], device: torch.device,
+                 order: str = "shuffle"):
+        """``batch_size`` None: each run's whole subset every step (full batch)."""
+        self.runs = [EpochSampler(n, n if batch_size is None else batch_size, s, device, order)
+                     for n, s in zip(sizes, seeds)]
+        self.order = order
+        R, n_max = len(sizes), max(sizes)
+        self.perm = torch.zeros(R, n_max, dtype=torch.long, device=device)
+        self.offset = torch.zeros(R, dtype=torch.long, device=device)
+        for r, s in enumerate(self.runs):
+            self.perm[r, :s.n].copy_(s.perm)
+            s.perm, s.offset = self.perm[r, :s.n], self.offset[r]  # the run's state now lives in the pack's rows
+        self.batch = torch.tensor([s.batch_size for s in self.runs], device=device)
+        self.n = torch.tensor([s.n for s in self.runs], device=device)
+        self.width = max(s.batch_size for s in self.runs)
+        self._lanes = torch.arange(self.width, device=device)
+        self.valid = self._lanes < self.batch[:, None]  # (R, width)
+
+    def prepare(self, step: int) -> None:
+        for s in self.runs:
+            s.prepare(step)
+
+    def steps_to_epoch(self, step: int) -> int | None:
+        """Steps until some run starts a shuffled epoch (host work), or None for the cyclic order."""
+        if self.order != "shuffle":
+            return None
+        return min((step // s.batches_per_epoch + 1) * s.batches_per_epoch for s in self.runs) - step
+
+    def next_indices(self) -> torch.Tensor:
+        """(R, width) indices into each run's training subset (device ops only)."""
+        idx = self.perm.gather(1, (self.offset[:, None] + self._lanes) % self.n[:, None])
+        self.offset.add_(self.batch).remainder_(self.n)
+        return idx

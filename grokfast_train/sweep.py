@@ -11,7 +11,12 @@ in the same directory is refused. A run is trained by one process at a time (``r
 so a sweep launched twice, or a Ray task retried while its first attempt still runs, never trains
 a run twice at once: the second finds the lock held and leaves the run to the first.
 
-Executors: ``local`` runs one run after another, or ``--jobs N`` worker processes with the
+Packing (``--pack auto|off|N``): the runs that share a model shape, batch rule and step count (and
+stand at the same step) are trained together as one stacked model, up to N runs per pack
+(``pack.py``); each still writes its own ordinary run directory. ``auto`` packs on CUDA (sized to the
+device's memory) and not on the CPU, where a pack saves no launches.
+
+Executors: ``local`` runs one run (or pack) after another, or ``--jobs N`` worker processes with the
 machine's cores split between them; ``ray`` makes each run a Ray task (a local instance, or
 ``--ray-address``), ``--gpus-per-run`` lets several small runs share a GPU, and a task whose
 worker dies is retried and resumes from the run's last checkpoint.
@@ -42,7 +47,8 @@ AXES = {"frac": "--fracs", "train_size": "--train-sizes", "hidden": "--hidden-si
 # Settings that are not part of what the runs share: how a run is executed and shown, and where it lives.
 _NOT_SHARED = rundir.RESUMABLE | {"backend"}
 _SWEEP_ONLY = ("fracs", "train_sizes", "hidden_sizes", "layers", "seeds", "executor", "jobs", "ray_address",
-               "gpus_per_run", "threads_per_run")
+               "gpus_per_run", "threads_per_run", "pack")
+MAX_AUTO_PACK = 64  # --pack auto never packs more runs than this
 # The paper's sample-wise grids (DESIGN.md): modular training sizes 1,000..9,500 by 500; text fractions 0.1..1.0.
 DEFAULT_TRAIN_SIZES = {"modular": list(range(1000, 9501, 500))}
 DEFAULT_FRACS = [round(0.1 * i, 1) for i in range(1, 11)]
@@ -155,6 +161,38 @@ def run_status(run_dir: Path, steps: int) -> str:
     return "new"
 
 
+def _prepared(cfg: Config) -> tuple[Config, str]:
+    """A grid point's config as it will train (resumed from its checkpoint, or started over when it
+    stopped before its first), and its status (``run_status``)."""
+    run_dir = Path(cfg.out)
+    status = run_status(run_dir, cfg.steps)
+    if status == "resumable":
+        # what a resume may change (rundir.RESUMABLE) comes from this invocation; the rest from the run
+        given = {k: getattr(cfg, k) for k in rundir.RESUMABLE - {"resume", "force", "out"}}
+        cfg = dataclasses.replace(rundir.merge_for_resume(rundir.saved_config(run_dir), given), out=str(run_dir))
+    elif status == "partial":
+        cfg = dataclasses.replace(cfg, force=True)  # stopped before its first checkpoint: start it over
+    return cfg, status
+
+
+def _log_file(run_dir: Path):
+    """run_dir/train.log, appended to across sessions: the run's own lines when a sweep trains it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return open(run_dir / "train.log", "a")
+
+
+def _writer(f) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        f.write(line + "\n")
+        f.flush()
+
+    return log
+
+
+def _skipped(run_dir: Path) -> dict[str, Any]:
+    return {"name": run_dir.name, "status": "skipped", "summary": json.loads((run_dir / rundir.SUMMARY).read_text())}
+
+
 def train_point(cfg_dict: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
     """Train one grid point to the end, resuming it if it has a checkpoint; never raises for a bad run.
 
@@ -170,25 +208,13 @@ def train_point(cfg_dict: dict[str, Any], threads: int | None = None) -> dict[st
     cfg = Config.from_dict(cfg_dict)
     run_dir = Path(cfg.out)
     result: dict[str, Any] = {"name": run_dir.name}
-    status = run_status(run_dir, cfg.steps)
-    if status == "done":
-        return {**result, "status": "skipped", "summary": json.loads((run_dir / rundir.SUMMARY).read_text())}
     started = time.perf_counter()
     try:
-        if status == "resumable":
-            # what a resume may change (rundir.RESUMABLE) comes from this invocation; the rest from the run
-            given = {k: getattr(cfg, k) for k in rundir.RESUMABLE - {"resume", "force", "out"}}
-            cfg = dataclasses.replace(rundir.merge_for_resume(rundir.saved_config(run_dir), given), out=str(run_dir))
-        elif status == "partial":
-            cfg = dataclasses.replace(cfg, force=True)  # stopped before its first checkpoint: start it over
-        log_path = run_dir / "train.log"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as log_file:
-            def log(line: str) -> None:
-                log_file.write(line + "\n")
-                log_file.flush()
-
-            summary = Run(cfg, log=log).fit()
+        cfg, status = _prepared(cfg)
+        if status == "done":
+            return _skipped(run_dir)
+        with _log_file(run_dir) as log_file:
+            summary = Run(cfg, log=_writer(log_file)).fit()
     except RunLocked as e:
         return {**result, "status": "locked", "error": str(e)}
     except GrokfastError as e:
@@ -199,15 +225,124 @@ def train_point(cfg_dict: dict[str, Any], threads: int | None = None) -> dict[st
     return {**result, "status": "done", "summary": summary, "wall_s": wall}
 
 
+def train_unit(cfg_dicts: list[dict[str, Any]], threads: int | None = None) -> list[dict[str, Any]]:
+    """Train one unit of work -- a single point, or a pack of points trained as one model -- and return
+    each point's result as ``train_point`` does. A pack leaves out what is finished, what another
+    process holds (``locked``) and what cannot join it, and trains the rest together."""
+    if len(cfg_dicts) == 1:
+        return [train_point(cfg_dicts[0], threads)]
+    import torch
+
+    from .pack import PackedRun
+
+    if threads:
+        torch.set_num_threads(threads)
+    results, members = [], []
+    for d in cfg_dicts:
+        cfg = Config.from_dict(d)
+        try:
+            cfg, status = _prepared(cfg)
+        except GrokfastError as e:
+            results.append({"name": Path(cfg.out).name, "status": "failed", "error": str(e)})
+            continue
+        if status == "done":
+            results.append(_skipped(Path(cfg.out)))
+        else:
+            members.append(cfg)
+    while members:
+        started = time.perf_counter()
+        files = [_log_file(Path(c.out)) for c in members]
+        try:
+            outcomes = PackedRun(members, log=lambda line: None, run_logs=[_writer(f) for f in files]).fit()
+        except RunLocked as e:
+            # one member is being trained elsewhere: leave it to that process, pack the others
+            held = next((c for c in members if str(Path(c.out)) in str(e)), members[0])
+            results.append({"name": Path(held.out).name, "status": "locked", "error": str(e)})
+            members = [c for c in members if c is not held]
+            continue
+        except GrokfastError as e:
+            results += [{"name": Path(c.out).name, "status": "failed", "error": str(e)} for c in members]
+            break
+        finally:
+            for f in files:
+                f.close()
+        wall = time.perf_counter() - started
+        for c, out in zip(members, outcomes):
+            name = Path(c.out).name
+            if out is None:
+                results.append({"name": name, "status": "interrupted", "wall_s": wall})
+            elif "error" in out:
+                results.append({"name": name, "status": "failed", "error": out["error"]})
+            else:
+                results.append({"name": name, "status": "done", "summary": out, "wall_s": wall, "packed": len(members)})
+        break
+    return results
+
+
+def plan_units(configs: list[Config], pack: str | int, device: str) -> list[list[Config]]:
+    """The sweep's work as units: one run each (``pack`` off), or packs of the runs that can train
+    together (``pack.pack_key`` and the step they stand at), at most ``pack`` (or the auto width) each."""
+    import torch
+
+    from .pack import pack_key
+
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if pack == "off" or (pack == "auto" and not on_cuda) or len(configs) < 2:
+        return [[c] for c in configs]
+    groups: dict[tuple, list[Config]] = {}
+    for c in configs:
+        prepared, _ = _prepared(c)
+        groups.setdefault((pack_key(dataclasses.replace(prepared, resume=False, force=False)), _start_step(c)),
+                          []).append(c)
+    units = []
+    for members in groups.values():
+        width = pack if isinstance(pack, int) else auto_pack_width(members[0], len(members))
+        units += [members[i:i + width] for i in range(0, len(members), width)]
+    return units
+
+
+def _start_step(cfg: Config) -> int:
+    """The step a grid point resumes from: its checkpoint's, or 0."""
+    import torch
+
+    path = Path(cfg.out) / CHECKPOINT
+    if run_status(Path(cfg.out), cfg.steps) != "resumable":
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:
+        return -1  # unreadable: its own unit, where the run reports the problem
+
+
+def auto_pack_width(cfg: Config, count: int) -> int:
+    """Runs per pack on CUDA: what fits in half the free device memory, by a rough per-run estimate
+    (weights, gradients, AdamW + filter state, and the step's activations), at most MAX_AUTO_PACK."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    seq = 256 if cfg.max_len is None else cfg.max_len
+    if cfg.dataset == "modular":
+        from .data.modular import pool_size
+
+        seq, vocab = 7, cfg.p + 4
+        batch = pool_size(cfg.p, cfg.op) if cfg.batch_size == "full" else cfg.batch_size
+    else:
+        vocab, batch = cfg.vocab_size or 30522, cfg.batch_size
+    params = (vocab + seq) * cfg.hidden + cfg.n_layers * (4 * cfg.hidden ** 2 + 2 * cfg.hidden * cfg.ffn)
+    activations = batch * seq * (12 * cfg.hidden + 2 * cfg.ffn) * cfg.n_layers * 4
+    per_run = 24 * params + activations
+    return max(1, min(MAX_AUTO_PACK, count, int(free * 0.5 // per_run)))
+
+
 # ---------------------------------------------------------------------------------- executors
 
 
-def _run_local(configs: list[dict], threads: int, jobs: int, stop: StopFlag) -> Iterator[dict]:
+def _run_local(units: list[list[dict]], threads: int, jobs: int, stop: StopFlag) -> Iterator[list[dict]]:
     if jobs == 1:
-        for cfg in configs:
+        for unit in units:
             if stop.set:
                 return
-            yield train_point(cfg, threads)
+            yield train_unit(unit, threads)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -215,10 +350,10 @@ def _run_local(configs: list[dict], threads: int, jobs: int, stop: StopFlag) -> 
     # Never more tasks handed out than workers: after a Ctrl-C nothing new starts.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_ignore_sigint) as pool:
-        pending, queue = set(), list(configs)
+        pending, queue = set(), list(units)
         while queue or pending:
             while queue and len(pending) < jobs and not stop.set:
-                pending.add(pool.submit(train_point, queue.pop(0), threads))
+                pending.add(pool.submit(train_unit, queue.pop(0), threads))
             if not pending:
                 return
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -231,7 +366,8 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_ray(configs: list[dict], threads: int, gpus: float, address: str | None, stop: StopFlag) -> Iterator[dict]:
+def _run_ray(units: list[list[dict]], threads: int, gpus: float, address: str | None,
+             stop: StopFlag) -> Iterator[list[dict]]:
     try:
         import ray
     except ImportError:
@@ -240,8 +376,8 @@ def _run_ray(configs: list[dict], threads: int, gpus: float, address: str | None
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     # max_retries: a task whose worker dies is run again; train_point resumes it from its checkpoint.
-    task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=3)(train_point)
-    pending = [task.remote(cfg, threads) for cfg in configs]
+    task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=3)(train_unit)
+    pending = [task.remote(unit, threads) for unit in units]
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -323,6 +459,8 @@ def _result_line(r: dict, index: int, total: int) -> str:
     if r["status"] in ("done", "skipped"):
         s = r["summary"]
         tail = f"; {r['wall_s']:.0f} s" if "wall_s" in r else " (finished earlier)"
+        if r.get("packed"):
+            tail += f" (a pack of {r['packed']})"
         return f"{head}{landmarks_text(s)}; best test acc {s['best_test_acc']:.3f}{tail}"
     if r["status"] == "locked":
         return f"{head}left alone: {r['error']}"
@@ -362,33 +500,42 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
 
     executor, jobs = given.get("executor", "local"), given.get("jobs", 1)
     threads = given.get("threads_per_run") or max(1, (os.cpu_count() or 1) // jobs)
-    todo = [dataclasses.asdict(c) for p, c in zip(points, configs) if statuses[p.name] != "done"]
+    todo = [c for p, c in zip(points, configs) if statuses[p.name] != "done"]
+    units = plan_units(todo, given.get("pack", "auto"), configs[0].device)
     finished_before = len(points) - len(todo)
+    packs = [len(u) for u in units if len(u) > 1]
     log(f"sweep {sweep_dir}: {len(points)} runs ({finished_before} finished before, {len(todo)} to train) on "
         f"{executor}" + (f", {jobs} at a time" if executor == "local" and jobs > 1 else "") +
-        f", {threads} thread{'s' * (threads > 1)} per run")
+        f", {threads} thread{'s' * (threads > 1)} per run" +
+        (f"; packed: {len(packs)} pack{'s' * (len(packs) > 1)} of {'/'.join(map(str, sorted(set(packs))))} runs"
+         if packs else ""))
     started, walls, counts = time.perf_counter(), [], {"done": 0, "interrupted": 0, "locked": 0, "failed": 0}
+    unit_dicts = [[dataclasses.asdict(c) for c in u] for u in units]
+    i = 0
     with StopFlag() as stop:  # Ctrl-C: runs in progress checkpoint by their own handlers; nothing new starts
         if executor == "ray":
-            results = _run_ray(todo, threads, given.get("gpus_per_run", 0.0), given.get("ray_address"), stop)
+            results = _run_ray(unit_dicts, threads, given.get("gpus_per_run", 0.0), given.get("ray_address"), stop)
         else:
-            results = _run_local(todo, threads, jobs, stop)
-        for i, r in enumerate(results, 1):
-            status = "done" if r["status"] == "skipped" else r["status"]
-            counts[status] += 1
-            if status == "interrupted":
-                stop.set = True  # the run took the Ctrl-C; start no other
-            book.set(r["name"], {"locked": "running elsewhere"}.get(status, status), r.get("error"))
+            results = _run_local(unit_dicts, threads, jobs, stop)
+        for units_done, unit_results in enumerate(results, 1):
+            for r in unit_results:
+                i += 1
+                status = "done" if r["status"] == "skipped" else r["status"]
+                counts[status] += 1
+                if status == "interrupted":
+                    stop.set = True  # the run took the Ctrl-C; start no other
+                book.set(r["name"], {"locked": "running elsewhere"}.get(status, status), r.get("error"))
+                log(_result_line(r, finished_before + i, len(points)))
             book.save()
-            if "wall_s" in r and status == "done":
-                walls.append(r["wall_s"])
-            log(_result_line(r, finished_before + i, len(points)))
-            left = len(todo) - i
+            walls += [max(r["wall_s"] for r in unit_results if "wall_s" in r)] if any(
+                "wall_s" in r and r["status"] == "done" for r in unit_results) else []
+            left = len(units) - units_done
             if left and walls and not stop.set:
                 parallel = min(left, jobs if executor == "local" else max(1, (os.cpu_count() or 1) // threads))
                 eta = sum(walls) / len(walls) * left / parallel
-                log(f"sweep: {finished_before + counts['done']} done, {parallel} running, "
-                    f"{left - parallel} waiting; ETA {eta / 60:.1f} min")
+                log(f"sweep: {finished_before + counts['done']} done, {len(todo) - i} to go "
+                    f"({left} {'pack' if packs else 'run'}{'s' * (left > 1)}, {parallel} at a time); "
+                    f"ETA {eta / 60:.1f} min")
     wall = time.perf_counter() - started
     done = finished_before + counts["done"]
     log(f"sweep done: {done}/{len(points)} runs finished in {wall:.0f} s"
@@ -414,7 +561,22 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--jobs", type=int, help="local: runs at once, each in its own process (default 1)")
     e.add_argument("--threads-per-run", type=int, help="CPU threads per run (default: cores / jobs)")
     e.add_argument("--ray-address", help="ray: address of an existing cluster (default: start a local instance)")
-    e.add_argument("--gpus-per-run", type=float, help="ray: GPU share per run, e.g. 0.25 (default 0)")
+    e.add_argument("--gpus-per-run", type=float, help="ray: GPU share per run (per pack), e.g. 0.25 (default 0)")
+    e.add_argument("--pack", type=_pack_width, help="train runs of one shape as one stacked model: auto (default: "
+                                                    "on CUDA, sized to its memory; off on CPU), off, or N (at most "
+                                                    "N runs per pack)")
+
+
+def _pack_width(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a positive integer, got {text!r}")
+    return n
 
 
 def validate_execution(given: dict[str, Any]) -> None:

@@ -309,7 +309,42 @@ SWEEP_REPORT_MUTANTS: list[Mutant] = [
       "highest point: the lowest threshold step instead of the highest", [T_ANALYSIS, T_REPORT]),
 ]
 
-ALL = MUTANTS + SWEEP_REPORT_MUTANTS
+T_PACK = "tests/trainer/test_pack.py"
+T_PADAMW = "tests/kernels/test_packed_adamw.py"
+
+# Packed runs: each bug would make a packed run differ from its solo run.
+PACK_MUTANTS: list[Mutant] = [
+    M("P1", "pack", "grokfast_train/sampler.py",
+      ("idx = self.perm.gather(1, (self.offset[:, None] + self._lanes) % self.n[:, None])",
+       "idx = self.perm.gather(1, (self.offset[:, None] + self._lanes) % self.n.max())"),
+      "pack sampler: every run wraps at the largest subset's size", [T_PACK]),
+    M("P2", "pack", "grokfast_train/pack.py",
+      ("self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()",
+       "self.weights = (self.sampler.valid / self.sampler.width).float()"),
+      "pack loss: padded batches averaged over the widest batch", [T_PACK]),
+    M("P3", "pack", "grokfast_train/models/runs.py",
+      ("rows = torch.where((ids == self.padding_idx).unsqueeze(-1), rows.detach(), rows)", "pass"),
+      "packed embedding: the padding row gets a gradient", [T_PACK]),
+    M("P4", "pack", "kernels/packed_adamw.py",
+      ("self._run_of = torch.arange(R, dtype=torch.int32).repeat_interleave(programs_per_run).to(device)",
+       "self._run_of = torch.arange(R, dtype=torch.int32).flip(0).repeat_interleave(programs_per_run).to(device)"),
+      "packed AdamW kernel: blocks read another run's hyperparameters", [T_PADAMW, T_PACK]),
+    M("P5", "pack", "kernels/packed_adamw.py",
+      ("h.mul_(col(ga)).add_(g * col(1.0 - ga))", "h.mul_(col(ga)).add_(g * col(ga))"),
+      "packed AdamW rows: Grokfast EMA weighs the new gradient by alpha", [T_PADAMW]),
+    M("P6", "pack", "grokfast_train/pack.py",
+      ('"model": run_state(self.model, r),', '"model": run_state(self.model, 0),'),
+      "pack checkpoint: every run saves the first run's weights", [T_PACK]),
+    M("P7", "pack", "grokfast_train/pack.py",
+      ("self.opt.set_step_count(self.step)", "pass"),
+      "pack resume: the optimiser's step count restarts at 0 (bias correction of step 1)", [T_PACK]),
+    M("P8", "pack", "grokfast_train/models/ops.py",
+      ("return torch.addcmul(per_run(ln.bias, y.dim()), y, per_run(ln.weight, y.dim()))",
+       "return torch.addcmul(per_run(ln.bias, y.dim()), y, per_run(ln.weight.flip(0), y.dim()))"),
+      "packed LayerNorm: runs read each other's weights", [T_PACK]),
+]
+
+ALL = MUTANTS + SWEEP_REPORT_MUTANTS + PACK_MUTANTS
 
 
 # -- the copy ------------------------------------------------------------------------------------

@@ -28,13 +28,41 @@ class RunLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        if x.is_cuda:  # one launch for every run
+        if x.is_cuda or torch.is_autocast_enabled(x.device.type):  # one launch for every run
             y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))
         else:  # no launches to save on the CPU, where R matrix products beat one batched product (~18 %)
-            # unbind, not indexing: its backward stacks the pieces instead of zero-filling R full copies
-            y = torch.stack([nn.functional.linear(*args) for args in zip(flat.unbind(), self.weight.unbind(),
-                                                                          self.bias.unbind())])
+            y = _PerRunLinear.apply(flat, self.weight, self.bias)
         return y.view(*x.shape[:-1], y.shape[-1])
+
+
+class _PerRunLinear(torch.autograd.Function):
+    """``baddbmm(bias, x, weightᵀ)`` as R matrix products written straight into one output, and the
+    backward likewise: no stacking copies (the CPU path of ``RunLinear``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        y = x.new_empty(x.shape[0], x.shape[1], weight.shape[1])
+        for r in range(x.shape[0]):
+            torch.addmm(bias[r], x[r], weight[r].t(), out=y[r])
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            for r in range(x.shape[0]):
+                torch.mm(dy[r], weight[r], out=dx[r])
+        if ctx.needs_input_grad[1]:
+            dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+            for r in range(x.shape[0]):
+                torch.mm(dy[r].t(), x[r], out=dw[r])
+        if ctx.needs_input_grad[2]:
+            db = dy.sum(1)
+        return dx, dw, db
 
 
 class RunLayerNorm(nn.Module):

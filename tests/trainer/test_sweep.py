@@ -86,6 +86,8 @@ def test_a_different_shared_setting_is_refused(finished, capsys):
     (["--jobs", "0"], "--jobs"),
     (["--gpus-per-run", "0.5"], "--executor ray"),
     (["--resume"], "no --resume"),
+    (["--pack", "0"], "--pack"),
+    (["--pack", "wide"], "--pack"),
 ])
 def test_bad_grids_are_one_line_and_exit_2(tmp_path, capsys, args, needle):
     assert main(["sweep", "--p", "13", "--heads", "2", "--hidden", "16", "--steps", "5", *args,
@@ -194,3 +196,56 @@ def test_a_bad_value_on_an_axis_names_the_grid_point(tmp_path, capsys):
                  "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "grid point" in err and "h0" in err and "--hidden" in err
+
+
+# -- packing (--pack): the same runs, trained as one stacked model ----------------------------------
+
+
+def close_metrics(a: list[dict], b: list[dict], tol: float = 2e-4) -> bool:
+    return [r["step"] for r in a] == [r["step"] for r in b] and all(
+        x[k] == pytest.approx(y[k], rel=tol, abs=tol) for x, y in zip(a, b) for k in x)
+
+
+def test_a_packed_sweep_gives_the_runs_of_an_unpacked_one(finished, tmp_path, capsys):
+    """Full batch over 40 and 80 pairs, two seeds: one pack of four ragged runs; each run's files as solo."""
+    out = tmp_path / "k"
+    assert sweep(out, "--pack", "4") == 0
+    text = capsys.readouterr().out
+    assert "packed: 1 pack of 4 runs" in text and text.count("(a pack of 4)") == 4
+    for name in NAMES:
+        assert close_metrics(metrics(out / name), metrics(finished / name)), name
+        assert sorted(f.name for f in (out / name).iterdir()) == sorted(f.name for f in (finished / name).iterdir())
+    assert summaries(out) == summaries(finished)
+    # --pack 3: packs of at most three; auto on the CPU: none
+    assert sweep(tmp_path / "k3", "--pack", "3") == 0
+    assert "packed: 1 pack of 3 runs" in capsys.readouterr().out  # and one run alone
+    assert sweep(tmp_path / "auto") == 0
+    assert "packed:" not in (text := capsys.readouterr().out) and "(a pack of" not in text
+
+
+def test_a_packed_sweep_leaves_a_run_held_elsewhere_and_packs_the_rest(finished, tmp_path, capsys):
+    out = tmp_path / "s"
+    held = RunLock(out / NAMES[2])
+    try:
+        assert sweep(out, "--pack", "4") == 1
+    finally:
+        held.release()
+    text = capsys.readouterr().out
+    assert "left alone" in text and text.count("(a pack of 3)") == 3
+    assert not (out / NAMES[2] / "metrics.jsonl").exists()
+    assert sweep(out, "--pack", "4") == 0  # the fourth run alone now
+    for name in NAMES:
+        assert close_metrics(metrics(out / name), metrics(finished / name)), name
+
+
+def test_an_extended_packed_sweep_resumes_its_runs_in_a_pack(finished, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert sweep(out, "--pack", "4") == 0
+    longer = ["sweep", *TINY, *GRID, "--out", str(out), "--pack", "4"]
+    longer[longer.index("30")] = "50"
+    assert main(longer) == 0
+    assert capsys.readouterr().out.count("(a pack of 4)") == 8
+    for name in NAMES:
+        rows = metrics(out / name)
+        assert [r["step"] for r in rows] == [10, 20, 30, 40, 50]
+        assert "resuming" in (out / name / "train.log").read_text()

@@ -1,0 +1,433 @@
+"""Packed runs: R same-shape runs trained as one stacked model, each indistinguishable from its solo run.
+
+``PackedRun(cfgs).fit()`` trains the runs ``cfgs`` describe (one resolved ``Config`` each, each with
+its own ``out``) together: one model whose every parameter is (R, ...) (``models/runs.py``), one
+``PackSampler`` gather per step, one ``PackedAdamW`` launch, metrics summed per run on the device.
+What may differ between the runs: the seed, the training subset (``--frac`` / ``--train-size``),
+``--init-scale`` / ``--init-std``, lr, weight decay, betas, eps and the Grokfast filter. Everything
+that fixes the step's shapes and schedule must match (``pack_key``).
+
+Each run stays an ordinary run directory, written by the same rules as a solo run: config.json,
+metrics.jsonl, summary.json, train.log, and checkpoint.pt in the solo format (its own weights,
+optimiser state, sampler and meter) -- so ``report`` cannot tell packed from solo, and a packed run
+resumes solo, or in another pack, and vice versa. A run that goes non-finite is frozen (its slice
+zeroed, its lr 0) and reported as failed, with its last good checkpoint kept, while the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels.packed_adamw import PackedAdamW
+
+from . import graph, precision, rundir
+from .checkpoint import load_checkpoint, save_checkpoint, save_json
+from .config import FULL_BATCH, Config
+from .data import TaskData, load_task
+from .errors import RunError, UsageError
+from .interrupt import StopFlag
+from .loggers import open_loggers
+from .metrics import landmarks_text, summarize
+from .models import build_model, resolve_backend
+from .models.runs import run_state, stack_states
+from .optim import build_optimizer
+from .progress import Reporter, format_eval
+from .sampler import PackSampler
+from .train import _Milestones, _rewrite_jsonl, check_backend, resolve_device
+
+# Settings that may differ between the runs of one pack; every other setting is shared.
+PER_RUN = {"frac", "train_size", "seed", "init_scale", "init_std", "lr", "weight_decay", "betas", "eps",
+           "grokfast_alpha", "grokfast_lamb", "out"} | rundir.RESUMABLE
+
+
+def pack_key(cfg: Config) -> tuple:
+    """Runs with equal keys can share a pack: same model, data, batch rule, schedule, device and dtype."""
+    values = dataclasses.asdict(cfg)
+    return tuple((k, json.dumps(v)) for k, v in sorted(values.items()) if k not in PER_RUN)
+
+
+class _Member:
+    """One run of a pack: its directory, lock, log, history and fate."""
+
+    def __init__(self, cfg: Config, log: Callable[[str], None]):
+        self.cfg, self.log = cfg, log
+        self.dir = Path(cfg.out)
+        self.lock: rundir.RunLock | None = None
+        self.history: list[dict] = []
+        self.elapsed_s = 0.0
+        self.saved_step: int | None = None
+        self.error: str | None = None  # set when the run went non-finite (it is frozen)
+        self.loggers: list = []
+        self.marks: _Milestones | None = None
+        self.metrics_file = None
+        self.summary: dict | None = None
+
+
+class PackedRun:
+    def __init__(self, cfgs: list[Config], log: Callable[[str], None] = print,
+                 run_logs: list[Callable[[str], None]] | None = None, tasks: list[TaskData] | None = None):
+        """``log``: the pack's own lines (progress); ``run_logs[r]``: run r's lines (its train.log in a sweep);
+        ``tasks``: each run's data already in hand (a benchmark), instead of loading it."""
+        if not cfgs:
+            raise ValueError("a pack needs at least one run")
+        self.log = log
+        self.device = resolve_device(cfgs[0].device)
+        resolved = []
+        for c in cfgs:
+            c = dataclasses.replace(c, device=self.device.type)
+            c = dataclasses.replace(c, backend=check_backend(resolve_backend(c), self.device))
+            resolved.append(dataclasses.replace(c, cuda_graph=graph.resolve_mode(c.cuda_graph, self.device, c.backend)))
+        keys = {pack_key(c) for c in resolved}
+        if len(keys) > 1:
+            a, b = (dict(k) for k in list(keys)[:2])
+            k = next(k for k in a if a[k] != b.get(k))
+            raise UsageError(f"runs of one pack must share {k} (got {a[k]} and {b[k]})")
+        if len({c.out for c in resolved}) != len(resolved):
+            raise UsageError("runs of one pack need distinct --out directories")
+        self.cfg = resolved[0]  # the shared settings (GraphSteps reads eval_every from here)
+        logs = run_logs or [log] * len(resolved)
+        self.members = [_Member(c, lg) for c, lg in zip(resolved, logs)]
+        try:
+            for m in self.members:
+                m.lock = rundir.prepare(m.dir, m.cfg.resume, m.cfg.force)
+            self._build(tasks)
+        except BaseException:
+            self._release()
+            raise
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _build(self, given: list[TaskData] | None) -> None:
+        cfg, dev, R = self.cfg, self.device, len(self.members)
+        tasks = []
+        for r, m in enumerate(self.members):
+            m.log(m.cfg.describe())
+            t = given[r] if given is not None else load_task(m.cfg, log=m.log)
+            m.log(f"train {t.train_x.shape[0]:,} of a pool of {t.pool_size:,}; test {t.test_x.shape[0]:,}; "
+                  f"sequence length {t.seq_len}; packed with {R - 1} other run{'s' * (R != 2)}")
+            tasks.append(t)
+        first = tasks[0]
+        for t in tasks[1:]:
+            if not (torch.equal(t.test_x, first.test_x) and torch.equal(t.test_y, first.test_y)):
+                raise UsageError("runs of one pack must share the test set")
+        # Each run's initial weights exactly as its solo run draws them (on the CPU, with its own seed).
+        solos = []
+        for m, t in zip(self.members, tasks):
+            torch.manual_seed(m.cfg.seed)
+            solo = build_model(m.cfg, t)
+            kernels.scaled_init_(solo, std=m.cfg.init_std, alpha=m.cfg.init_scale, seed=m.cfg.seed)
+            solos.append(solo)
+        # the solo optimiser's param_groups: a checkpoint written for run r is the one its solo run writes
+        self._groups = [build_optimizer(m.cfg, s, m.cfg.backend)[0].state_dict()["param_groups"]
+                        for m, s in zip(self.members, solos)]
+        model = build_model(cfg, first, runs=R)
+        model.load_state_dict(stack_states(solos))
+        self.model = model.to(dev).train()
+        del solos
+        self.opt = PackedAdamW([p for p in self.model.parameters()],
+                               [dict(lr=m.cfg.lr, betas=m.cfg.betas, eps=m.cfg.eps, weight_decay=m.cfg.weight_decay,
+                                     grokfast_alpha=m.cfg.grokfast_alpha, grokfast_lamb=m.cfg.grokfast_lamb)
+                                for m in self.members])
+        # The training sets one after another; run r's subset row i is row base[r] + i.
+        sizes = [t.train_x.shape[0] for t in tasks]
+        self.base = torch.tensor([sum(sizes[:r]) for r in range(R)], device=dev)[:, None]
+        self.train_x = torch.cat([t.train_x for t in tasks]).to(dev)
+        self.train_y = torch.cat([t.train_y for t in tasks]).to(dev)
+        self.train_mask = None if first.train_mask is None else torch.cat([t.train_mask for t in tasks]).to(dev)
+        self.task: TaskData = dataclasses.replace(first, train_x=first.train_x[:0], train_y=first.train_y[:0],
+                                                  train_mask=None).to(dev)  # the shared test set
+        self.sources = [t.source for t in tasks]
+        self.sampler = PackSampler(sizes, None if cfg.batch_size == FULL_BATCH else cfg.batch_size,
+                                   [m.cfg.seed for m in self.members], dev, cfg.order)
+        batch = self.sampler.batch.to(torch.float64)
+        self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()  # per-lane loss weights
+        self.batch_sizes = batch
+        self.sums = torch.zeros(R, 3, dtype=torch.float64, device=dev)  # per run: loss sum, correct, examples
+        self.active = list(range(R))
+        self.step = 0
+        if cfg.cuda_graph == "on":
+            self.stepper = graph.GraphSteps(self)
+        else:
+            self.stepper = graph.EagerSteps(self)
+
+    def autocast(self):
+        return precision.autocast(self.device, self.cfg.dtype)
+
+    # -- the step ----------------------------------------------------------------------------
+    def train_step(self) -> None:
+        idx = self.sampler.next_indices() + self.base  # (R, width) rows of the concatenated training sets
+        x, y = self.train_x[idx], self.train_y[idx]
+        mask = None if self.train_mask is None else self.train_mask[idx]
+        with self.autocast():
+            logits = self.model(x, mask)  # (R, width, classes)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+        losses = (ce * self.weights).sum(1)  # each run's mean over its own batch
+        self.opt.zero_grad()
+        losses.sum().backward()  # runs share no weight: each gets the gradient of its own loss
+        self.opt.step()
+        with torch.no_grad():
+            correct = ((logits.argmax(-1) == y) & self.sampler.valid).sum(1)
+            self.sums += torch.stack([losses.detach().double() * self.batch_sizes, correct.double(),
+                                      self.batch_sizes], dim=1)
+
+    def advance(self, limit: int) -> int:
+        self.sampler.prepare(self.step)
+        n = self.stepper(limit)
+        self.step += n
+        return n
+
+    def steps_to_host_work(self) -> int:
+        cfg, s = self.cfg, self.step
+        stop = min(cfg.steps, (s // cfg.eval_every + 1) * cfg.eval_every) - s
+        epoch = self.sampler.steps_to_epoch(s)
+        return stop if epoch is None else min(stop, epoch)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def test_sums(self) -> torch.Tensor:
+        """(R, 3) float64 on the device: each run's test loss sum, correct count and weight norm."""
+        task, R = self.task, len(self.members)
+        totals = torch.zeros(R, 2, dtype=torch.float64, device=self.device)
+        self.model.eval()
+        try:
+            for i in range(0, task.test_x.shape[0], self.cfg.eval_batch_size):
+                xb, yb = task.test_x[i:i + self.cfg.eval_batch_size], task.test_y[i:i + self.cfg.eval_batch_size]
+                mb = None if task.test_mask is None else task.test_mask[i:i + xb.shape[0]]
+                with self.autocast():
+                    logits = self.model(xb.expand(R, -1, -1).contiguous(),
+                                        None if mb is None else mb.expand(R, -1, -1).contiguous())
+                losses = F.cross_entropy(logits.float().flatten(0, 1), yb.repeat(R), reduction="none").view(R, -1)
+                totals += torch.stack([losses.double().sum(1), (logits.argmax(-1) == yb).sum(1).double()], dim=1)
+        finally:
+            self.model.train()
+        return torch.cat([totals, self.opt.weight_norms().double()[:, None]], dim=1)
+
+    def evaluate(self, elapsed_s: float) -> list[dict]:
+        test = self.test_sums()
+        train = self.sums.clone()
+        self.sums.zero_()
+        n = self.task.test_x.shape[0]
+        rows = []
+        for (loss_sum, correct, count), (test_loss_sum, test_correct, norm) in zip(train.tolist(), test.tolist()):
+            count = max(count, 1.0)
+            rows.append({"step": self.step, "train_acc": correct / count, "train_loss": loss_sum / count,
+                         "test_acc": test_correct / n, "test_loss": test_loss_sum / n, "weight_norm": norm,
+                         "elapsed_s": round(elapsed_s, 3)})
+        return rows
+
+    # -- each run's checkpoint, in its solo run's format ----------------------------------------
+    def run_checkpoint(self, r: int, elapsed_s: float) -> dict:
+        m, cfg = self.members[r], self.members[r].cfg
+        opt_state = self.opt.run_state(r)
+        t = self.opt.step_count
+        filtered = cfg.grokfast_alpha is not None
+        state: dict[int, dict] = {}
+        if t > 0:
+            for i, (ea, eas) in enumerate(zip(opt_state["exp_avg"], opt_state["exp_avg_sq"])):
+                state[i] = {"step": torch.tensor(float(t)), "exp_avg": ea, "exp_avg_sq": eas}
+                if cfg.backend == "triton" and "grokfast_h" in opt_state:
+                    state[i]["grokfast_h"] = opt_state["grokfast_h"][i]
+        grad_filter = None
+        if cfg.backend == "torch" and filtered:
+            grad_filter = {"alpha": cfg.grokfast_alpha, "lamb": cfg.grokfast_lamb,
+                           "h": opt_state["grokfast_h"] if t > 0 else None}
+        return {
+            "step": self.step,
+            "model": run_state(self.model, r),
+            "optimizer": {"state": state, "param_groups": self._groups[r]},
+            "grad_filter": grad_filter,
+            "sampler": self.sampler.runs[r].state_dict(),
+            "meter": {"sums": self.sums[r].cpu()},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "history": m.history,
+            "elapsed_s": elapsed_s,
+            "config": dataclasses.asdict(cfg),
+        }
+
+    @torch.no_grad()
+    def load_run_checkpoint(self, r: int, state: dict) -> None:
+        m = self.members[r]
+        try:
+            params = dict(self.model.named_parameters())
+            if set(state["model"]) != set(params):
+                raise ValueError("parameter names differ")
+            for k, v in state["model"].items():
+                params[k][r].copy_(v)
+            saved = state["optimizer"]["state"]
+            n = len(params)
+            if saved:
+                h = None
+                if m.cfg.grokfast_alpha is not None:
+                    h = (state["grad_filter"]["h"] if m.cfg.backend == "torch"
+                         else [saved[i]["grokfast_h"] for i in range(n)])
+                self.opt.load_run_state(r, {"exp_avg": [saved[i]["exp_avg"] for i in range(n)],
+                                            "exp_avg_sq": [saved[i]["exp_avg_sq"] for i in range(n)],
+                                            "grokfast_h": h})
+            t = int(float(saved[0]["step"])) if saved else 0
+            if t != state["step"]:
+                raise ValueError(f"optimiser at step {t}, run at step {state['step']}")
+            self.sampler.runs[r].load_state_dict(state["sampler"])
+            sums = state["meter"]["sums"]
+            if "count" in state["meter"]:
+                sums = torch.cat([sums, sums.new_tensor([float(state["meter"]["count"])])])
+            self.sums[r].copy_(sums)
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RunError(f"checkpoint in {m.dir} does not match this run's model or optimiser ({detail}); "
+                           f"resume it with the settings and version of grokfast-train that wrote it") from None
+        m.history, m.elapsed_s, m.saved_step = state["history"], state["elapsed_s"], state["step"]
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> list[dict | None]:
+        """Train every run to cfg.steps. Returns one entry per run: its summary, None if interrupted
+        (checkpoint saved), or {"error": message} if it went non-finite."""
+        try:
+            self._start()
+            return self._loop()
+        finally:
+            for m in self.members:
+                for logger in m.loggers:
+                    logger.close() if m.summary is None else logger.finish(m.summary)
+                if m.metrics_file is not None:
+                    m.metrics_file.close()
+            self._release()
+
+    def _release(self) -> None:
+        for m in self.members:
+            if m.lock is not None:
+                m.lock.release()
+
+    def _start(self) -> None:
+        steps = set()
+        for r, m in enumerate(self.members):
+            if m.cfg.resume:
+                self.load_run_checkpoint(r, load_checkpoint(m.dir))
+                if m.saved_step >= m.cfg.steps:
+                    raise UsageError(f"the run in {m.dir} is already at step {m.saved_step}; "
+                                     f"pass --steps larger than {m.saved_step} to extend it")
+                m.log(f"resuming {m.dir} at step {m.saved_step:,} of {m.cfg.steps:,}")
+            steps.add(m.saved_step or 0)
+        if len(steps) > 1:
+            raise UsageError(f"runs of one pack must start at the same step, not at {sorted(steps)}")
+        self.step = steps.pop()
+        self.opt.set_step_count(self.step)
+        for m in self.members:
+            save_json(m.dir / rundir.CONFIG, dataclasses.asdict(m.cfg))
+            (m.dir / rundir.SUMMARY).unlink(missing_ok=True)
+            _rewrite_jsonl(m.dir / rundir.METRICS, m.history)
+            m.marks = _Milestones(m.cfg, m.history)
+            m.loggers = open_loggers(m.cfg.log, m.dir, m.cfg, self.step)
+            m.metrics_file = open(m.dir / rundir.METRICS, "a")
+
+    def _loop(self) -> list[dict | None]:
+        cfg, R = self.cfg, len(self.members)
+        reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"pack of {R}", printer=self.log)
+        start_step, t0 = self.step, time.perf_counter()
+        interrupted = False
+        try:
+            with StopFlag() as stop:
+                while self.step < cfg.steps and self.active:
+                    self.advance(self.steps_to_host_work())
+                    now = time.perf_counter() - t0
+                    reporter.step(self.step, (self.step - start_step) / max(now, 1e-9))
+                    at_eval = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                    if at_eval:
+                        self._record(self.evaluate(now), now, reporter)
+                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set:
+                        if stop.set and not at_eval:
+                            self._freeze_non_finite_between_evals()
+                        self._save(now)
+                    if stop.set and self.step < cfg.steps:
+                        interrupted = True
+                        break
+        finally:
+            reporter.close()
+        wall = time.perf_counter() - t0
+        results: list[dict | None] = []
+        for m in self.members:
+            if m.error is not None:
+                results.append({"error": m.error})
+            elif interrupted:
+                m.log(f"interrupted at step {self.step:,}; checkpoint saved in {m.dir}")
+                results.append(None)
+            else:
+                results.append(self._finish(m, wall, start_step))
+        return results
+
+    def _record(self, rows: list[dict], now: float, reporter: Reporter) -> None:
+        for r in list(self.active):
+            m, row = self.members[r], rows[r]
+            row["elapsed_s"] = round(m.elapsed_s + now, 3)
+            if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "weight_norm")):
+                self._fail(r, row["step"])
+                continue
+            m.history.append(row)
+            m.metrics_file.write(json.dumps(row) + "\n")
+            m.metrics_file.flush()
+            for logger in m.loggers:
+                logger.log_eval(row)
+            m.log(format_eval(row, m.cfg.steps))
+            for line in m.marks.update(row):
+                m.log(line)
+        best = max((rows[r]["test_acc"] for r in self.active), default=float("nan"))
+        reporter.eval({**rows[0], "train_acc": min((rows[r]["train_acc"] for r in self.active), default=float("nan")),
+                       "test_acc": best})
+
+    def _fail(self, r: int, step: int) -> None:
+        """Run r went non-finite: freeze it, keep its last good checkpoint, go on with the others."""
+        m = self.members[r]
+        last = m.history[-1]["step"] if m.history else 0
+        kept = (f"the last good checkpoint (step {m.saved_step:,}) in {m.dir} is kept"
+                if m.saved_step is not None else "no checkpoint had been written yet")
+        m.error = (f"loss became non-finite between steps {last:,} and {step:,}; stopped, {kept}; "
+                   f"try a smaller --lr or --init-scale")
+        m.log(m.error)
+        self.opt.freeze(r)
+        self.active.remove(r)
+        self.log(f"{m.dir.name}: {m.error}; the other runs of the pack go on")
+
+    def _freeze_non_finite_between_evals(self) -> None:
+        """A Ctrl-C between eval points: never checkpoint a run whose state went non-finite."""
+        finite = torch.isfinite(self.sums).all(1) & torch.isfinite(self.opt.weight_norms())
+        for r, ok in enumerate(finite.tolist()):
+            if not ok and r in self.active:
+                self._fail(r, self.step)
+
+    def _save(self, now: float) -> None:
+        for r in self.active:
+            m = self.members[r]
+            save_checkpoint(m.dir, self.run_checkpoint(r, m.elapsed_s + now))
+            m.saved_step = self.step
+
+    def _finish(self, m: _Member, wall: float, start_step: int) -> dict:
+        m.elapsed_s += wall
+        r = self.members.index(m)
+        summary = summarize(m.history, m.cfg.mem_threshold, m.cfg.gen_threshold,
+                            steps_per_s=(self.step - start_step) / max(wall, 1e-9))
+        summary["elapsed_s"] = round(m.elapsed_s, 3)
+        summary["data"] = self.sources[r]
+        summary["train_size"] = int(self.sampler.runs[r].n)
+        save_json(m.dir / rundir.SUMMARY, summary)
+        m.summary = summary
+        m.log(f"done: {landmarks_text(summary)}; best test acc {summary['best_test_acc']:.4f}; "
+              f"{summary['steps_per_s']:.3g} steps/s (packed with {len(self.members) - 1} others); results in {m.dir}")
+        return summary
+
+
+def train_pack(cfgs: list[Config], log: Callable[[str], None] = print) -> list[dict | None]:
+    """Train the runs ``cfgs`` as one pack; see ``PackedRun.fit``."""
+    return PackedRun(cfgs, log).fit()
+
+
+def describe_pack(cfgs: list[Config]) -> str:
+    names = ", ".join(Path(c.out).name for c in cfgs[:4]) + (" ..." if len(cfgs) > 4 else "")
+    return f"pack of {len(cfgs)}: {names}"

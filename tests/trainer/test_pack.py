@@ -1,0 +1,221 @@
+"""Packed runs: every run of a pack is its solo run -- same weights, same batches, same trajectory, same files.
+
+The solo runs (``train.Run``, torch.optim.AdamW + GrokfastEMA, nn.Linear ...) are the independent
+computation the pack is compared with. In this suite ``TRITON_INTERPRET=1``, so the pack's optimiser
+runs the Triton kernel under the interpreter: a cross-implementation check as well.
+"""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from grokfast_train.config import Config, resolve
+from grokfast_train.data import load_task
+from grokfast_train.errors import UsageError
+from grokfast_train.models import build_model
+from grokfast_train.models.runs import run_state, stack_states
+from grokfast_train.pack import PackedRun
+from grokfast_train.sampler import EpochSampler, PackSampler
+from grokfast_train.train import Run
+
+KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm")
+# Runs that differ in everything a pack lets differ: subset size (full batch: 40 vs 70 vs 55 examples
+# per step, so the pack pads), seed, init scale, lr, weight decay and the Grokfast filter.
+RUNS = [dict(train_size=40, seed=0),
+        dict(train_size=70, seed=1, lr=3e-3, weight_decay=0.1),
+        dict(train_size=55, seed=2, init_scale=2.0, grokfast_alpha=0.9, grokfast_lamb=1.0)]
+
+
+def cfg(out: Path, steps: int = 30, **kw) -> Config:
+    base = dict(dataset="modular", p=13, hidden=16, heads=2, steps=steps, eval_every=10, quiet=True, out=str(out))
+    return resolve(Config(**{**base, **kw}))
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def assert_same_trajectory(a: Path, b: Path, tol: float = 2e-4) -> None:
+    ra, rb = rows(a), rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        for k in KEYS:
+            assert x[k] == pytest.approx(y[k], rel=tol, abs=tol), (a.name, x["step"], k)
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def _solo_models(cfgs, tasks):
+    solos = []
+    for c, t in zip(cfgs, tasks):
+        m = build_model(c, t)
+        kernels.scaled_init_(m, std=c.init_std, alpha=c.init_scale, seed=c.seed)
+        solos.append(m)
+    return solos
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])  # triton: the run-axis kernels, under the interpreter
+@pytest.mark.parametrize("dataset", ["modular", "imdb"])
+def test_packed_model_computes_each_runs_logits_and_gradients(dataset, backend, tmp_path):
+    torch.manual_seed(0)
+    if dataset == "modular":
+        cfgs = [cfg(tmp_path / str(i), **r) for i, r in enumerate(RUNS)]
+        tasks = [load_task(c, log=quiet) for c in cfgs]
+        x = torch.stack([t.train_x[:37] for t in tasks])
+        mask = None
+    else:  # the encoder, built directly at a small size: padding mask, pad row, 10x init, pooler
+        from grokfast_train.data.task import TaskData
+
+        cfgs = [resolve(Config(dataset="imdb", hidden=24, heads=4, ffn=40, max_len=9, init_scale=s, seed=i, frac=1.0,
+                               backend="torch")) for i, s in enumerate((10.0, 1.0, 3.0))]
+        tasks = [TaskData("imdb", "t", torch.zeros(1, 9, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                          torch.zeros(1, 9, dtype=torch.long), torch.zeros(1, dtype=torch.long), 50, 2, 0, 1, pad_id=0)
+                 for _ in cfgs]
+        x = torch.randint(1, 50, (3, 11, 9))
+        mask = torch.ones(3, 11, 9, dtype=torch.bool)
+        mask[:, :4, 6:] = False
+        x[~mask] = 0
+        x[:, :, 1] = 0  # the pad id at a real position too: its row still gets no gradient (nn.Embedding's rule)
+    solos = _solo_models(cfgs, tasks)  # the torch backend: the reference
+    packed = build_model(dataclasses.replace(cfgs[0], backend=backend), tasks[0], runs=3)
+    packed.load_state_dict(stack_states(solos))
+    logits = packed(x, mask)
+    (logits.square().sum()).backward()
+    for r, solo in enumerate(solos):
+        ref = solo(x[r], None if mask is None else mask[r])
+        torch.testing.assert_close(logits[r], ref, rtol=1e-5, atol=1e-5)
+        ref.square().sum().backward()
+        # the scale of the whole gradient: some entries (the key bias) are zero up to rounding
+        scale = max(float(q.grad.abs().max()) for q in solo.parameters())
+        for name, p in packed.named_parameters():
+            want = dict(solo.named_parameters())[name].grad
+            torch.testing.assert_close(p.grad[r], want, rtol=1e-4, atol=1e-5 * scale)
+        assert all(torch.equal(v, solo.state_dict()[k]) for k, v in run_state(packed, r).items())
+
+
+# -- the sampler -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["shuffle", "cyclic"])
+@pytest.mark.parametrize("batch", [4, None])
+def test_pack_sampler_draws_what_each_solo_sampler_draws(order, batch):
+    sizes, seeds = [7, 10, 3], [0, 1, 2]
+    pack = PackSampler(sizes, batch, seeds, torch.device("cpu"), order)
+    solos = [EpochSampler(n, n if batch is None else batch, s, torch.device("cpu"), order) for n, s in zip(sizes, seeds)]
+    for step in range(25):  # several epochs of every run, epochs of different lengths
+        pack.prepare(step)
+        for s in solos:
+            s.prepare(step)
+        idx = pack.next_indices()
+        for r, s in enumerate(solos):
+            want = s.next_indices()
+            assert torch.equal(idx[r][pack.valid[r]], want), (step, r)
+    assert pack.valid.sum(1).tolist() == [s.batch_size for s in solos]
+
+
+# -- whole runs --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def solo_and_packed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack")
+    for i, r in enumerate(RUNS):
+        assert Run(cfg(root / f"solo{i}", **r), log=quiet).fit() is not None
+    results = PackedRun([cfg(root / f"pack{i}", **r) for i, r in enumerate(RUNS)], log=quiet).fit()
+    assert all(res is not None and "error" not in res for res in results)
+    return root
+
+
+def test_each_packed_run_follows_its_solo_trajectory(solo_and_packed):
+    for i in range(len(RUNS)):
+        assert_same_trajectory(solo_and_packed / f"pack{i}", solo_and_packed / f"solo{i}")
+
+
+def test_each_packed_run_writes_the_files_of_its_solo_run(solo_and_packed):
+    root = solo_and_packed
+    for i in range(len(RUNS)):
+        p, s = root / f"pack{i}", root / f"solo{i}"
+        assert sorted(f.name for f in p.iterdir()) == sorted(f.name for f in s.iterdir())
+        pc, sc = json.loads((p / "config.json").read_text()), json.loads((s / "config.json").read_text())
+        assert {**pc, "out": None} == {**sc, "out": None}
+        ps, ss = json.loads((p / "summary.json").read_text()), json.loads((s / "summary.json").read_text())
+        assert ps.keys() == ss.keys()
+        for k in ("memorization_step", "generalization_step", "train_size", "data", "final_step"):
+            assert ps[k] == ss[k]
+        pk = torch.load(p / "checkpoint.pt", weights_only=True)
+        sk = torch.load(s / "checkpoint.pt", weights_only=True)
+        assert pk.keys() == sk.keys() and pk["step"] == sk["step"]
+        assert pk["optimizer"]["param_groups"] == sk["optimizer"]["param_groups"]
+        assert pk["sampler"]["offset"] == sk["sampler"]["offset"] and torch.equal(pk["sampler"]["perm"], sk["sampler"]["perm"])
+        for k, v in sk["model"].items():
+            torch.testing.assert_close(pk["model"][k], v, rtol=2e-3, atol=2e-4)
+
+
+def test_a_packed_checkpoint_resumes_solo_and_a_solo_one_in_a_pack(solo_and_packed, tmp_path):
+    root = solo_and_packed
+    for i, r in enumerate(RUNS):  # the references: solo runs of 50 steps straight through
+        assert Run(cfg(tmp_path / f"long{i}", steps=50, **r), log=quiet).fit() is not None
+    # packed to 30, then solo to 50
+    shutil.copytree(root / "pack0", tmp_path / "a")
+    assert Run(dataclasses.replace(cfg(tmp_path / "a", steps=50, **RUNS[0]), resume=True), log=quiet).fit()
+    assert_same_trajectory(tmp_path / "a", tmp_path / "long0")
+    # solo to 30, then in a pack to 50
+    for i in (1, 2):
+        shutil.copytree(root / f"solo{i}", tmp_path / f"b{i}")
+    PackedRun([dataclasses.replace(cfg(tmp_path / f"b{i}", steps=50, **RUNS[i]), resume=True) for i in (1, 2)],
+              log=quiet).fit()
+    for i in (1, 2):
+        assert_same_trajectory(tmp_path / f"b{i}", tmp_path / f"long{i}")
+
+
+def test_a_pack_on_the_triton_kernels_follows_the_solo_runs(tmp_path):
+    """The triton backend's pack (run-axis LayerNorm, attention over runs x batch, PackedAdamW's kernel),
+    under the interpreter, against solo torch-backend runs. Small (the interpreter runs every attention
+    program in NumPy): 12 and 20 pairs, full batch, 10 steps."""
+    runs = [dict(train_size=12, seed=0), dict(train_size=20, seed=1, lr=3e-3, grokfast_alpha=0.9, grokfast_lamb=1.0)]
+    PackedRun([cfg(tmp_path / f"t{i}", steps=10, backend="triton", **r) for i, r in enumerate(runs)], log=quiet).fit()
+    for i, r in enumerate(runs):
+        Run(cfg(tmp_path / f"s{i}", steps=10, **r), log=quiet).fit()
+        assert_same_trajectory(tmp_path / f"t{i}", tmp_path / f"s{i}")
+
+
+def test_a_pack_resumes_exactly(tmp_path):
+    straight = PackedRun([cfg(tmp_path / f"s{i}", steps=40, **r) for i, r in enumerate(RUNS)], log=quiet)
+    straight.fit()
+    PackedRun([cfg(tmp_path / f"r{i}", steps=20, **r) for i, r in enumerate(RUNS)], log=quiet).fit()
+    again = [dataclasses.replace(cfg(tmp_path / f"r{i}", steps=40, **r), resume=True) for i, r in enumerate(RUNS)]
+    PackedRun(again, log=quiet).fit()
+    for i in range(len(RUNS)):
+        strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
+        assert strip(rows(tmp_path / f"r{i}")) == strip(rows(tmp_path / f"s{i}"))
+
+
+def test_a_run_that_diverges_is_frozen_and_the_others_go_on(tmp_path):
+    runs = [dict(RUNS[0]), dict(train_size=50, seed=3, init_scale=1e20), dict(RUNS[1])]
+    lines = []
+    results = PackedRun([cfg(tmp_path / f"p{i}", **r) for i, r in enumerate(runs)], log=lines.append).fit()
+    assert "error" in results[1] and "non-finite" in results[1]["error"]
+    assert not (tmp_path / "p1" / "summary.json").exists()
+    assert any("p1" in line and "go on" in line for line in lines)
+    Run(cfg(tmp_path / "solo0", **RUNS[0]), log=quiet).fit()
+    Run(cfg(tmp_path / "solo2", **RUNS[1]), log=quiet).fit()
+    assert_same_trajectory(tmp_path / "p0", tmp_path / "solo0")
+    assert_same_trajectory(tmp_path / "p2", tmp_path / "solo2")
+
+
+def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="must share (ffn|hidden)"):
+        PackedRun([cfg(tmp_path / "a", train_size=40), cfg(tmp_path / "b", train_size=40, hidden=32)], log=quiet)
+    with pytest.raises(UsageError, match="distinct"):
+        PackedRun([cfg(tmp_path / "a", train_size=40), cfg(tmp_path / "a", train_size=50)], log=quiet)
+    assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "config.json").exists()

@@ -18,7 +18,8 @@ the host) -- it asks for at most ``limit`` steps, and a replay of ``unroll`` ste
 
 ``GraphEval`` evaluates the test set by replaying one captured chunk of ``eval_batch_size`` examples
 at a device-side offset; the rows of the last chunk past the end of the set are masked out of the sums,
-which are read once per evaluation together with the weight norm.
+which are read once per evaluation together with the weight norm. What a chunk computes is the run's
+(``run.eval_chunk``, ``run.weight_norms``): one run's sums, or a pack's (R, ...) of them (``pack.py``).
 
 Memory: all graphs share one private pool. That is safe because no tensor allocated during a capture
 outlives it -- every result goes into a tensor allocated before capture (parameters, optimiser buffers,
@@ -148,45 +149,42 @@ class GraphSteps:
 class GraphEval:
     """The test set's (loss sum, correct count) and the weight norm from a captured chunked evaluation.
 
-    ``__call__`` returns a float64 device tensor ``[loss sum, correct, weight norm]``, queued, valid
-    until the next call (read it once). Two graphs: one chunk (replayed ``chunks`` times at the offset
-    ``start``), and a finish (weight norm, results out, sums and offset reset for the next evaluation).
-    The first call runs both eagerly (``eager()``, a warm-up: kernels compile at the chunk's shape),
-    then captures. ``eager()`` alone runs on any device: the CPU tests check the chunking with it.
+    ``__call__`` returns a float64 device tensor ``[loss sum, correct, weight norm]`` -- (3,) for a run,
+    (R, 3) for a pack -- queued, valid until the next call (read it once). Two graphs: one chunk
+    (``run.eval_chunk``, replayed ``chunks`` times at the offset ``start``), and a finish (weight norms,
+    results out, sums and offset reset for the next evaluation). The first call runs both eagerly
+    (``eager()``, a warm-up: kernels compile at the chunk's shape, the sums are allocated), then
+    captures. ``eager()`` alone runs on any device: the CPU tests check the chunking with it, and a
+    pack on the CPU evaluates with it.
     """
 
     def __init__(self, run, pool=None):
         self.run = run
-        task = run.task
-        self.n = task.test_x.shape[0]
+        self.n = run.task.test_x.shape[0]
         self.chunk = min(run.cfg.eval_batch_size, self.n)
         self.chunks = -(-self.n // self.chunk)
         dev = run.device
         self.start = torch.zeros((), dtype=torch.long, device=dev)  # first row of the next chunk
         self.lanes = torch.arange(self.chunk, device=dev)
-        self.sums = torch.zeros(2, dtype=torch.float64, device=dev)  # loss sum, correct
-        self.result = torch.zeros(3, dtype=torch.float64, device=dev)
+        self.sums: torch.Tensor | None = None  # (..., 2) loss sum, correct: shaped by the first chunk
+        self.result: torch.Tensor | None = None  # (..., 3)
         self.pool = pool
         self.graphs: tuple | None = None
 
     def _chunk(self) -> None:
-        task, model = self.run.task, self.run.model
         rows = self.start + self.lanes
         valid = rows < self.n
-        rows = rows.clamp_max(self.n - 1)  # the ragged tail re-reads the last row; masked out below
-        x, y = task.test_x[rows], task.test_y[rows]
-        mask = None if task.test_mask is None else task.test_mask[rows]
-        with self.run.autocast():
-            logits = model(x, mask)
-        losses = F.cross_entropy(logits.float(), y, reduction="none").double()
-        # where, not a product: a non-finite loss in a masked row must not reach the sum
-        hits = (logits.argmax(-1) == y) & valid
-        self.sums += torch.stack([torch.where(valid, losses, 0.0).sum(), hits.sum().double()])
+        rows = rows.clamp_max(self.n - 1)  # the ragged tail re-reads the last row; masked out by the run
+        sums = self.run.eval_chunk(rows, valid)
+        if self.sums is None:  # the eager warm-up: allocated before any capture
+            self.sums = torch.zeros_like(sums)
+            self.result = sums.new_zeros(*sums.shape[:-1], 3)
+        self.sums += sums
         self.start += self.chunk
 
     def _finish(self) -> None:
-        self.result[:2] = self.sums
-        self.result[2] = weight_norm_tensor(self.run.model.parameters())
+        self.result[..., :2] = self.sums
+        self.result[..., 2] = self.run.weight_norms()
         self.sums.zero_()
         self.start.zero_()
 
@@ -239,6 +237,15 @@ class _eval_mode:
 
     def __exit__(self, *exc):
         self.model.train(self.was_training)
+
+
+def chunk_sums(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """A chunk's [loss sum, correct] over its valid rows, float64: (2,) for (B, C) logits, (R, 2) for a
+    pack's (R, B, C). ``where``, not a product: a non-finite loss in a masked row must not reach the sum."""
+    losses = F.cross_entropy(logits.float().flatten(0, -2), y.expand(logits.shape[:-1]).flatten(),
+                             reduction="none").double().view(logits.shape[:-1])
+    hits = (logits.argmax(-1) == y) & valid
+    return torch.stack([torch.where(valid, losses, 0.0).sum(-1), hits.sum(-1).double()], dim=-1)
 
 
 def eager_test_sums(run) -> torch.Tensor:

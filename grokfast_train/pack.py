@@ -153,10 +153,13 @@ class PackedRun:
         self.sums = torch.zeros(R, 3, dtype=torch.float64, device=dev)  # per run: loss sum, correct, examples
         self.active = list(range(R))
         self.step = 0
+        # The same chunked evaluation either way: replayed from CUDA graphs, or launched op by op.
         if cfg.cuda_graph == "on":
             self.stepper = graph.GraphSteps(self)
+            self.test_sums = graph.GraphEval(self, pool=self.stepper.pool)
         else:
             self.stepper = graph.EagerSteps(self)
+            self.test_sums = graph.GraphEval(self).eager
 
     def autocast(self):
         return precision.autocast(self.device, self.cfg.dtype)
@@ -191,24 +194,17 @@ class PackedRun:
         return stop if epoch is None else min(stop, epoch)
 
     # -- evaluation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def test_sums(self) -> torch.Tensor:
-        """(R, 3) float64 on the device: each run's test loss sum, correct count and weight norm."""
+    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(R, 2): each run's [loss sum, correct] over the shared test rows ``rows`` where ``valid``."""
         task, R = self.task, len(self.members)
-        totals = torch.zeros(R, 2, dtype=torch.float64, device=self.device)
-        self.model.eval()
-        try:
-            for i in range(0, task.test_x.shape[0], self.cfg.eval_batch_size):
-                xb, yb = task.test_x[i:i + self.cfg.eval_batch_size], task.test_y[i:i + self.cfg.eval_batch_size]
-                mb = None if task.test_mask is None else task.test_mask[i:i + xb.shape[0]]
-                with self.autocast():
-                    logits = self.model(xb.expand(R, -1, -1).contiguous(),
-                                        None if mb is None else mb.expand(R, -1, -1).contiguous())
-                losses = F.cross_entropy(logits.float().flatten(0, 1), yb.repeat(R), reduction="none").view(R, -1)
-                totals += torch.stack([losses.double().sum(1), (logits.argmax(-1) == yb).sum(1).double()], dim=1)
-        finally:
-            self.model.train()
-        return torch.cat([totals, self.opt.weight_norms().double()[:, None]], dim=1)
+        x = task.test_x[rows].expand(R, -1, -1)
+        mask = None if task.test_mask is None else task.test_mask[rows].expand(R, -1, -1)
+        with self.autocast():
+            logits = self.model(x, mask)
+        return graph.chunk_sums(logits, task.test_y[rows], valid)
+
+    def weight_norms(self) -> torch.Tensor:
+        return self.opt.weight_norms()
 
     def evaluate(self, elapsed_s: float) -> list[dict]:
         test = self.test_sums()

@@ -27,7 +27,7 @@ from .data import TaskData, load_task
 from .errors import RunError, UsageError
 from .interrupt import StopFlag
 from .loggers import open_loggers
-from .metrics import IntervalMeter, landmarks_text, summarize, weight_norm
+from .metrics import IntervalMeter, landmarks_text, summarize, weight_norm, weight_norm_tensor
 from .models import build_model, resolve_backend
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
@@ -109,6 +109,17 @@ class Run:
             self.grad_filter.apply_()
         self.opt.step()
         self.meter.update(logits, y, loss)
+
+    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """[loss sum, correct] over the test rows ``rows`` where ``valid`` (GraphEval's chunk)."""
+        task = self.task
+        mask = None if task.test_mask is None else task.test_mask[rows]
+        with self.autocast():
+            logits = self.model(task.test_x[rows], mask)
+        return graph.chunk_sums(logits, task.test_y[rows], valid)
+
+    def weight_norms(self) -> torch.Tensor:
+        return weight_norm_tensor(self.model.parameters())
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -5,6 +5,7 @@ Triton kernel itself under ``TRITON_INTERPRET=1``). See kernels/README.md.
 """
 
 from .adamw import FusedAdamW, adamw_reference_step
+from .packed_adamw import PackedAdamW
 from .fused_attention import attention, attention_reference
 from .init import rescale_, scaled_init_, scaled_init_reference_
 from .fused_layer_norm import layer_norm, layer_norm_reference
@@ -12,7 +13,7 @@ from .fused_embedding import embedding_layer_norm, embedding_layer_norm_referenc
 
 __all__ = [
     "attention", "attention_reference",
-    "FusedAdamW", "adamw_reference_step",
+    "FusedAdamW", "adamw_reference_step", "PackedAdamW",
     "scaled_init_", "scaled_init_reference_", "rescale_",
     "layer_norm", "layer_norm_reference",
     "embedding_layer_norm", "embedding_layer_norm_reference",

@@ -44,9 +44,12 @@ from .progress import Reporter, format_eval
 from .sampler import PackSampler
 from .train import _Milestones, _rewrite_jsonl, check_backend, resolve_device
 
-# Settings that may differ between the runs of one pack; every other setting is shared.
+# Settings that may differ between the runs of one pack; every other setting -- the model, the data and
+# its test set, the batch rule, the schedule (steps, evaluations, checkpoints), device, backend, dtype,
+# CUDA graphs -- is shared, because the pack has one of each.
 PER_RUN = {"frac", "train_size", "seed", "init_scale", "init_std", "lr", "weight_decay", "betas", "eps",
-           "grokfast_alpha", "grokfast_lamb", "out"} | rundir.RESUMABLE
+           "grokfast_alpha", "grokfast_lamb", "mem_threshold", "gen_threshold",
+           "out", "resume", "force", "quiet", "log"}
 
 
 def pack_key(cfg: Config) -> tuple:
@@ -374,9 +377,11 @@ class PackedRun:
             m.log(format_eval(row, m.cfg.steps))
             for line in m.marks.update(row):
                 m.log(line)
-        best = max((rows[r]["test_acc"] for r in self.active), default=float("nan"))
-        reporter.eval({**rows[0], "train_acc": min((rows[r]["train_acc"] for r in self.active), default=float("nan")),
-                       "test_acc": best})
+        if self.active:
+            train = [rows[r]["train_acc"] for r in self.active]
+            test = [rows[r]["test_acc"] for r in self.active]
+            reporter.note(self.step, f"{len(self.active)} runs: train acc {min(train):.3f}-{max(train):.3f}, "
+                                     f"test acc {min(test):.3f}-{max(test):.3f}")
 
     def _fail(self, r: int, step: int) -> None:
         """Run r went non-finite: freeze it, keep its last good checkpoint, go on with the others."""

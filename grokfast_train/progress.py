@@ -64,6 +64,13 @@ class Reporter:
         self._progress.update(self._task, completed=row["step"],
                               metrics=f"train {row['train_acc']:.3f} test {row['test_acc']:.3f}")
 
+    def note(self, step: int, text: str) -> None:
+        """An evaluation summarised in ``text`` (a pack's spread over its runs): the bar's metrics, or a line."""
+        if self._progress is None:
+            self.print(f"step {step:>{len(str(self.total))}}/{self.total}  {text}")
+            return
+        self._progress.update(self._task, completed=step, metrics=text)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

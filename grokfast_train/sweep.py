@@ -290,11 +290,14 @@ def plan_units(configs: list[Config], pack: str | int, device: str) -> list[list
     if pack == "off" or (pack == "auto" and not on_cuda) or len(configs) < 2:
         return [[c] for c in configs]
     groups: dict[tuple, list[Config]] = {}
-    for c in configs:
-        prepared, _ = _prepared(c)
-        groups.setdefault((pack_key(dataclasses.replace(prepared, resume=False, force=False)), _start_step(c)),
-                          []).append(c)
     units = []
+    for c in configs:
+        try:
+            prepared, _ = _prepared(c)
+        except GrokfastError:
+            units.append([c])  # trained alone, where its run reports the problem
+            continue
+        groups.setdefault((pack_key(prepared), _start_step(c)), []).append(c)
     for members in groups.values():
         width = pack if isinstance(pack, int) else auto_pack_width(members[0], len(members))
         units += [members[i:i + width] for i in range(0, len(members), width)]

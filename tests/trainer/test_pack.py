@@ -216,6 +216,8 @@ def test_a_run_that_diverges_is_frozen_and_the_others_go_on(tmp_path):
 def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
     with pytest.raises(UsageError, match="must share (ffn|hidden)"):
         PackedRun([cfg(tmp_path / "a", train_size=40), cfg(tmp_path / "b", train_size=40, hidden=32)], log=quiet)
+    with pytest.raises(UsageError, match="must share steps"):  # one schedule per pack
+        PackedRun([cfg(tmp_path / "a", train_size=40), cfg(tmp_path / "b", train_size=40, steps=40)], log=quiet)
     with pytest.raises(UsageError, match="distinct"):
         PackedRun([cfg(tmp_path / "a", train_size=40), cfg(tmp_path / "a", train_size=50)], log=quiet)
     assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "config.json").exists()

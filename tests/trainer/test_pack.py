@@ -221,3 +221,42 @@ def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
     with pytest.raises(UsageError, match="distinct"):
         PackedRun([cfg(tmp_path / "a", train_size=40), cfg(tmp_path / "a", train_size=50)], log=quiet)
     assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "config.json").exists()
+
+
+def test_a_pack_driven_through_the_graph_classes_gives_the_eager_pack(tmp_path, monkeypatch):
+    """GraphSteps and GraphEval around a pack, with CUDA's streams and graphs replaced by stand-ins that
+    call the captured Python (tests/trainer/test_graph_cpu.py): warm-up, 5- and 1-step replays, the
+    chunked (R, 3) evaluation with its ragged last chunk and reset -- the rows of the eager pack.
+    Shuffled epochs of different lengths per run (40 and 55 pairs, batch 8: 5 and 6 steps) stop replays at each."""
+    from grokfast_train import graph
+    from tests.trainer.test_graph_cpu import _FakeGraph, _FakeStream, _NoStream
+
+    monkeypatch.setattr(graph, "_check_cuda", lambda run: None)
+    monkeypatch.setattr(graph, "_record", lambda fn, pool, stream: _FakeGraph(fn))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", _NoStream)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    common = dict(steps=37, order="shuffle", batch_size=8, eval_batch_size=20)
+    runs = [RUNS[0], RUNS[2]]
+    PackedRun([cfg(tmp_path / f"e{i}", **common, **r) for i, r in enumerate(runs)], log=quiet).fit()
+    pack = PackedRun([cfg(tmp_path / f"g{i}", **common, **r) for i, r in enumerate(runs)], log=quiet)
+    pack.stepper = graph.GraphSteps(pack)
+    pack.test_sums = graph.GraphEval(pack, pool=pack.stepper.pool)
+    pack.fit()
+    assert pack.stepper.unroll == 5 and pack.stepper.graphs[5].replays > 0
+    chunk, finish = pack.test_sums.graphs
+    assert finish.replays == 3 and chunk.replays == 3 * 3  # 4 evaluations, the first eager; 43 rows in 3 chunks
+    for i in range(len(runs)):
+        strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
+        assert strip(rows(tmp_path / f"g{i}")) == strip(rows(tmp_path / f"e{i}"))
+
+
+def test_a_bf16_pack_follows_the_bf16_solo_runs(tmp_path):
+    """--dtype bf16 applies to packs: autocast around the packed forward (batched bf16 products), fp32
+    master weights and optimiser. Different bf16 accumulation orders than the solo runs, so a looser
+    tolerance than fp32's."""
+    PackedRun([cfg(tmp_path / f"p{i}", dtype="bf16", **r) for i, r in enumerate(RUNS[:2])], log=quiet).fit()
+    for i, r in enumerate(RUNS[:2]):
+        Run(cfg(tmp_path / f"s{i}", dtype="bf16", **r), log=quiet).fit()
+        assert_same_trajectory(tmp_path / f"p{i}", tmp_path / f"s{i}", tol=2e-2)

@@ -282,12 +282,9 @@ def train_unit(cfg_dicts: list[dict[str, Any]], threads: int | None = None) -> l
 def plan_units(configs: list[Config], pack: str | int, device: str) -> list[list[Config]]:
     """The sweep's work as units: one run each (``pack`` off), or packs of the runs that can train
     together (``pack.pack_key`` and the step they stand at), at most ``pack`` (or the auto width) each."""
-    import torch
-
     from .pack import pack_key
 
-    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if pack == "off" or (pack == "auto" and not on_cuda) or len(configs) < 2:
+    if pack == "off" or (pack == "auto" and not _on_cuda(device)) or len(configs) < 2:
         return [[c] for c in configs]
     groups: dict[tuple, list[Config]] = {}
     units = []
@@ -302,6 +299,12 @@ def plan_units(configs: list[Config], pack: str | int, device: str) -> list[list
         width = pack if isinstance(pack, int) else auto_pack_width(members[0], len(members))
         units += [members[i:i + width] for i in range(0, len(members), width)]
     return units
+
+
+def _on_cuda(device: str) -> bool:
+    import torch
+
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def _start_step(cfg: Config) -> int:
@@ -512,6 +515,9 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
         f", {threads} thread{'s' * (threads > 1)} per run" +
         (f"; packed: {len(packs)} pack{'s' * (len(packs) > 1)} of {'/'.join(map(str, sorted(set(packs))))} runs"
          if packs else ""))
+    if packs and not _on_cuda(configs[0].device):
+        log("note: packing saves kernel launches, which a CPU does not have; on the CPU a pack is not faster "
+            "than its runs one after another (BENCHMARKS.md), and --pack off is the default there")
     started, walls, counts = time.perf_counter(), [], {"done": 0, "interrupted": 0, "locked": 0, "failed": 0}
     unit_dicts = [[dataclasses.asdict(c) for c in u] for u in units]
     i = 0

@@ -10,12 +10,20 @@ of the pairs each, every run its own seed), hidden 128; IMDB -- batch 128 x 256 
 padding, hidden 128, vocab 30,522. R in 1, 8, 64 (modular) and 1, 8 (IMDB). Every run is a real run:
 its own subset, init and optimiser state, metrics summed on the device.
 
+Both rows advance as the trainer's loop does (``advance(limit)``): on a GPU (backend triton, CUDA graphs
+on) a call replays K steps from one graph -- K = 5 for the modular preset's eval interval, 8 for IMDB's
+-- so a round of 40 steps (a multiple of both) is whole replays, each run of solo-xR replaying its own
+graphs in turn. A round ends with one synchronisation; run-steps per round = R x steps per round.
+Rounds on a GPU: 10, 5 at R = 64 (64 solo runs x 40 steps a round, each with its own captured graphs:
+the section of scripts/gpu_check.sh that runs this file has ~70 s).
+
 The table: ``python scripts/pack_table.py BENCH.json`` (run-steps/s of each row, and pack / solo).
 Run: ``pytest benchmarks/test_pack_bench.py`` (CPU; CUDA rows where a GPU is present), ``-k "modular and 8"``.
 """
 
 from __future__ import annotations
 
+import gc
 import platform
 
 import pytest
@@ -29,50 +37,59 @@ from test_step_bench import _config, _task  # noqa: E402  (benchmarks/ is on sys
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 WIDTHS = {"modular": [1, 8, 64], "imdb": [1, 8]}
 CASES = [(d, r) for d, widths in WIDTHS.items() for r in widths]
-ROUNDS = {"cpu": 3, "cuda": 20}
-STEPS_PER_ROUND = {"cpu": 1, "cuda": 10}
+ROUNDS = {"cpu": 3, "cuda": 10}
+ROUNDS_AT_64 = {"cpu": 3, "cuda": 5}
+STEPS_PER_ROUND = {"cpu": 1, "cuda": 40}  # 40: a multiple of every K used (5, 8)
 
 
 def _pack(dataset, device, tmp_path, runs):
     cfgs = [_config(dataset, device, tmp_path / f"p{i}", seed=i) for i in range(runs)]
     tasks = [_task(dataset, c) for c in cfgs]
-    return PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, tasks=tasks).advance
+    pack = PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, tasks=tasks)
+    return pack.advance, dict(unroll=pack.stepper.unroll, cuda_graph=pack.cfg.cuda_graph, backend=pack.cfg.backend)
 
 
 def _solos(dataset, device, tmp_path, runs):
-    steps = []
+    solos = []
     for i in range(runs):
         cfg = _config(dataset, device, tmp_path / f"s{i}", seed=i)
-        steps.append(Run(cfg, log=lambda _: None, task=_task(dataset, cfg)).advance)
+        solos.append(Run(cfg, log=lambda _: None, task=_task(dataset, cfg)))
 
     def advance(limit):
-        for step in steps:  # each run's own step, one run after another
-            step(1)
-        return 1
+        taken = {run.advance(limit) for run in solos}  # each run's own step (or replay), one run after another
+        assert len(taken) == 1, taken  # same settings, same schedule: every run takes the same steps
+        return taken.pop()
 
-    return advance
+    first = solos[0]
+    return advance, dict(unroll=first.stepper.unroll, cuda_graph=first.cfg.cuda_graph, backend=first.cfg.backend)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("row", ["pack", "solo"])
 @pytest.mark.parametrize("dataset,runs", CASES, ids=[f"{d}-{r}" for d, r in CASES])
 def test_run_steps(benchmark, dataset, runs, row, device, tmp_path):
+    gc.collect()  # the previous rows' runs (a Run and its GraphSteps refer to each other): their graphs and pools
+    if device == "cuda":
+        torch.cuda.empty_cache()
     torch.manual_seed(0)
-    advance = (_pack if row == "pack" else _solos)(dataset, device, tmp_path, runs)
+    advance, info = (_pack if row == "pack" else _solos)(dataset, device, tmp_path, runs)
     per_round = STEPS_PER_ROUND[device]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def one_round():
-        for _ in range(per_round):
-            advance(1)
+        done = 0
+        while done < per_round:  # the trainer loop's own calls: K-step replays where K fits
+            done += advance(per_round - done)
         sync()
 
-    one_round()  # warm-up: kernel compilation, CUDA-graph capture, allocator
+    one_round()  # warm-up: kernel compilation, CUDA-graph capture (K steps and 1 step), allocator
     import triton
 
     benchmark.group = f"pack {dataset} R={runs} on {device}"
     benchmark.extra_info.update(
-        kind="pack", row=row, runs=runs, dataset=dataset, steps_per_round=per_round, run_steps_per_round=per_round * runs,
-        device=torch.cuda.get_device_name() if device == "cuda" else "cpu", threads=torch.get_num_threads(),
-        torch=torch.__version__, triton=triton.__version__, python=platform.python_version())
-    benchmark.pedantic(one_round, rounds=ROUNDS[device], iterations=1, warmup_rounds=0)
+        kind="pack", row=row, runs=runs, dataset=dataset, steps_per_round=per_round,
+        run_steps_per_round=per_round * runs, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        device_type=device, threads=torch.get_num_threads(), torch=torch.__version__, triton=triton.__version__,
+        python=platform.python_version(), **info)
+    rounds = (ROUNDS_AT_64 if runs >= 64 else ROUNDS)[device]
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, within 8 minutes on the lent machine's image (python3, torch + Triton, rich,
 # transformers, pytest, pytest-benchmark; no datasets, no network, the repository not pip-installed):
-#   1. versions;  2. the CUDA tests (tests/gpu: kernels vs references, graph vs eager, resume, bf16);
-#   3. the training-step benchmarks, one pytest run per shape, JSON out;  4. one end-to-end
-#   `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval every
-#   10 steps), timed;  5. the kernel benchmarks if time is left;  6. the table (scripts/bench_table.py), last.
+#   1. versions;  2. the CUDA tests (tests/gpu: packed runs vs solo runs, kernels vs references, graph vs
+#   eager, resume, bf16);  3. the training-step benchmarks, one pytest run per shape, JSON out;  4. one
+#   end-to-end `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval
+#   every 10 steps), timed;  5. the pack benchmarks (benchmarks/test_pack_bench.py: R runs packed vs the
+#   same R runs solo), JSON out;  6. the kernel benchmarks if time is left;  7. the tables, last: the step
+#   table (scripts/bench_table.py), then the pack table (scripts/pack_table.py).
 # Each section has a time cap (SIGINT first: pytest-benchmark still writes its JSON, the trainer its
 # checkpoint), so the script always ends with the table within the budget.
 #
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default $OUT, else ./gpu-check); everything is written there.
 # GPU_CHECK_REHEARSAL=1: the same script on a CPU machine with CPU-sized work (the CPU benchmark rows,
-# 300 training steps), to check the script itself.
+# the pack rows at R = 1 and 8 only, 300 training steps), to check the script itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-check}}
@@ -46,10 +48,12 @@ section() {
 
 if ((rehearsal)); then
   bench_k="cpu and not compile and not full"
+  pack_k="cpu and modular-1- or cpu and modular-8-"
   steps=300
   e2e_device=cpu
 else
   bench_k="cuda"
+  pack_k="cuda"
   steps=100000
   e2e_device=cuda
 fi
@@ -68,13 +72,17 @@ for name in ("triton", "transformers", "pytest_benchmark", "numpy", "rich"):
         print(name, "unavailable:", type(e).__name__, e)
 EOF
 
-# Caps and reserves (seconds): a section stops early enough to leave its reserve to the ones after
-# it -- the benchmarks ~250 s, the end-to-end run ~60 s, the table. The new graph tests go first.
-section "CUDA tests" 100 250 "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_graph_cuda.py \
-  tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py
+# Caps and reserves (seconds): a section stops early enough to leave its reserve to the ones after it.
+# Every section at its cap: versions ~5, tests 120, step benchmarks 120 + 120 (imdb leaves 85: the
+# end-to-end run 60, the pack benchmarks >= 20, the tables 5), end-to-end 60 (it leaves 25), pack
+# benchmarks 20, tables 5: 450 s. The step benchmarks keep priority over the pack benchmarks, which come
+# after the end-to-end run so that they get whatever it leaves (it needs ~30-40 s; then the pack
+# benchmarks get their 70 s cap). The newest tests (packed runs, then the graph tests) go first.
+section "CUDA tests" 120 250 "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_pack_cuda.py \
+  tests/gpu/test_graph_cuda.py tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py
 section "step benchmarks (modular)" 120 150 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
   -k "$bench_k and modular" --benchmark-json="$out/bench-modular.json" --benchmark-columns=min,median,rounds
-section "step benchmarks (imdb)" 130 65 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
+section "step benchmarks (imdb)" 130 85 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
   -k "$bench_k and imdb" --benchmark-json="$out/bench-imdb.json" --benchmark-columns=min,median,rounds
 e2e() {
   local t0 t1
@@ -100,7 +108,10 @@ EOF
 }
 export -f e2e
 export out steps e2e_device PY
-section "end-to-end: grokfast-train --dataset modular --steps $steps" 120 5 bash -c e2e
+section "end-to-end: grokfast-train --dataset modular --steps $steps" 120 25 bash -c e2e
+# R = 1, 8, 64 modular then 1, 8 IMDB, pack and solo rows side by side: a time cap loses IMDB first
+section "pack benchmarks" 70 5 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_pack_bench.py \
+  -k "$pack_k" --benchmark-json="$out/bench-pack.json" --benchmark-columns=min,median,rounds
 if ((!rehearsal)); then
   section "kernel benchmarks" 60 5 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_adamw_bench.py \
     benchmarks/test_attention_bench.py benchmarks/test_layer_norm_bench.py --benchmark-json="$out/bench-kernels.json" \
@@ -108,3 +119,7 @@ if ((!rehearsal)); then
 fi
 say "== table (elapsed ${SECONDS}s)"
 "$PY" scripts/bench_table.py "$out/bench-modular.json" "$out/bench-imdb.json" 2>&1 | tee "$out/table.md" | tee -a "$report"
+say ""
+say "== pack table (elapsed ${SECONDS}s)"
+"$PY" scripts/pack_table.py "$out/bench-pack.json" 2>&1 | tee "$out/pack-table.md" | tee -a "$report"
+say "== done (elapsed ${SECONDS}s of the ${budget}s budget)"

@@ -232,7 +232,7 @@ class PackedRun:
         if t > 0:
             for i, (ea, eas) in enumerate(zip(opt_state["exp_avg"], opt_state["exp_avg_sq"])):
                 state[i] = {"step": torch.tensor(float(t)), "exp_avg": ea, "exp_avg_sq": eas}
-                if cfg.backend == "triton" and "grokfast_h" in opt_state:
+                if cfg.backend == "triton" and filtered:  # FusedAdamW keeps h only with its filter on
                     state[i]["grokfast_h"] = opt_state["grokfast_h"][i]
         grad_filter = None
         if cfg.backend == "torch" and filtered:

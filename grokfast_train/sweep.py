@@ -335,7 +335,8 @@ def auto_pack_width(cfg: Config, count: int) -> int:
     else:
         vocab, batch = cfg.vocab_size or 30522, cfg.batch_size
     params = (vocab + seq) * cfg.hidden + cfg.n_layers * (4 * cfg.hidden ** 2 + 2 * cfg.hidden * cfg.ffn)
-    activations = batch * seq * (12 * cfg.hidden + 2 * cfg.ffn) * cfg.n_layers * 4
+    rows = max(batch, cfg.eval_batch_size)  # an evaluation chunk is eval_batch_size rows per run
+    activations = rows * seq * (12 * cfg.hidden + 2 * cfg.ffn) * cfg.n_layers * 4
     per_run = 24 * params + activations
     return max(1, min(MAX_AUTO_PACK, count, int(free * 0.5 // per_run)))
 

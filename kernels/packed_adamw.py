@@ -13,8 +13,8 @@ group table is simply the run index: the same kernel, one launch for the whole p
 hyperparameters read from a (R, 8) device table. A run's state is one row: its weight norm, a freeze
 (``freeze(r)``) and its checkpoint slice are single row operations.
 
-CUDA tensors run the Triton kernel; CPU tensors a vectorised PyTorch step over the (R, S) rows with
-per-run columns (``TRITON_INTERPRET=1`` runs the kernel on CPU too). The step count t is shared by
+CUDA tensors run the Triton kernel; CPU tensors ``FusedAdamW``'s reference step on each run's row with
+its own settings (``TRITON_INTERPRET=1`` runs the kernel on CPU too). The step count t is shared by
 the pack (all runs step together) and lives on the device, as the hyperparameters do, so a step is
 capturable in a CUDA graph.
 """
@@ -28,7 +28,7 @@ import torch
 import triton
 
 from ._dispatch import check_dtype, use_triton
-from .adamw import BLOCK, NUM_WARPS, _check_hyper, _fused_adamw_kernel
+from .adamw import BLOCK, NUM_WARPS, _check_hyper, _fused_adamw_kernel, adamw_reference_step
 
 _STATE = ("exp_avg", "exp_avg_sq", "grokfast_h")
 # A parameter rebound to a strided view of the run-major buffer has its gradient accumulated in place;
@@ -89,6 +89,7 @@ class PackedAdamW:
         self.rows = [_row(h) for h in hyper]
         self._hyper = torch.tensor(self.rows, dtype=torch.float64).to(device)
         self.kernel = use_triton(self.flat["param"]) if kernel is None else kernel
+        self.frozen: set[int] = set()
 
     # ------------------------------------------------------------------ hyperparameters
     def set_run(self, r: int, **hyper: Any) -> None:
@@ -105,6 +106,7 @@ class PackedAdamW:
         """Take run r out of training for good: its weights and state are zeroed and its lr, weight decay
         and filter gain set to 0, so it computes finite zeros from now on and never touches the others."""
         self.set_run(r, lr=0.0, weight_decay=0.0, grokfast_lamb=0.0)
+        self.frozen.add(r)
         for buf in self.flat.values():
             buf[r].zero_()
 
@@ -130,26 +132,18 @@ class PackedAdamW:
             self._step_rows()
 
     def _step_rows(self) -> None:
-        """The same update on CPU rows: every hyperparameter a (R, 1) column, scalars rounded as torch's."""
+        """The CPU path: FusedAdamW's reference step on each live run's row, with that run's settings
+        (each row is contiguous, so no temporary is larger than one run's state)."""
         self._steps.add_(1)
         t = int(self._steps[0])
-        hp = torch.tensor(self.rows, dtype=torch.float64)  # host copy of the table (CPU: the table itself)
-        lr, b1, b2, eps, wd, ga, lamb = (hp[:, i:i + 1] for i in range(7))
-        col = lambda v: v.to(torch.float32)  # noqa: E731  -- fp64 scalars rounded once to fp32
         f = self.flat
-        p, g, m, v = f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"]
-        if self.grokfast:
-            h = f["grokfast_h"]
-            if t == 1:
-                h.copy_(g)
-            else:
-                h.mul_(col(ga)).add_(g * col(1.0 - ga))
-            g = g + col(lamb) * h
-        p.mul_(col(1.0 - lr * wd))
-        m.lerp_(g, col(1.0 - b1).expand_as(m))
-        v.mul_(col(b2)).addcmul_(g * col(1.0 - b2), g)
-        denom = (v.sqrt() / col(torch.sqrt(1.0 - b2 ** t))).add_(col(eps))
-        p.sub_(col(lr / (1.0 - b1 ** t)) * (m / denom))
+        for r, (lr, b1, b2, eps, wd, alpha, lamb, _) in enumerate(self.rows):
+            if r in self.frozen:
+                continue
+            adamw_reference_step(f["param"][r], f["grad"][r], f["exp_avg"][r], f["exp_avg_sq"][r], t, lr=lr,
+                                 beta1=b1, beta2=b2, eps=eps, weight_decay=wd,
+                                 grokfast_h=f["grokfast_h"][r] if lamb else None,
+                                 grokfast_alpha=alpha if lamb else None, grokfast_lamb=lamb)
 
     # ------------------------------------------------------------------ state
     @property

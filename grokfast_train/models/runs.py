@@ -86,11 +86,45 @@ class RunEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.zeros(runs, num_embeddings, dim))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        run = torch.arange(ids.shape[0], device=ids.device).view(-1, *[1] * (ids.dim() - 1))
-        rows = self.weight[run, ids]
-        if self.padding_idx is not None:
-            rows = torch.where((ids == self.padding_idx).unsqueeze(-1), rows.detach(), rows)
-        return rows
+        return _RunRows.apply(self.weight, ids, self.padding_idx)
+
+
+def _as_rows(table: torch.Tensor) -> torch.Tensor | None:
+    """A (R, V, C) table whose rows are C apart and whose runs are a whole number of rows apart (a
+    contiguous table, or PackedAdamW's run-major view) as one 2-D (rows, C) view of its memory, so one
+    ``index_select`` gathers for every run; None when the layout does not allow it."""
+    R, V, C = table.shape
+    if table.stride(2) != 1 or table.stride(1) != C or table.stride(0) % C:
+        return None
+    n = (R - 1) * (table.stride(0) // C) + V
+    return table.as_strided((n, C), (C, 1))
+
+
+class _RunRows(torch.autograd.Function):
+    """``weight[r, ids[r]]`` for every run r; the backward adds each row's gradient into run r's table
+    (one ``index_add_`` over the flattened (R·V) rows) and zeroes ``padding_idx``'s row in every run."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        R, V = weight.shape[:2]
+        flat = ids + V * torch.arange(R, device=ids.device).view(-1, *[1] * (ids.dim() - 1))
+        ctx.save_for_backward(flat)
+        ctx.shape, ctx.padding_idx = weight.shape, padding_idx
+        rows = _as_rows(weight)
+        if rows is None:
+            return weight[flat // V, ids]
+        step = weight.stride(0) // weight.shape[2]  # rows from one run's table to the next's
+        at = flat if step == V else flat + (step - V) * (flat // V)
+        return rows.index_select(0, at.flatten()).view(*ids.shape, -1)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        (flat,) = ctx.saved_tensors
+        R, V, C = ctx.shape
+        grad = dy.new_zeros(R * V, C).index_add_(0, flat.flatten(), dy.reshape(-1, C)).view(R, V, C)
+        if ctx.padding_idx is not None:
+            grad[:, ctx.padding_idx] = 0
+        return grad, None, None
 
 
 def per_run(t: torch.Tensor, ndim: int) -> torch.Tensor:

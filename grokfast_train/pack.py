@@ -150,9 +150,8 @@ class PackedRun:
         self.sources = [t.source for t in tasks]
         self.sampler = PackSampler(sizes, None if cfg.batch_size == FULL_BATCH else cfg.batch_size,
                                    [m.cfg.seed for m in self.members], dev, cfg.order)
-        batch = self.sampler.batch.to(torch.float64)
+        self.batch_sizes = self.sampler.batch.to(torch.float64)  # each run's own batch (its solo run's)
         self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()  # per-lane loss weights
-        self.batch_sizes = batch
         self.sums = torch.zeros(R, 3, dtype=torch.float64, device=dev)  # per run: loss sum, correct, examples
         self.active = list(range(R))
         self.step = 0

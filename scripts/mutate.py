@@ -338,9 +338,9 @@ PACK_MUTANTS: list[Mutant] = [
     M("P7", "pack", "grokfast_train/pack.py",
       ("self.opt.set_step_count(self.step)", "pass"),
       "pack resume: the optimiser's step count restarts at 0 (bias correction of step 1)", [T_PACK]),
-    M("P8", "pack", "grokfast_train/models/ops.py",
-      ("return torch.addcmul(per_run(ln.bias, y.dim()), y, per_run(ln.weight, y.dim()))",
-       "return torch.addcmul(per_run(ln.bias, y.dim()), y, per_run(ln.weight.flip(0), y.dim()))"),
+    M("P8", "pack", "grokfast_train/models/runs.py",
+      ("torch.ops.aten.native_layer_norm.out(x[r], shape, weight[r], bias[r], eps,",
+       "torch.ops.aten.native_layer_norm.out(x[r], shape, weight[0], bias[r], eps,"),
       "packed LayerNorm: runs read each other's weights", [T_PACK]),
 ]
 

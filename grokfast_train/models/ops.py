@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runs import per_run, leading_rows
+from .runs import leading_rows, run_layer_norm
 
 BACKENDS = ("torch", "triton")
 
@@ -72,9 +72,8 @@ def layer_norm(x: torch.Tensor, ln: nn.LayerNorm, residual: torch.Tensor | None 
         return _kernel("layer_norm")(x, ln.weight, ln.bias, ln.eps, residual=residual)
     if residual is not None:
         x = x + residual
-    if ln.weight.dim() == 2:  # per-run affine after a shared normalisation
-        y = F.layer_norm(x, ln.normalized_shape, None, None, ln.eps)
-        return torch.addcmul(per_run(ln.bias, y.dim()), y, per_run(ln.weight, y.dim()))
+    if ln.weight.dim() == 2:  # a pack's RunLayerNorm
+        return run_layer_norm(x, ln.weight, ln.bias, ln.eps)
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 

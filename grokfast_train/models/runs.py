@@ -76,6 +76,42 @@ class RunLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(runs, hidden))
 
 
+def run_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm of run r's rows of x (R, ..., C) with weight[r] and bias[r] (the torch backend's)."""
+    if (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and x.is_contiguous()
+            and x.dtype == weight.dtype == bias.dtype == torch.float32):
+        return _PerRunLayerNorm.apply(x, weight, bias, eps)
+    y = nn.functional.layer_norm(x, x.shape[-1:], None, None, eps)  # one shared normalisation, per-run affine
+    return torch.addcmul(per_run(bias, y.dim()), y, per_run(weight, y.dim()))
+
+
+class _PerRunLayerNorm(torch.autograd.Function):
+    """R native LayerNorms writing into one output, forward and backward (``out=`` variants): no
+    separate affine pass over the activations, no stacking copies (the CPU path of ``run_layer_norm``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y = torch.empty_like(x)
+        mean, rstd = x.new_empty(*x.shape[:-1], 1), x.new_empty(*x.shape[:-1], 1)
+        shape = [x.shape[-1]]
+        for r in range(x.shape[0]):
+            torch.ops.aten.native_layer_norm.out(x[r], shape, weight[r], bias[r], eps, out0=y[r], out1=mean[r],
+                                                 out2=rstd[r])
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx, dw, db = torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+        shape = [x.shape[-1]]
+        for r in range(x.shape[0]):
+            torch.ops.aten.native_layer_norm_backward.out(dy[r], x[r], shape, mean[r], rstd[r], weight[r], bias[r],
+                                                          [True, True, True], out0=dx[r], out1=dw[r], out2=db[r])
+        return dx, dw, db, None
+
+
 class RunEmbedding(nn.Module):
     """R embedding tables: ids (R, ...) -> (R, ..., dim), run r reading table r. ``padding_idx``'s row
     is read as it is but gets no gradient, as in ``nn.Embedding``."""

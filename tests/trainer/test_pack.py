@@ -7,7 +7,9 @@ runs the Triton kernel under the interpreter: a cross-implementation check as we
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,30 @@ def test_a_bf16_pack_follows_the_bf16_solo_runs(tmp_path):
     for i, r in enumerate(RUNS[:2]):
         Run(cfg(tmp_path / f"s{i}", dtype="bf16", **r), log=quiet).fit()
         assert_same_trajectory(tmp_path / f"p{i}", tmp_path / f"s{i}", tol=2e-2)
+
+
+class _CtrlCAt(PackedRun):
+    """SIGINT to this process during step 15 of a pack, as a Ctrl-C at the terminal would be."""
+
+    def train_step(self):
+        super().train_step()
+        if self.step + 1 == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_pack_stopped_mid_interval_resumes_exactly(tmp_path):
+    """Ctrl-C at step 15 (between evaluations, shuffled epochs): every run checkpoints its partial
+    interval; resumed, the pack writes the rows of the uninterrupted pack."""
+    common = dict(steps=30, order="shuffle", batch_size=16)
+    runs = [RUNS[0], RUNS[2]]
+    PackedRun([cfg(tmp_path / f"w{i}", **common, **r) for i, r in enumerate(runs)], log=quiet).fit()
+    results = _CtrlCAt([cfg(tmp_path / f"c{i}", **common, **r) for i, r in enumerate(runs)], log=quiet).fit()
+    assert results == [None, None]  # interrupted, checkpoints saved
+    for i in range(len(runs)):
+        state = torch.load(tmp_path / f"c{i}" / "checkpoint.pt", weights_only=True)
+        assert state["step"] == 15 and state["meter"]["sums"][2] == 5 * 16  # steps 11..15 counted
+    PackedRun([dataclasses.replace(cfg(tmp_path / f"c{i}", **common, **r), resume=True) for i, r in enumerate(runs)],
+              log=quiet).fit()
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
+    for i in range(len(runs)):
+        assert strip(rows(tmp_path / f"c{i}")) == strip(rows(tmp_path / f"w{i}"))

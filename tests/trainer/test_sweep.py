@@ -249,3 +249,14 @@ def test_an_extended_packed_sweep_resumes_its_runs_in_a_pack(finished, tmp_path,
         rows = metrics(out / name)
         assert [r["step"] for r in rows] == [10, 20, 30, 40, 50]
         assert "resuming" in (out / name / "train.log").read_text()
+
+
+def test_ray_executor_trains_a_pack(finished, tmp_path):
+    """A pack as one Ray task (train_unit): its runs are the local executor's, within the pack tolerance."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    out = tmp_path / "r"
+    assert main(["sweep", *TINY, "--train-sizes", "40,80", "--seeds", "1", "--out", str(out), "--executor", "ray",
+                 "--pack", "2"]) == 0
+    for name in ("n40-h16-l1-s1", "n80-h16-l1-s1"):
+        assert close_metrics(metrics(out / name), metrics(finished / name)), name
+        assert "packed with 1 other run" in (out / name / "train.log").read_text()

@@ -349,8 +349,12 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
 # padded head size: D = 20 runs the BLOCK_D = 32 tiles). "fwd" and "dq"
 # own BLOCK_M query rows and stream BLOCK_N keys; "dkdv" owns BLOCK_N keys and streams BLOCK_M
 # queries. Each entry is the largest tile, among those compiled for sm_80 and sm_90 (see
-# compile_specs), that keeps register spills at zero on both. TF32x3 splits every fp32 operand
-# into two TF32 halves held in registers, so it needs smaller tiles than TF32 or 16-bit operands.
+# compile_specs), that keeps register spills at zero on both, under Triton 3.6 (the GPU machines')
+# and 3.9. TF32x3 splits every fp32 operand into two TF32 halves held in registers, so it needs
+# smaller tiles than TF32 or 16-bit operands. Triton 3.6 spilled 16 B where 3.9 did not at TF32x3
+# dq BLOCK_D = 32 (32, 16, 4 warps, 2 stages; sm_90) and dkdv BLOCK_D = 128 (16, 16, 4 warps;
+# sm_80): the first single-buffers (at 8 warps 3.9's padded sm_90 build spilled 8 B), the second
+# runs 8 warps, as its padded variant already did (so that one needs no _PADDED_TILES entry now).
 _TILES = {
     "16bit": {"fwd": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 32, 4, 2)},
               "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
@@ -359,8 +363,8 @@ _TILES = {
              "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
              "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)}},
     "tf32x3": {"fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (16, 32, 4, 2)},
-               "dkdv": {16: (32, 64, 4, 2), 32: (32, 16, 4, 2), 64: (32, 16, 4, 2), 128: (16, 16, 4, 2)},
-               "dq": {16: (64, 32, 4, 2), 32: (32, 16, 4, 2), 64: (32, 16, 4, 2), 128: (16, 16, 4, 1)}},
+               "dkdv": {16: (32, 64, 4, 2), 32: (32, 16, 4, 2), 64: (32, 16, 4, 2), 128: (16, 16, 8, 2)},
+               "dq": {16: (64, 32, 4, 2), 32: (32, 16, 4, 1), 64: (32, 16, 4, 2), 128: (16, 16, 4, 1)}},
 }
 # tl.dot needs M >= 16. One query (the last layer computes only the position the loss reads) or
 # a handful (modular arithmetic, L = 4..7) would waste most of a 64-row block: fwd and dq use 16
@@ -369,12 +373,21 @@ _SMALL_LQ = 16
 _PRE_BLOCK_M = 64
 # Padded head sizes (D < BLOCK_D) where the tile above spills (the runtime row stride and the
 # per-lane masks cost registers): (mode, kernel, BLOCK_D, Lq <= 16) -> (BLOCK_M, BLOCK_N,
-# num_warps, num_stages), each spill-free on sm_80 and sm_90 (compile_specs).
+# num_warps, num_stages), each spill-free on sm_80 and sm_90 under Triton 3.6 and 3.9
+# (compile_specs). The last five are for Triton 3.6, whose sm_80 builds of the tiles above spilled
+# where 3.9's did not: TF32x3 fwd BLOCK_D 64, Lq <= 16 (16, 32, 4 warps) 16 B (at 8 warps 3.6
+# spilled 16 B, single-buffered 3.9 spilled 24 B: BLOCK_N 16 instead); TF32 fwd 128 (64, 32, 8
+# warps) 16 B (16 warps spill on both: BLOCK_N 16 instead); TF32 dq 128, Lq <= 16 (16, 32, 4 warps)
+# 16 B; 16-bit fwd 128 (64, 32, 4 warps) 56 B and dq 128 48 B (single-buffered the same).
 _PADDED_TILES = {
     ("tf32x3", "fwd", 64, False): (64, 16, 4, 2),
-    ("tf32x3", "dkdv", 128, False): (16, 16, 8, 2),
     ("tf32", "dkdv", 128, False): (32, 32, 8, 2),
     ("16bit", "dkdv", 128, False): (32, 32, 8, 2),
+    ("tf32x3", "fwd", 64, True): (16, 16, 4, 2),
+    ("tf32", "fwd", 128, False): (64, 16, 8, 2),
+    ("tf32", "dq", 128, True): (16, 32, 8, 2),
+    ("16bit", "fwd", 128, False): (64, 32, 8, 2),
+    ("16bit", "dq", 128, False): (64, 32, 8, 2),
 }
 
 

@@ -92,10 +92,16 @@ _TL_IDS = {torch.int64: "i64", torch.int32: "i32"}
 _FWD_WARPS = {32: 8, 64: 16, 128: 16, 256: 16, 512: 16, 1024: 16, 2048: 16, 4096: 32}
 _BWD_WARPS = {torch.int64: {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 32, 2048: 32, 4096: 8},
               torch.int32: {32: 32, 64: 16, 128: 16, 256: 16, 512: 32, 1024: 32, 2048: 8, 4096: 8}}
-# The packed backward (its run offsets keep 6 more pointers live) under Triton 3.9, both id dtypes, with
-# and without type_ids: ptxas spilled 8-24 B at the solo counts for BLOCK_N 256 (16), 1024 (32),
-# 2048 (8: int32, type_ids) and 4096 (8: int64, type_ids, sm_90); these are clean on sm_80 and sm_90.
-_BWD_WARPS_PACKED = {32: 32, 64: 16, 128: 16, 256: 32, 512: 32, 1024: 8, 2048: 32, 4096: 16}
+# The packed backward (its run offsets keep 6 more pointers live), per id dtype, spill-free on sm_80 and
+# sm_90 with and without type_ids under Triton 3.6 and 3.9. Under 3.9 ptxas spilled 8-24 B at the solo
+# counts for BLOCK_N 256 (16), 1024 (32), 2048 (8: int32, type_ids) and 4096 (8: int64, type_ids, sm_90).
+# Under 3.6 it spilled 8-24 B at 1024 with 8 warps (type_ids; 16 warps spill too, and 32 under 3.9,
+# int32 with type_ids: 4 is the only clean count), at 2048 with 32 warps (int64 without type_ids,
+# sm_80; 8 and 16 spill int64 with type_ids under 3.9, so int64 runs 4) and at 4096 with 16 (int32;
+# 32 spills with type_ids on both, so int32 runs 8). The spills come where ptxas reaches the cap that
+# the warp count sets (64 registers a thread at 32 warps, 128 at 16).
+_BWD_WARPS_PACKED = {torch.int64: {32: 32, 64: 16, 128: 16, 256: 32, 512: 32, 1024: 4, 2048: 4, 4096: 16},
+                     torch.int32: {32: 32, 64: 16, 128: 16, 256: 32, 512: 32, 1024: 4, 2048: 32, 4096: 8}}
 
 
 def _config(n: int, id_dtype: torch.dtype = torch.int64, packed: bool = False) -> tuple[int, int, int, int]:
@@ -103,7 +109,7 @@ def _config(n: int, id_dtype: torch.dtype = torch.int64, packed: bool = False) -
     ``id_dtype`` and packed runs or not: tiles of at least 2048 elements (whole rows)."""
     block_n = max(32, triton.next_power_of_2(n))
     block_m = max(1, 2048 // block_n)
-    bwd_warps = _BWD_WARPS_PACKED[block_n] if packed else _BWD_WARPS[id_dtype][block_n]
+    bwd_warps = (_BWD_WARPS_PACKED if packed else _BWD_WARPS)[id_dtype][block_n]
     return block_n, block_m, _FWD_WARPS[block_n], bwd_warps
 
 

@@ -42,7 +42,7 @@ from .models.runs import run_state, stack_states
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
 from .sampler import PackSampler
-from .train import _Milestones, _rewrite_jsonl, check_backend, resolve_device
+from .train import _Milestones, _rewrite_jsonl, check_backend, non_finite_message, resolve_device
 
 # Settings that may differ between the runs of one pack; every other setting -- the model, the data and
 # its test set, the batch rule, the schedule (steps, evaluations, checkpoints), device, backend, dtype,
@@ -385,11 +385,7 @@ class PackedRun:
     def _fail(self, r: int, step: int) -> None:
         """Run r went non-finite: freeze it, keep its last good checkpoint, go on with the others."""
         m = self.members[r]
-        last = m.history[-1]["step"] if m.history else 0
-        kept = (f"the last good checkpoint (step {m.saved_step:,}) in {m.dir} is kept"
-                if m.saved_step is not None else "no checkpoint had been written yet")
-        m.error = (f"loss became non-finite between steps {last:,} and {step:,}; stopped, {kept}; "
-                   f"try a smaller --lr or --init-scale")
+        m.error = non_finite_message(m.history, step, m.saved_step, m.dir)
         m.log(m.error)
         self.opt.freeze(r)
         self.active.remove(r)

@@ -278,11 +278,7 @@ class Run:
         return bool(torch.isfinite(self.meter.sums).all()) and math.isfinite(weight_norm(self.model.parameters()))
 
     def _non_finite_message(self) -> str:
-        last = self.history[-1]["step"] if self.history else 0
-        kept = (f"the last good checkpoint (step {self.saved_step:,}) in {self.dir} is kept"
-                if self.saved_step is not None else "no checkpoint had been written yet")
-        return (f"loss became non-finite between steps {last:,} and {self.step:,}; stopped, {kept}; "
-                f"try a smaller --lr or --init-scale")
+        return non_finite_message(self.history, self.step, self.saved_step, self.dir)
 
     def _save_with_time(self, t0: float) -> None:
         # The checkpoint records the wall time up to now, so a resumed run's elapsed_s keeps counting.
@@ -310,6 +306,15 @@ class _Milestones:
             self.gen_seen = True
             lines.append(f"generalised: test accuracy {row['test_acc']:.3f} at step {row['step']:,}")
         return lines
+
+
+def non_finite_message(history: list[dict], step: int, saved_step: int | None, run_dir: Path) -> str:
+    """The one line a run that went non-finite ends with: between which steps, and what is kept."""
+    last = history[-1]["step"] if history else 0
+    kept = (f"the last good checkpoint (step {saved_step:,}) in {run_dir} is kept"
+            if saved_step is not None else "no checkpoint had been written yet")
+    return (f"loss became non-finite between steps {last:,} and {step:,}; stopped, {kept}; "
+            f"try a smaller --lr or --init-scale")
 
 
 def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:

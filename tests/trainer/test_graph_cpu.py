@@ -219,16 +219,21 @@ class _NoStream:
         return False
 
 
-def test_graph_classes_driven_on_the_cpu_give_the_eager_run(tmp_path, monkeypatch):
-    """GraphSteps and GraphEval with CUDA's streams and graphs replaced by stand-ins: warm-up, captures of
-    5 and 1 steps, replays, the chunked evaluation replayed with its reset -- the same rows and weights as
-    the eager run (shuffled 6-step epochs, Grokfast on, a ragged last evaluation chunk)."""
+def fake_cuda_graphs(monkeypatch) -> None:
+    """CUDA's streams and graphs replaced by the stand-ins above, for the graph classes on the CPU."""
     monkeypatch.setattr(graph, "_check_cuda", lambda run: None)
     monkeypatch.setattr(graph, "_record", lambda fn, pool, stream: _FakeGraph(fn))
     monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
     monkeypatch.setattr(torch.cuda, "stream", _NoStream)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+
+
+def test_graph_classes_driven_on_the_cpu_give_the_eager_run(tmp_path, monkeypatch):
+    """GraphSteps and GraphEval with CUDA's streams and graphs replaced by stand-ins: warm-up, captures of
+    5 and 1 steps, replays, the chunked evaluation replayed with its reset -- the same rows and weights as
+    the eager run (shuffled 6-step epochs, Grokfast on, a ragged last evaluation chunk)."""
+    fake_cuda_graphs(monkeypatch)
     common = [*SMALL, "--order", "shuffle", "--batch-size", "32", "--eval-every", "10", "--checkpoint-every", "10",
               "--steps", "47", "--grokfast-alpha", "0.9", "--eval-batch-size", "50"]
     eager = Run(config_from_args([*common, "--out", str(tmp_path / "eager")]), log=lambda _: None)

@@ -231,14 +231,9 @@ def test_a_pack_driven_through_the_graph_classes_gives_the_eager_pack(tmp_path, 
     chunked (R, 3) evaluation with its ragged last chunk and reset -- the rows of the eager pack.
     Shuffled epochs of different lengths per run (40 and 55 pairs, batch 8: 5 and 6 steps) stop replays at each."""
     from grokfast_train import graph
-    from tests.trainer.test_graph_cpu import _FakeGraph, _FakeStream, _NoStream
+    from tests.trainer.test_graph_cpu import fake_cuda_graphs
 
-    monkeypatch.setattr(graph, "_check_cuda", lambda run: None)
-    monkeypatch.setattr(graph, "_record", lambda fn, pool, stream: _FakeGraph(fn))
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "stream", _NoStream)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    fake_cuda_graphs(monkeypatch)
     common = dict(steps=37, order="shuffle", batch_size=8, eval_batch_size=20)
     runs = [RUNS[0], RUNS[2]]
     PackedRun([cfg(tmp_path / f"e{i}", **common, **r) for i, r in enumerate(runs)], log=quiet).fit()

@@ -69,7 +69,7 @@ def floor_s(info: dict) -> float | None:
     return None
 
 
-def _fmt_time(t: float) -> str:
+def fmt_time(t: float) -> str:
     if t >= 1e-1:
         return f"{t * 1e3:,.0f} ms"
     if t >= 1e-3:
@@ -116,10 +116,19 @@ def table(rows: list[dict]) -> str:
             fl = floor_s(info)
             unroll = info.get("unroll")
             cells = [dataset, device, info["row"], info.get("dtype", "fp32"), "" if unroll is None else str(unroll),
-                     _fmt_time(t), f"{1 / t:,.1f}", *ratios,
-                     "n/a" if fl is None else _fmt_time(fl), "n/a" if fl is None else _fmt_share(fl / t)]
+                     fmt_time(t), f"{1 / t:,.1f}", *ratios,
+                     "n/a" if fl is None else fmt_time(fl), "n/a" if fl is None else _fmt_share(fl / t)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def print_sources(headers: list[dict], missing: list[str]) -> None:
+    """One line per JSON file (when and on what it was measured), and the files that were not there."""
+    for h in headers:
+        cpu = h["machine"].get("cpu", {}).get("brand_raw")
+        print(f"- {h['file']}: measured {h['datetime']}" + (f" on {cpu}" if cpu else ""))
+    if missing:
+        print(f"- missing (not run, or it failed): {', '.join(missing)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,11 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                        for r in rows}, key=str)
     for dev, tv, trv, hf, py, th in versions:
         print(f"- device {dev}; torch {tv}, triton {trv}, transformers {hf}, Python {py}, {th} intra-op threads")
-    for h in headers:
-        cpu = h["machine"].get("cpu", {}).get("brand_raw")
-        print(f"- {h['file']}: measured {h['datetime']}" + (f" on {cpu}" if cpu else ""))
-    if missing:
-        print(f"- missing (not run, or it failed): {', '.join(missing)}")
+    print_sources(headers, missing)
     print("- median step = the median round / steps per round; × peer = the peer's step time / this row's "
           "(> 1: this row is faster); floor = DESIGN.md's model (scripts/bench_table.py), n/a on a CPU")
     print()

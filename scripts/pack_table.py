@@ -17,15 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_table beside this script, however it is loaded
+from bench_table import fmt_time, print_sources  # noqa: E402
+
 DATASETS = ["modular", "imdb"]
-
-
-def _fmt_time(t: float) -> str:
-    if t >= 1e-1:
-        return f"{t * 1e3:,.0f} ms"
-    if t >= 1e-3:
-        return f"{t * 1e3:.3g} ms"
-    return f"{t * 1e6:.3g} µs"
 
 
 def load(paths: list[Path]) -> tuple[dict[tuple, dict], list[dict]]:
@@ -64,7 +59,7 @@ def table(groups: dict[tuple, dict]) -> str:
         unroll = next((e["info"].get("unroll") for e in (pack, solo) if e is not None), None)
         ratio = "" if pack is None or solo is None else f"{pack['run_steps_per_s'] / solo['run_steps_per_s']:.2f}×"
         cells = [dataset, device, str(runs), "" if unroll is None else str(unroll),
-                 "" if pack is None else _fmt_time(pack["step_s"]), "" if solo is None else _fmt_time(solo["step_s"]),
+                 "" if pack is None else fmt_time(pack["step_s"]), "" if solo is None else fmt_time(solo["step_s"]),
                  "" if pack is None else f"{pack['run_steps_per_s']:,.1f}",
                  "" if solo is None else f"{solo['run_steps_per_s']:,.1f}", ratio]
         lines.append("| " + " | ".join(cells) + " |")
@@ -87,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for dev, tv, trv, py, th, backend, graph in versions:
         print(f"- device {dev}; torch {tv}, triton {trv}, Python {py}, {th} intra-op threads; "
               f"backend {backend}, cuda_graph {graph}")
-    for h in headers:
-        cpu = h["machine"].get("cpu", {}).get("brand_raw")
-        print(f"- {h['file']}: measured {h['datetime']}" + (f" on {cpu}" if cpu else ""))
-    if missing:
-        print(f"- missing (not run, or it failed): {', '.join(missing)}")
+    print_sources(headers, missing)
     print("- pack step = one step of R packed runs; R solo steps = one step of each of R runs in turn (each the "
           "median round / steps per round); run-steps/s = R x steps per round / median round; K = steps per "
           "graph replay; pack / solo = pack run-steps/s / solo run-steps/s (> 1: packing wins)")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
+from tests.kernels.launch_spy import LaunchSpy
 
 emb_mod = importlib.import_module("kernels.fused_embedding")
 
@@ -366,22 +367,9 @@ def test_packed_runs_in_one_flat_buffer():
     _close("dbuffer", dbuf, expected)
 
 
-class _LaunchSpy:
-    """Stands in for a kernel: records each launch's arguments, then launches it."""
-
-    def __init__(self, kernel):
-        self.kernel, self.calls = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((args, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
 def test_packed_tables_are_read_in_place(monkeypatch):
     """The strided tables reach both kernels as they are (no copy), with their run strides."""
-    fwd, bwd = _LaunchSpy(emb_mod._emb_ln_fwd_kernel), _LaunchSpy(emb_mod._emb_ln_bwd_kernel)
+    fwd, bwd = LaunchSpy(emb_mod._emb_ln_fwd_kernel), LaunchSpy(emb_mod._emb_ln_bwd_kernel)
     monkeypatch.setattr(emb_mod, "_emb_ln_fwd_kernel", fwd)
     monkeypatch.setattr(emb_mod, "_emb_ln_bwd_kernel", bwd)
     _, _, weights, _, _, _ = _run_packed_case(3, 2, 5, 16, seed=4)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kernels.fused_layer_norm import layer_norm, layer_norm_reference
+from tests.kernels.launch_spy import LaunchSpy
 
 ln_mod = importlib.import_module("kernels.fused_layer_norm")
 
@@ -284,22 +285,9 @@ def test_packed_runs_match_solo_kernel_runs():
         torch.testing.assert_close(db[i], bi.grad, atol=1e-5, rtol=1e-5)
 
 
-class _LaunchSpy:
-    """Stands in for a kernel: records each launch's arguments, then launches it."""
-
-    def __init__(self, kernel):
-        self.kernel, self.calls = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((args, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
 def test_packed_fp32_weights_are_read_in_place(monkeypatch):
     """The strided (R, N) fp32 weight and bias reach the kernels as they are (no copy), with their run strides."""
-    fwd, bwd = _LaunchSpy(ln_mod._layer_norm_fwd_kernel), _LaunchSpy(ln_mod._layer_norm_bwd_kernel)
+    fwd, bwd = LaunchSpy(ln_mod._layer_norm_fwd_kernel), LaunchSpy(ln_mod._layer_norm_bwd_kernel)
     monkeypatch.setattr(ln_mod, "_layer_norm_fwd_kernel", fwd)
     monkeypatch.setattr(ln_mod, "_layer_norm_bwd_kernel", bwd)
     _, _, w, b, _, _, _ = _run_packed_case(3, (7,), 20, torch.float32, False, seed=5)

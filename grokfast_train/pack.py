@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import kernels
 from kernels.packed_adamw import PackedAdamW
 
-from . import graph, precision, rundir
+from . import graph, heap, precision, rundir
 from .checkpoint import load_checkpoint, save_checkpoint, save_json
 from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
@@ -162,6 +162,8 @@ class PackedRun:
         else:
             self.stepper = graph.EagerSteps(self)
             self.test_sums = graph.GraphEval(self).eager
+        if dev.type == "cpu":
+            heap.keep_freed_memory()  # every step's tensors reused, not faulted in afresh (heap.py)
 
     def autocast(self):
         return precision.autocast(self.device, self.cfg.dtype)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import kernels
 from kernels._dispatch import INTERPRET
 
-from . import graph, precision, rundir
+from . import graph, heap, precision, rundir
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
 from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
@@ -89,6 +89,8 @@ class Run:
         self.history: list[dict] = []
         self.elapsed_s = 0.0  # training wall time over all sessions of this run
         self.saved_step: int | None = None  # step of the checkpoint on disk
+        if self.device.type == "cpu":
+            heap.keep_freed_memory()  # every step's tensors reused, not faulted in afresh (heap.py)
 
     # -- the step ---------------------------------------------------------------------------
     def autocast(self):

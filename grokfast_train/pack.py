@@ -3,6 +3,9 @@
 ``PackedRun(cfgs).fit()`` trains the runs ``cfgs`` describe (one resolved ``Config`` each, each with
 its own ``out``) together: one model whose every parameter is (R, ...) (``models/runs.py``), one
 ``PackSampler`` gather per step, one ``PackedAdamW`` launch, metrics summed per run on the device.
+On CUDA the step runs that stacked model, every op serving all R runs in one launch. On the CPU, which
+has no launches to save, it runs each run's forward and backward in turn through a solo model bound to
+the pack's weights (``bind_run``), each run's activations cache-sized, then the one optimiser step.
 What may differ between the runs: the seed, the training subset (``--frac`` / ``--train-size``),
 ``--init-scale`` / ``--init-std``, lr, weight decay, betas, eps and the Grokfast filter. Everything
 that fixes the step's shapes and schedule must match (``pack_key``).
@@ -38,7 +41,7 @@ from .interrupt import StopFlag
 from .loggers import open_loggers
 from .metrics import landmarks_text, summarize
 from .models import build_model, resolve_backend
-from .models.runs import run_state, stack_states
+from .models.runs import bind_run, run_state, stack_states
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
 from .sampler import PackSampler
@@ -77,9 +80,11 @@ class _Member:
 
 class PackedRun:
     def __init__(self, cfgs: list[Config], log: Callable[[str], None] = print,
-                 run_logs: list[Callable[[str], None]] | None = None, tasks: list[TaskData] | None = None):
+                 run_logs: list[Callable[[str], None]] | None = None, tasks: list[TaskData] | None = None,
+                 stacked: bool | None = None):
         """``log``: the pack's own lines (progress); ``run_logs[r]``: run r's lines (its train.log in a sweep);
-        ``tasks``: each run's data already in hand (a benchmark), instead of loading it."""
+        ``tasks``: each run's data already in hand (a benchmark), instead of loading it; ``stacked``: compute
+        the step with the stacked model (True) or run by run (False); default: stacked on CUDA only."""
         if not cfgs:
             raise ValueError("a pack needs at least one run")
         self.log = log
@@ -102,13 +107,13 @@ class PackedRun:
         try:
             for m in self.members:
                 m.lock = rundir.prepare(m.dir, m.cfg.resume, m.cfg.force)
-            self._build(tasks)
+            self._build(tasks, stacked)
         except BaseException:
             self._release()
             raise
 
     # -- set-up ------------------------------------------------------------------------------
-    def _build(self, given: list[TaskData] | None) -> None:
+    def _build(self, given: list[TaskData] | None, stacked: bool | None) -> None:
         cfg, dev, R = self.cfg, self.device, len(self.members)
         tasks = []
         for r, m in enumerate(self.members):
@@ -139,6 +144,14 @@ class PackedRun:
                                [dict(lr=m.cfg.lr, betas=m.cfg.betas, eps=m.cfg.eps, weight_decay=m.cfg.weight_decay,
                                      grokfast_alpha=m.cfg.grokfast_alpha, grokfast_lamb=m.cfg.grokfast_lamb)
                                 for m in self.members])
+        # How a step computes. Stacked: every op serves all R runs (one launch: what a GPU needs). Run by
+        # run: R solo models bound to the pack's weights and gradients (``bind_run``), each run's forward
+        # and backward in turn, then the one optimiser step. A CPU has no launches to save, and one run's
+        # activations stay in its caches where R runs' do not: the stacked pack ran at 0.7-0.95x its runs
+        # one after another there (BENCHMARKS.md), so the CPU computes run by run.
+        self.stacked = dev.type == "cuda" if stacked is None else stacked
+        self.run_models = None if self.stacked else [bind_run(build_model(cfg, first), self.model, r)
+                                                     for r in range(R)]
         # The training sets one after another; run r's subset row i is row base[r] + i.
         sizes = [t.train_x.shape[0] for t in tasks]
         self.base = torch.tensor([sum(sizes[:r]) for r in range(R)], device=dev)[:, None]
@@ -173,17 +186,38 @@ class PackedRun:
         idx = self.sampler.next_indices() + self.base  # (R, width) rows of the concatenated training sets
         x, y = self.train_x[idx], self.train_y[idx]
         mask = None if self.train_mask is None else self.train_mask[idx]
+        self.opt.zero_grad()
+        losses, correct = (self._stacked_grads if self.stacked else self._run_by_run_grads)(x, y, mask)
+        self.opt.step()
+        with torch.no_grad():
+            self.sums += torch.stack([losses.double() * self.batch_sizes, correct.double(), self.batch_sizes], dim=1)
+
+    def _stacked_grads(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every run's gradient from one stacked forward and backward; (R,) losses and correct counts."""
         with self.autocast():
             logits = self.model(x, mask)  # (R, width, classes)
         ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
         losses = (ce * self.weights).sum(1)  # each run's mean over its own batch
-        self.opt.zero_grad()
         losses.sum().backward()  # runs share no weight: each gets the gradient of its own loss
-        self.opt.step()
         with torch.no_grad():
-            correct = ((logits.argmax(-1) == y) & self.sampler.valid).sum(1)
-            self.sums += torch.stack([losses.detach().double() * self.batch_sizes, correct.double(),
-                                      self.batch_sizes], dim=1)
+            return losses.detach(), ((logits.argmax(-1) == y) & self.sampler.valid).sum(1)
+
+    def _run_by_run_grads(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same, one live run at a time on its own batch (its valid lanes, a prefix): its solo step's
+        forward, loss and backward. A frozen run is skipped (its weights are zeros and its lr 0)."""
+        losses = torch.zeros(len(self.members), device=self.device)
+        correct = torch.zeros(len(self.members), dtype=torch.long, device=self.device)
+        for r in self.active:
+            b = self.sampler.runs[r].batch_size
+            xr, yr = x[r, :b], y[r, :b]
+            with self.autocast():
+                logits = self.run_models[r](xr, None if mask is None else mask[r, :b])
+            loss = F.cross_entropy(logits.float(), yr)
+            loss.backward()
+            with torch.no_grad():
+                losses[r] = loss
+                correct[r] = (logits.argmax(-1) == yr).sum()
+        return losses, correct
 
     def advance(self, limit: int) -> int:
         self.sampler.prepare(self.step)
@@ -201,10 +235,13 @@ class PackedRun:
     def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(R, 2): each run's [loss sum, correct] over the shared test rows ``rows`` where ``valid``."""
         task, R = self.task, len(self.members)
-        x = task.test_x[rows].expand(R, -1, -1)
-        mask = None if task.test_mask is None else task.test_mask[rows].expand(R, -1, -1)
+        x = task.test_x[rows]
+        mask = None if task.test_mask is None else task.test_mask[rows]
         with self.autocast():
-            logits = self.model(x, mask)
+            if self.stacked:
+                logits = self.model(x.expand(R, -1, -1), None if mask is None else mask.expand(R, -1, -1))
+            else:
+                logits = torch.stack([model(x, mask) for model in self.run_models])
         return graph.chunk_sums(logits, task.test_y[rows], valid)
 
     def weight_norms(self) -> torch.Tensor:

@@ -14,7 +14,8 @@ a run twice at once: the second finds the lock held and leaves the run to the fi
 Packing (``--pack auto|off|N``): the runs that share a model shape, batch rule and step count (and
 stand at the same step) are trained together as one stacked model, up to N runs per pack
 (``pack.py``); each still writes its own ordinary run directory. ``auto`` packs on CUDA (sized to the
-device's memory) and not on the CPU, where a pack saves no launches.
+device's memory) and not on the CPU, where a pack saves no launches (it computes its runs in turn,
+at about their unpacked speed) and would only take runs away from ``--jobs``' workers.
 
 Executors: ``local`` runs one run (or pack) after another, or ``--jobs N`` worker processes with the
 machine's cores split between them; ``ray`` makes each run a Ray task (a local instance, or
@@ -517,8 +518,8 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
         (f"; packed: {len(packs)} pack{'s' * (len(packs) > 1)} of {'/'.join(map(str, sorted(set(packs))))} runs"
          if packs else ""))
     if packs and not _on_cuda(configs[0].device):
-        log("note: packing saves kernel launches, which a CPU does not have; on the CPU a pack is not faster "
-            "than its runs one after another (BENCHMARKS.md), and --pack off is the default there")
+        log("note: packing saves kernel launches, which a CPU does not have: there a pack computes its runs in "
+            "turn, at about their unpacked speed (BENCHMARKS.md), and --pack auto does not pack")
     started, walls, counts = time.perf_counter(), [], {"done": 0, "interrupted": 0, "locked": 0, "failed": 0}
     unit_dicts = [[dataclasses.asdict(c) for c in u] for u in units]
     i = 0

@@ -191,6 +191,19 @@ def stack_states(solos: list[nn.Module]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in states]) for k in states[0]}
 
 
+def bind_run(solo: nn.Module, packed: nn.Module, r: int) -> nn.Module:
+    """``solo`` (a solo model of the pack's shape) pointed at run r of ``packed``: each of its parameters
+    becomes a view of run r's slice of the pack's, and its ``.grad`` a view of that slice's gradient, so
+    its forward reads run r's weights and its backward adds into run r's gradient, without a copy."""
+    stacked = dict(packed.named_parameters())
+    for name, p in solo.named_parameters():
+        whole = stacked[name]
+        p.data = whole.data[r]
+        # a defined .grad is accumulated into in place; PackedAdamW's zero_grad keeps the views
+        p.grad = None if whole.grad is None else whole.grad[r]
+    return solo
+
+
 def run_state(packed: nn.Module, r: int) -> dict[str, torch.Tensor]:
     """Run r's weights as its solo model's state dict (copies, on the CPU)."""
     return {k: v[r].detach().cpu().clone() for k, v in packed.state_dict().items()}

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 import kernels
+from kernels.packed_adamw import PackedAdamW
 from grokfast_train.config import Config, resolve
 from grokfast_train.data import load_task
 from grokfast_train.errors import UsageError
 from grokfast_train.models import build_model
-from grokfast_train.models.runs import run_state, stack_states
+from grokfast_train.models.runs import bind_run, run_state, stack_states
 from grokfast_train.pack import PackedRun
 from grokfast_train.sampler import EpochSampler, PackSampler
 from grokfast_train.train import Run
@@ -105,6 +106,30 @@ def test_packed_model_computes_each_runs_logits_and_gradients(dataset, backend, 
         assert all(torch.equal(v, solo.state_dict()[k]) for k, v in run_state(packed, r).items())
 
 
+def test_a_solo_model_bound_to_a_run_reads_and_writes_that_runs_slice():
+    """bind_run: the CPU pack's run-by-run step trains run r through a solo model whose weights and
+    gradients are views of run r's slice of the pack's (PackedAdamW's run-major buffers)."""
+    torch.manual_seed(0)
+    cfgs = [cfg(Path("unused") / str(i), **r) for i, r in enumerate(RUNS)]
+    tasks = [load_task(c, log=quiet) for c in cfgs]
+    solos = _solo_models(cfgs, tasks)
+    packed = build_model(cfgs[0], tasks[0], runs=3)
+    packed.load_state_dict(stack_states(solos))
+    opt = PackedAdamW(list(packed.parameters()), [dict()] * 3, kernel=False)
+    bound = bind_run(build_model(cfgs[1], tasks[1]), packed, 1)
+    x = tasks[1].train_x[:9]
+    torch.testing.assert_close(bound(x), solos[1](x), rtol=0, atol=0)  # run 1's weights, no copy made
+    opt.zero_grad()
+    bound(x).square().sum().backward()
+    solos[1](x).square().sum().backward()
+    for name, p in packed.named_parameters():
+        assert torch.equal(p.grad[1], dict(solos[1].named_parameters())[name].grad), name
+        assert not p.grad[0].any() and not p.grad[2].any(), name  # the other runs' gradients untouched
+    opt.step()  # the optimiser moves the pack's weights: the bound model sees them
+    assert all(torch.equal(b, p[1]) for b, p in zip(bound.parameters(), packed.parameters()))
+    assert not torch.equal(bound.layers[0].q.weight, solos[1].layers[0].q.weight)
+
+
 # -- the sampler -------------------------------------------------------------------------------
 
 
@@ -128,12 +153,17 @@ def test_pack_sampler_draws_what_each_solo_sampler_draws(order, batch):
 # -- whole runs --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def solo_and_packed(tmp_path_factory):
+# Both ways a pack computes its step: run by run (the CPU's default) and stacked (CUDA's, run here too).
+LAYOUTS = pytest.mark.parametrize("stacked", [False, True], ids=["run-by-run", "stacked"])
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["run-by-run", "stacked"])
+def solo_and_packed(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("pack")
     for i, r in enumerate(RUNS):
         assert Run(cfg(root / f"solo{i}", **r), log=quiet).fit() is not None
-    results = PackedRun([cfg(root / f"pack{i}", **r) for i, r in enumerate(RUNS)], log=quiet).fit()
+    results = PackedRun([cfg(root / f"pack{i}", **r) for i, r in enumerate(RUNS)], log=quiet,
+                        stacked=request.param).fit()
     assert all(res is not None and "error" not in res for res in results)
     return root
 
@@ -185,27 +215,30 @@ def test_a_pack_on_the_triton_kernels_follows_the_solo_runs(tmp_path):
     under the interpreter, against solo torch-backend runs. Small (the interpreter runs every attention
     program in NumPy): 12 and 20 pairs, full batch, 10 steps."""
     runs = [dict(train_size=12, seed=0), dict(train_size=20, seed=1, lr=3e-3, grokfast_alpha=0.9, grokfast_lamb=1.0)]
-    PackedRun([cfg(tmp_path / f"t{i}", steps=10, backend="triton", **r) for i, r in enumerate(runs)], log=quiet).fit()
+    PackedRun([cfg(tmp_path / f"t{i}", steps=10, backend="triton", **r) for i, r in enumerate(runs)], log=quiet,
+              stacked=True).fit()
     for i, r in enumerate(runs):
         Run(cfg(tmp_path / f"s{i}", steps=10, **r), log=quiet).fit()
         assert_same_trajectory(tmp_path / f"t{i}", tmp_path / f"s{i}")
 
 
-def test_a_pack_resumes_exactly(tmp_path):
-    straight = PackedRun([cfg(tmp_path / f"s{i}", steps=40, **r) for i, r in enumerate(RUNS)], log=quiet)
-    straight.fit()
-    PackedRun([cfg(tmp_path / f"r{i}", steps=20, **r) for i, r in enumerate(RUNS)], log=quiet).fit()
+@LAYOUTS
+def test_a_pack_resumes_exactly(tmp_path, stacked):
+    PackedRun([cfg(tmp_path / f"s{i}", steps=40, **r) for i, r in enumerate(RUNS)], log=quiet, stacked=stacked).fit()
+    PackedRun([cfg(tmp_path / f"r{i}", steps=20, **r) for i, r in enumerate(RUNS)], log=quiet, stacked=stacked).fit()
     again = [dataclasses.replace(cfg(tmp_path / f"r{i}", steps=40, **r), resume=True) for i, r in enumerate(RUNS)]
-    PackedRun(again, log=quiet).fit()
+    PackedRun(again, log=quiet, stacked=stacked).fit()
     for i in range(len(RUNS)):
         strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
         assert strip(rows(tmp_path / f"r{i}")) == strip(rows(tmp_path / f"s{i}"))
 
 
-def test_a_run_that_diverges_is_frozen_and_the_others_go_on(tmp_path):
+@LAYOUTS
+def test_a_run_that_diverges_is_frozen_and_the_others_go_on(tmp_path, stacked):
     runs = [dict(RUNS[0]), dict(train_size=50, seed=3, init_scale=1e20), dict(RUNS[1])]
     lines = []
-    results = PackedRun([cfg(tmp_path / f"p{i}", **r) for i, r in enumerate(runs)], log=lines.append).fit()
+    results = PackedRun([cfg(tmp_path / f"p{i}", **r) for i, r in enumerate(runs)], log=lines.append,
+                        stacked=stacked).fit()
     assert "error" in results[1] and "non-finite" in results[1]["error"]
     assert not (tmp_path / "p1" / "summary.json").exists()
     assert any("p1" in line and "go on" in line for line in lines)
@@ -236,8 +269,8 @@ def test_a_pack_driven_through_the_graph_classes_gives_the_eager_pack(tmp_path, 
     fake_cuda_graphs(monkeypatch)
     common = dict(steps=37, order="shuffle", batch_size=8, eval_batch_size=20)
     runs = [RUNS[0], RUNS[2]]
-    PackedRun([cfg(tmp_path / f"e{i}", **common, **r) for i, r in enumerate(runs)], log=quiet).fit()
-    pack = PackedRun([cfg(tmp_path / f"g{i}", **common, **r) for i, r in enumerate(runs)], log=quiet)
+    PackedRun([cfg(tmp_path / f"e{i}", **common, **r) for i, r in enumerate(runs)], log=quiet, stacked=True).fit()
+    pack = PackedRun([cfg(tmp_path / f"g{i}", **common, **r) for i, r in enumerate(runs)], log=quiet, stacked=True)
     pack.stepper = graph.GraphSteps(pack)
     pack.test_sums = graph.GraphEval(pack, pool=pack.stepper.pool)
     pack.fit()
@@ -249,11 +282,13 @@ def test_a_pack_driven_through_the_graph_classes_gives_the_eager_pack(tmp_path, 
         assert strip(rows(tmp_path / f"g{i}")) == strip(rows(tmp_path / f"e{i}"))
 
 
-def test_a_bf16_pack_follows_the_bf16_solo_runs(tmp_path):
-    """--dtype bf16 applies to packs: autocast around the packed forward (batched bf16 products), fp32
-    master weights and optimiser. Different bf16 accumulation orders than the solo runs, so a looser
-    tolerance than fp32's."""
-    PackedRun([cfg(tmp_path / f"p{i}", dtype="bf16", **r) for i, r in enumerate(RUNS[:2])], log=quiet).fit()
+@LAYOUTS
+def test_a_bf16_pack_follows_the_bf16_solo_runs(tmp_path, stacked):
+    """--dtype bf16 applies to packs: autocast around the forward, fp32 master weights and optimiser.
+    Stacked: batched bf16 products, other accumulation orders than the solo runs', so a looser tolerance
+    than fp32's."""
+    PackedRun([cfg(tmp_path / f"p{i}", dtype="bf16", **r) for i, r in enumerate(RUNS[:2])], log=quiet,
+              stacked=stacked).fit()
     for i, r in enumerate(RUNS[:2]):
         Run(cfg(tmp_path / f"s{i}", dtype="bf16", **r), log=quiet).fit()
         assert_same_trajectory(tmp_path / f"p{i}", tmp_path / f"s{i}", tol=2e-2)

@@ -1,10 +1,12 @@
 """Packed runs against the same runs trained one after another: run-steps per second.
 
-For R runs of one shape, two rows measured side by side on one device:
-  pack-R    one ``PackedRun`` step: R run-steps in one stacked model (one gather, one launch sequence,
-            one PackedAdamW launch)
-  solo-xR   R ordinary ``Run`` steps, one per run, one run after another (what a sweep without
-            packing does, interleaved so both see the same machine state)
+For R runs of one shape, rows measured side by side on one device:
+  pack          one ``PackedRun`` step as the device computes it by default: R run-steps in one
+                stacked model on CUDA (one gather, one launch sequence, one PackedAdamW launch); run
+                by run on the CPU (each run's forward and backward in turn, one optimiser step)
+  pack-stacked  (CPU only) the stacked model on the CPU as well: what the CPU default is chosen against
+  solo          R ordinary ``Run`` steps, one per run, one run after another (what a sweep without
+                packing does)
 Shapes (benchmarks/test_step_bench.py's): modular -- batch 512 of the paper's 7-token sequences (30 %
 of the pairs each, every run its own seed), hidden 128; IMDB -- batch 128 x 256 random tokens with
 padding, hidden 128, vocab 30,522. R in 1, 8, 64 (modular) and 1, 8 (IMDB). Every run is a real run:
@@ -37,16 +39,17 @@ from test_step_bench import _config, _task  # noqa: E402  (benchmarks/ is on sys
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 WIDTHS = {"modular": [1, 8, 64], "imdb": [1, 8]}
 CASES = [(d, r) for d, widths in WIDTHS.items() for r in widths]
-ROUNDS = {"cpu": 3, "cuda": 10}
+ROUNDS = {"cpu": 5, "cuda": 10}
 ROUNDS_AT_64 = {"cpu": 3, "cuda": 5}
 STEPS_PER_ROUND = {"cpu": 1, "cuda": 40}  # 40: a multiple of every K used (5, 8)
 
 
-def _pack(dataset, device, tmp_path, runs):
+def _pack(dataset, device, tmp_path, runs, stacked=None):
     cfgs = [_config(dataset, device, tmp_path / f"p{i}", seed=i) for i in range(runs)]
     tasks = [_task(dataset, c) for c in cfgs]
-    pack = PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, tasks=tasks)
-    return pack.advance, dict(unroll=pack.stepper.unroll, cuda_graph=pack.cfg.cuda_graph, backend=pack.cfg.backend)
+    pack = PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, tasks=tasks, stacked=stacked)
+    return pack.advance, dict(unroll=pack.stepper.unroll, cuda_graph=pack.cfg.cuda_graph, backend=pack.cfg.backend,
+                              compute="stacked" if pack.stacked else "run by run")
 
 
 def _solos(dataset, device, tmp_path, runs):
@@ -65,14 +68,19 @@ def _solos(dataset, device, tmp_path, runs):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("row", ["pack", "solo"])
+@pytest.mark.parametrize("row", ["pack", "pack-stacked", "solo"])
 @pytest.mark.parametrize("dataset,runs", CASES, ids=[f"{d}-{r}" for d, r in CASES])
 def test_run_steps(benchmark, dataset, runs, row, device, tmp_path):
+    if row == "pack-stacked" and device != "cpu":
+        pytest.skip("on CUDA the pack row is the stacked model already")
     gc.collect()  # the previous rows' runs (a Run and its GraphSteps refer to each other): their graphs and pools
     if device == "cuda":
         torch.cuda.empty_cache()
     torch.manual_seed(0)
-    advance, info = (_pack if row == "pack" else _solos)(dataset, device, tmp_path, runs)
+    if row == "solo":
+        advance, info = _solos(dataset, device, tmp_path, runs)
+    else:
+        advance, info = _pack(dataset, device, tmp_path, runs, stacked=True if row == "pack-stacked" else None)
     per_round = STEPS_PER_ROUND[device]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 

@@ -3,8 +3,10 @@
 
 Usage: python3 scripts/pack_table.py BENCH.json [MORE.json ...] > table.md
 
-One line per (dataset, device, R): the median time of one pack step (R run-steps in one stacked model)
-and of R solo steps (one step of each of R ordinary runs, one after another), the run-steps per second
+One line per (dataset, device, R) and way the pack computed (``stacked``: one model whose every op
+serves all R runs; ``run by run``: each run's forward and backward in turn, one optimiser step -- the
+CPU's default; a CPU benchmark measures both): the median time of one pack step (R run-steps) and of R
+solo steps (one step of each of R ordinary runs, one after another), the run-steps per second
 of each (R x steps per round / the median round), and pack / solo = the pack's run-steps/s over the solo
 runs' (> 1: packing wins). A round is ``steps_per_round`` steps of the row ended by one synchronisation;
 a half whose row was not measured (a time cap, a failure) is left blank. Only the standard library is used.
@@ -21,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_table beside t
 from bench_table import fmt_time, print_sources  # noqa: E402
 
 DATASETS = ["modular", "imdb"]
+PACK_ROWS = ("pack", "pack-stacked")  # the device's default way, and (on the CPU) the stacked model as well
 
 
 def load(paths: list[Path]) -> tuple[dict[tuple, dict], list[dict]]:
-    """{(dataset, device, R): {"pack": entry, "solo": entry}}, and one header per file. An entry holds the
+    """{(dataset, device, R): {"pack": entry, "pack-stacked": entry, "solo": entry}}, and one header per file. An entry holds the
     row's extra_info, its median round, the step time (median / steps per round) and its run-steps/s."""
     groups: dict[tuple, dict] = {}
     headers = []
@@ -33,7 +36,7 @@ def load(paths: list[Path]) -> tuple[dict[tuple, dict], list[dict]]:
         headers.append(dict(file=str(path), datetime=data.get("datetime"), machine=data.get("machine_info", {})))
         for b in data.get("benchmarks", []):
             info = b.get("extra_info", {})
-            if info.get("kind") != "pack" or info.get("row") not in ("pack", "solo"):
+            if info.get("kind") != "pack" or info.get("row") not in PACK_ROWS + ("solo",):
                 continue  # a step or kernel benchmark: not this table's
             runs, per = int(info["runs"]), int(info.get("steps_per_round", 1))
             median = float(b["stats"]["median"])
@@ -50,19 +53,22 @@ def _order(key: tuple) -> tuple:
 
 
 def table(groups: dict[tuple, dict]) -> str:
-    head = ["dataset", "device", "R", "K", "pack step", "R solo steps", "pack run-steps/s", "solo run-steps/s",
-            "pack / solo"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    head = ["dataset", "device", "R", "K", "pack computes", "pack step", "R solo steps", "pack run-steps/s",
+            "solo run-steps/s", "pack / solo"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 2 + ["---"] + ["---:"] * 5) + "|"]
     for key in sorted(groups, key=_order):
         dataset, device, runs = key
-        pack, solo = groups[key].get("pack"), groups[key].get("solo")
-        unroll = next((e["info"].get("unroll") for e in (pack, solo) if e is not None), None)
-        ratio = "" if pack is None or solo is None else f"{pack['run_steps_per_s'] / solo['run_steps_per_s']:.2f}×"
-        cells = [dataset, device, str(runs), "" if unroll is None else str(unroll),
-                 "" if pack is None else fmt_time(pack["step_s"]), "" if solo is None else fmt_time(solo["step_s"]),
-                 "" if pack is None else f"{pack['run_steps_per_s']:,.1f}",
-                 "" if solo is None else f"{solo['run_steps_per_s']:,.1f}", ratio]
-        lines.append("| " + " | ".join(cells) + " |")
+        solo = groups[key].get("solo")
+        packs = [groups[key][row] for row in PACK_ROWS if row in groups[key]] or [None]
+        for pack in packs:  # one line per way the pack computed, each against the same solo runs
+            unroll = next((e["info"].get("unroll") for e in (pack, solo) if e is not None), None)
+            ratio = "" if pack is None or solo is None else f"{pack['run_steps_per_s'] / solo['run_steps_per_s']:.2f}×"
+            cells = [dataset, device, str(runs), "" if unroll is None else str(unroll),
+                     "" if pack is None else pack["info"].get("compute", ""),
+                     "" if pack is None else fmt_time(pack["step_s"]), "" if solo is None else fmt_time(solo["step_s"]),
+                     "" if pack is None else f"{pack['run_steps_per_s']:,.1f}",
+                     "" if solo is None else f"{solo['run_steps_per_s']:,.1f}", ratio]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- device {dev}; torch {tv}, triton {trv}, Python {py}, {th} intra-op threads; "
               f"backend {backend}, cuda_graph {graph}")
     print_sources(headers, missing)
+    print("- pack computes: stacked = one model whose every op serves all R runs; run by run = each run's forward "
+          "and backward in turn through a solo model bound to the pack's weights, then one optimiser step")
     print("- pack step = one step of R packed runs; R solo steps = one step of each of R runs in turn (each the "
           "median round / steps per round); run-steps/s = R x steps per round / median round; K = steps per "
           "graph replay; pack / solo = pack run-steps/s / solo run-steps/s (> 1: packing wins)")

@@ -30,12 +30,14 @@ def _cells(out: str, *start: str) -> list[str]:
 def test_table_times_rates_and_ratio(tmp_path, capsys):
     data = dict(datetime="2026-01-01", machine_info={}, benchmarks=[
         # R = 8 on the GPU, rounds of 40 steps: pack 4 ms a round, solo 32 ms a round
-        _bench("pack", 8, 0.004, device=GPU, per_round=40, unroll=5, backend="triton", cuda_graph="on"),
+        _bench("pack", 8, 0.004, device=GPU, per_round=40, unroll=5, backend="triton", cuda_graph="on",
+               compute="stacked"),
         _bench("solo", 8, 0.032, device=GPU, per_round=40, unroll=5, backend="triton", cuda_graph="on"),
-        # IMDB R = 8 on the CPU, one step a round: packing loses
+        # IMDB R = 8 on the CPU, one step a round: stacked, packing loses; run by run, it wins a little
         _bench("solo", 8, 0.25, dataset="imdb", unroll=1),
-        _bench("pack", 8, 0.5, dataset="imdb", unroll=1),
-        _bench("pack", 1, 0.02),  # its solo row was never measured (a time cap)
+        _bench("pack-stacked", 8, 0.5, dataset="imdb", unroll=1, compute="stacked"),
+        _bench("pack", 8, 0.2, dataset="imdb", unroll=1, compute="run by run"),
+        _bench("pack", 1, 0.02, compute="run by run"),  # its solo row was never measured (a time cap)
         dict(name="step", stats=dict(median=1.0, rounds=1),  # a step benchmark: not this table's
              extra_info=dict(row="trainer-torch", dataset="modular", device="cpu", steps_per_round=1)),
     ])
@@ -47,16 +49,21 @@ def test_table_times_rates_and_ratio(tmp_path, capsys):
     assert "measured 2026-01-01" in out
     # pack step 4 ms / 40 = 100 us; 8 solo steps 32 ms / 40 = 800 us; run-steps/s 8 x 40 / 0.004 = 80,000 and
     # 8 x 40 / 0.032 = 10,000; pack / solo 8
-    assert _cells(out, "modular", GPU, "8") == ["modular", GPU, "8", "5", "100 µs", "800 µs", "80,000.0", "10,000.0",
-                                               "8.00×"]
+    assert _cells(out, "modular", GPU, "8") == ["modular", GPU, "8", "5", "stacked", "100 µs", "800 µs", "80,000.0",
+                                               "10,000.0", "8.00×"]
     # 500 ms and 250 ms a step; 8 / 0.5 = 16 and 8 / 0.25 = 32 run-steps/s; 16 / 32 = 0.5
-    assert _cells(out, "imdb", "cpu", "8") == ["imdb", "cpu", "8", "1", "500 ms", "250 ms", "16.0", "32.0", "0.50×"]
+    assert _cells(out, "imdb", "cpu", "8", "1", "stacked") == ["imdb", "cpu", "8", "1", "stacked", "500 ms", "250 ms",
+                                                              "16.0", "32.0", "0.50×"]
+    # run by run against the same solo row: 8 / 0.2 = 40 run-steps/s, 40 / 32 = 1.25
+    assert _cells(out, "imdb", "cpu", "8", "1", "run by run") == ["imdb", "cpu", "8", "1", "run by run", "200 ms",
+                                                                 "250 ms", "40.0", "32.0", "1.25×"]
     # a half not measured: blank, and no ratio
-    assert _cells(out, "modular", "cpu", "1") == ["modular", "cpu", "1", "", "20 ms", "", "50.0", "", ""]
+    assert _cells(out, "modular", "cpu", "1") == ["modular", "cpu", "1", "", "run by run", "20 ms", "", "50.0", "", ""]
     rows = [line for line in out.splitlines() if line.startswith("| ") and "dataset" not in line]
-    assert len(rows) == 3  # the step benchmark left out
-    # modular before imdb, the CPU before the GPU
-    assert [r.split("|")[1].strip() + "/" + r.split("|")[3].strip() for r in rows] == ["modular/1", "modular/8", "imdb/8"]
+    assert len(rows) == 4  # the step benchmark left out
+    # modular before imdb, the CPU before the GPU; the device's default way first
+    assert [r.split("|")[1].strip() + "/" + r.split("|")[3].strip() + "/" + r.split("|")[5].strip() for r in rows] == [
+        "modular/1/run by run", "modular/8/stacked", "imdb/8/run by run", "imdb/8/stacked"]
 
 
 def test_no_pack_rows_is_an_error(tmp_path, capsys):

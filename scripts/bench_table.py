@@ -88,7 +88,7 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
         headers.append(dict(file=str(path), datetime=data.get("datetime"), machine=data.get("machine_info", {})))
         for b in data.get("benchmarks", []):
             info = b.get("extra_info", {})
-            if "row" not in info:  # a kernel benchmark: not a training step
+            if "row" not in info or info.get("kind") == "pack":  # a kernel benchmark, or pack_table.py's rows
                 continue
             per = info.get("steps_per_round", 1)
             rows.append(dict(info=info, step_s=b["stats"]["median"] / per, rounds=b["stats"]["rounds"],

@@ -44,6 +44,8 @@ def test_table_ratios_and_floor(tmp_path, capsys):
         _bench("paper-hf", 0.4, device=gpu, per_round=40),
         _bench("trainer-torch", 0.1, dataset="imdb"),
         dict(name="kernel", stats=dict(median=1.0, rounds=1), extra_info=dict(device="cpu")),  # not a step row
+        dict(name="pack", stats=dict(median=1.0, rounds=1),  # a pack row: pack_table.py's, not this table's
+             extra_info=dict(kind="pack", row="solo", runs=8, dataset="modular", device="cpu")),
     ])
     path = tmp_path / "b.json"
     path.write_text(json.dumps(data))
@@ -56,4 +58,5 @@ def test_table_ratios_and_floor(tmp_path, capsys):
     assert cells[-2] == "12.2 µs" and cells[-1] == "12%"
     imdb_row = next(line for line in out.splitlines() if "| imdb |" in line)
     assert imdb_row.rstrip().endswith("| n/a | n/a |")
+    assert "solo" not in out  # the pack benchmark's rows left to pack_table.py
     assert bench_table.main([str(tmp_path / "missing.json")]) == 1

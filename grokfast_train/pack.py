@@ -139,19 +139,18 @@ class PackedRun:
         model = build_model(cfg, first, runs=R)
         model.load_state_dict(stack_states(solos))
         self.model = model.to(dev).train()
-        del solos
         self.opt = PackedAdamW([p for p in self.model.parameters()],
                                [dict(lr=m.cfg.lr, betas=m.cfg.betas, eps=m.cfg.eps, weight_decay=m.cfg.weight_decay,
                                      grokfast_alpha=m.cfg.grokfast_alpha, grokfast_lamb=m.cfg.grokfast_lamb)
                                 for m in self.members])
         # How a step computes. Stacked: every op serves all R runs (one launch: what a GPU needs). Run by
-        # run: R solo models bound to the pack's weights and gradients (``bind_run``), each run's forward
-        # and backward in turn, then the one optimiser step. A CPU has no launches to save, and one run's
-        # activations stay in its caches where R runs' do not: the stacked pack ran at 0.7-0.95x its runs
-        # one after another there (BENCHMARKS.md), so the CPU computes run by run.
+        # run: the solo models above, bound to the pack's weights and gradients (``bind_run``), each run's
+        # forward and backward in turn, then the one optimiser step. A CPU has no launches to save, and one
+        # run's activations stay in its caches where R runs' do not: there run by run measured 0.97-1.10x
+        # the runs one after another, stacked 0.96-1.05x (BENCHMARKS.md).
         self.stacked = dev.type == "cuda" if stacked is None else stacked
-        self.run_models = None if self.stacked else [bind_run(build_model(cfg, first), self.model, r)
-                                                     for r in range(R)]
+        self.run_models = None if self.stacked else [bind_run(s, self.model, r) for r, s in enumerate(solos)]
+        del solos
         # The training sets one after another; run r's subset row i is row base[r] + i.
         sizes = [t.train_x.shape[0] for t in tasks]
         self.base = torch.tensor([sum(sizes[:r]) for r in range(R)], device=dev)[:, None]

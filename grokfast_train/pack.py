@@ -144,8 +144,8 @@ class PackedRun:
                                      grokfast_alpha=m.cfg.grokfast_alpha, grokfast_lamb=m.cfg.grokfast_lamb)
                                 for m in self.members])
         # How a step computes. Stacked: every op serves all R runs (one launch: what a GPU needs). Run by
-        # run: the solo models above, bound to the pack's weights and gradients (``bind_run``), each run's
-        # forward and backward in turn, then the one optimiser step. A CPU has no launches to save, and one
+        # run: the solo models above, bound to the pack's weights (``bind_run``), each run's forward and
+        # backward in turn, then the one optimiser step. A CPU has no launches to save, and one
         # run's activations stay in its caches where R runs' do not: there run by run measured 0.97-1.10x
         # the runs one after another, stacked 0.96-1.05x (BENCHMARKS.md).
         self.stacked = dev.type == "cuda" if stacked is None else stacked
@@ -185,7 +185,6 @@ class PackedRun:
         idx = self.sampler.next_indices() + self.base  # (R, width) rows of the concatenated training sets
         x, y = self.train_x[idx], self.train_y[idx]
         mask = None if self.train_mask is None else self.train_mask[idx]
-        self.opt.zero_grad()
         losses, correct = (self._stacked_grads if self.stacked else self._run_by_run_grads)(x, y, mask)
         self.opt.step()
         with torch.no_grad():
@@ -193,6 +192,7 @@ class PackedRun:
 
     def _stacked_grads(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Every run's gradient from one stacked forward and backward; (R,) losses and correct counts."""
+        self.opt.zero_grad()
         with self.autocast():
             logits = self.model(x, mask)  # (R, width, classes)
         ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
@@ -203,16 +203,20 @@ class PackedRun:
 
     def _run_by_run_grads(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """The same, one live run at a time on its own batch (its valid lanes, a prefix): its solo step's
-        forward, loss and backward. A frozen run is skipped (its weights are zeros and its lr 0)."""
+        forward, loss and backward, its gradients then copied into its row of the optimiser's buffer (a
+        frozen run is skipped: its weights are zeros, its lr 0, and the optimiser leaves its row alone)."""
         losses = torch.zeros(len(self.members), device=self.device)
         correct = torch.zeros(len(self.members), dtype=torch.long, device=self.device)
         for r in self.active:
             b = self.sampler.runs[r].batch_size
             xr, yr = x[r, :b], y[r, :b]
+            model = self.run_models[r]
             with self.autocast():
-                logits = self.run_models[r](xr, None if mask is None else mask[r, :b])
+                logits = model(xr, None if mask is None else mask[r, :b])
             loss = F.cross_entropy(logits.float(), yr)
+            model.zero_grad(set_to_none=True)  # autograd's fresh gradients, copied once below
             loss.backward()
+            self.opt.set_run_grads(r, [p.grad for p in model.parameters()])
             with torch.no_grad():
                 losses[r] = loss
                 correct[r] = (logits.argmax(-1) == yr).sum()

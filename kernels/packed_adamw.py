@@ -118,6 +118,14 @@ class PackedAdamW:
                 p.grad = gv
 
     @torch.no_grad()
+    def set_run_grads(self, r: int, grads: list[torch.Tensor]) -> None:
+        """Write run r's gradients (one per parameter, shaped like its solo parameter) into its row: for a
+        pack whose runs compute one at a time, their gradients copied in once instead of a zeroed buffer
+        accumulated into."""
+        for view, g in zip(self.views["grad"], grads, strict=True):
+            view[r].copy_(g)
+
+    @torch.no_grad()
     def step(self) -> None:
         for p, gv in zip(self.params, self.views["grad"]):
             if p.grad is not gv:

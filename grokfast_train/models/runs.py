@@ -193,14 +193,14 @@ def stack_states(solos: list[nn.Module]) -> dict[str, torch.Tensor]:
 
 def bind_run(solo: nn.Module, packed: nn.Module, r: int) -> nn.Module:
     """``solo`` (a solo model of the pack's shape) pointed at run r of ``packed``: each of its parameters
-    becomes a view of run r's slice of the pack's, and its ``.grad`` a view of that slice's gradient, so
-    its forward reads run r's weights and its backward adds into run r's gradient, without a copy."""
+    becomes a view of run r's slice of the pack's, so its forward reads run r's weights and an update of
+    the pack moves it, without a copy. Its gradients stay its own (autograd's fresh tensors)."""
     stacked = dict(packed.named_parameters())
+    if list(stacked) != [name for name, _ in solo.named_parameters()]:  # an optimiser pairs them by position
+        raise ValueError("bind_run: the solo model's parameters are not the pack's")
     for name, p in solo.named_parameters():
-        whole = stacked[name]
-        p.data = whole.data[r]
-        # a defined .grad is accumulated into in place; PackedAdamW's zero_grad keeps the views
-        p.grad = None if whole.grad is None else whole.grad[r]
+        p.data = stacked[name].data[r]
+        p.grad = None
     return solo
 
 

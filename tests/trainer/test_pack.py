@@ -106,28 +106,34 @@ def test_packed_model_computes_each_runs_logits_and_gradients(dataset, backend, 
         assert all(torch.equal(v, solo.state_dict()[k]) for k, v in run_state(packed, r).items())
 
 
-def test_a_solo_model_bound_to_a_run_reads_and_writes_that_runs_slice():
-    """bind_run: the CPU pack's run-by-run step trains run r through a solo model whose weights and
-    gradients are views of run r's slice of the pack's (PackedAdamW's run-major buffers)."""
+def test_a_solo_model_bound_to_a_run_trains_that_runs_slice():
+    """bind_run + PackedAdamW.set_run_grads, the CPU pack's run-by-run step: run r trained through a solo
+    model whose weights are views of run r's slice of the pack's, its gradients copied into run r's row."""
     torch.manual_seed(0)
     cfgs = [cfg(Path("unused") / str(i), **r) for i, r in enumerate(RUNS)]
     tasks = [load_task(c, log=quiet) for c in cfgs]
     solos = _solo_models(cfgs, tasks)
     packed = build_model(cfgs[0], tasks[0], runs=3)
     packed.load_state_dict(stack_states(solos))
-    opt = PackedAdamW(list(packed.parameters()), [dict()] * 3, kernel=False)
+    opt = PackedAdamW(list(packed.parameters()), [dict(weight_decay=0.0)] * 3, kernel=False)  # no decay: a zero
+    # gradient leaves a run where it is
     bound = bind_run(build_model(cfgs[1], tasks[1]), packed, 1)
     x = tasks[1].train_x[:9]
     torch.testing.assert_close(bound(x), solos[1](x), rtol=0, atol=0)  # run 1's weights, no copy made
     opt.zero_grad()
     bound(x).square().sum().backward()
     solos[1](x).square().sum().backward()
+    opt.set_run_grads(1, [p.grad for p in bound.parameters()])
     for name, p in packed.named_parameters():
         assert torch.equal(p.grad[1], dict(solos[1].named_parameters())[name].grad), name
-        assert not p.grad[0].any() and not p.grad[2].any(), name  # the other runs' gradients untouched
+        assert not p.grad[0].any() and not p.grad[2].any(), name  # the other runs' rows untouched
+    before = [p.detach().clone() for p in packed.parameters()]
     opt.step()  # the optimiser moves the pack's weights: the bound model sees them
     assert all(torch.equal(b, p[1]) for b, p in zip(bound.parameters(), packed.parameters()))
     assert not torch.equal(bound.layers[0].q.weight, solos[1].layers[0].q.weight)
+    assert all(torch.equal(w[0], p[0]) for w, p in zip(before, packed.parameters()))  # run 0: zero gradient
+    with pytest.raises(ValueError, match="not the pack's"):
+        bind_run(torch.nn.Linear(2, 2), packed, 0)
 
 
 # -- the sampler -------------------------------------------------------------------------------

@@ -342,6 +342,16 @@ PACK_MUTANTS: list[Mutant] = [
       ("torch.ops.aten.native_layer_norm.out(x[r], shape, weight[r], bias[r], eps,",
        "torch.ops.aten.native_layer_norm.out(x[r], shape, weight[0], bias[r], eps,"),
       "packed LayerNorm: runs read each other's weights", [T_PACK]),
+    M("P9", "pack", "grokfast_train/pack.py",
+      ("xr, yr = x[r, :b], y[r, :b]", "xr, yr = x[r], y[r]"),
+      "pack run by run: a run trains on its padding lanes too", [T_PACK]),
+    M("P10", "pack", "grokfast_train/pack.py",
+      ("model.zero_grad(set_to_none=True)  # autograd's fresh gradients, copied once below", "pass"),
+      "pack run by run: each run's gradients pile up from step to step", [T_PACK]),
+    M("P11", "pack", "grokfast_train/heap.py",
+      ("_done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))",
+       "_done = bool(mallopt(M_MMAP_MAX, 0))"),
+      "CPU heap: the freed top still trimmed, so steps fault their memory in again", ["tests/trainer/test_heap.py"]),
 ]
 
 ALL = MUTANTS + SWEEP_REPORT_MUTANTS + PACK_MUTANTS

@@ -4,8 +4,9 @@ Counted in fresh interpreters (the setting is process-wide, and other tests' run
 the call made first and one without: the minor page faults of a stand-in for training steps --
 tensors of 1 to 64 MiB allocated, filled and all freed, the same sizes every round. By default glibc
 maps the blocks above its mmap threshold (at most 32 MiB) on their own and trims the heap's free top,
-so most pages of every round fault in anew. When this test was written, M_MMAP_MAX alone still left
-51,000-82,000 of the 198,400 pages faulting, M_TRIM_THRESHOLD alone all of them, both together none.
+so most pages of every round fault in anew (81,900-130,000 of 198,400 here). When this test was
+written, M_MMAP_MAX alone still left 51,000-82,000 faulting, M_TRIM_THRESHOLD alone all 198,400, both
+together 0 -- or 6,144 in a third of the runs, where glibc's aligned blocks had not all settled.
 """
 
 import os
@@ -47,4 +48,4 @@ def test_freed_tensors_are_reused_instead_of_faulted_in_again():
     (untouched, default, pages), (tuned, after, _) = out["default"], out["tuned"]
     assert untouched == "None" and tuned == "True"
     assert int(default) > 0.25 * int(pages), out  # the default: a large part of every round faulted in anew
-    assert int(after) < 0.01 * int(pages), out  # tuned: the same memory reused
+    assert int(after) < 0.1 * int(pages), out  # tuned: the same memory reused

@@ -39,8 +39,8 @@ from test_step_bench import _config, _task  # noqa: E402  (benchmarks/ is on sys
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 WIDTHS = {"modular": [1, 8, 64], "imdb": [1, 8]}
 CASES = [(d, r) for d, widths in WIDTHS.items() for r in widths]
-ROUNDS = {"cpu": 5, "cuda": 10}
-ROUNDS_AT_64 = {"cpu": 3, "cuda": 5}
+ROUNDS = {"cpu": 9, "cuda": 10}
+ROUNDS_AT_64 = {"cpu": 5, "cuda": 5}
 STEPS_PER_ROUND = {"cpu": 1, "cuda": 40}  # 40: a multiple of every K used (5, 8)
 
 

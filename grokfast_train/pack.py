@@ -214,9 +214,9 @@ class PackedRun:
             with self.autocast():
                 logits = model(xr, None if mask is None else mask[r, :b])
             loss = F.cross_entropy(logits.float(), yr)
-            model.zero_grad(set_to_none=True)  # autograd's fresh gradients, copied once below
-            loss.backward()
-            self.opt.set_run_grads(r, [p.grad for p in model.parameters()])
+            loss.backward()  # into fresh tensors (bind_run left .grad None) ...
+            self.opt.set_run_grads(r, [p.grad for p in model.parameters()])  # ... copied into run r's row
+            model.zero_grad(set_to_none=True)  # and dropped: none outlives its run (no heap fragments)
             with torch.no_grad():
                 losses[r] = loss
                 correct[r] = (logits.argmax(-1) == yr).sum()

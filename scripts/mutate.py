@@ -346,7 +346,7 @@ PACK_MUTANTS: list[Mutant] = [
       ("xr, yr = x[r, :b], y[r, :b]", "xr, yr = x[r], y[r]"),
       "pack run by run: a run trains on its padding lanes too", [T_PACK]),
     M("P10", "pack", "grokfast_train/pack.py",
-      ("model.zero_grad(set_to_none=True)  # autograd's fresh gradients, copied once below", "pass"),
+      ("model.zero_grad(set_to_none=True)  # and dropped: none outlives its run (no heap fragments)", "pass"),
       "pack run by run: each run's gradients pile up from step to step", [T_PACK]),
     M("P11", "pack", "grokfast_train/heap.py",
       ("_done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))",

@@ -146,7 +146,7 @@ class PackedRun:
         # How a step computes. Stacked: every op serves all R runs (one launch: what a GPU needs). Run by
         # run: the solo models above, bound to the pack's weights (``bind_run``), each run's forward and
         # backward in turn, then the one optimiser step. A CPU has no launches to save, and one
-        # run's activations stay in its caches where R runs' do not: there run by run measured 0.99-1.06x
+        # run's activations stay in its caches where R runs' do not: there run by run measured 0.98-1.06x
         # the runs one after another, stacked 0.93-1.02x (BENCHMARKS.md).
         self.stacked = dev.type == "cuda" if stacked is None else stacked
         self.run_models = None if self.stacked else [bind_run(s, self.model, r) for r, s in enumerate(solos)]

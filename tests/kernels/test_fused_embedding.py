@@ -169,15 +169,22 @@ def test_eps_against_reference(eps):
     _run_case(2, 5, 40, n_types=3, type_ids=True, eps=eps, seed=9)
 
 
-def test_reference_is_bert_embeddings():
-    """The spec against the modules BERT uses: nn.Embedding (padding_idx) x 3, summed, nn.LayerNorm."""
-    g = torch.Generator().manual_seed(6)
+def _bert_embeddings(g: torch.Generator):
+    """BERT's embedding modules (vocab 20, 10 positions, 2 types, hidden 16, float64), weights ~ N(0, 1) from g:
+    word (padding_idx 0), position and type nn.Embedding, and the nn.LayerNorm after their sum."""
     word = torch.nn.Embedding(20, 16, padding_idx=0, dtype=torch.float64)
     pos, typ = torch.nn.Embedding(10, 16, dtype=torch.float64), torch.nn.Embedding(2, 16, dtype=torch.float64)
     ln = torch.nn.LayerNorm(16, eps=1e-12, dtype=torch.float64)
     for m in (word, pos, typ, ln):
         for p in m.parameters():
             torch.nn.init.normal_(p, generator=g)
+    return word, pos, typ, ln
+
+
+def test_reference_is_bert_embeddings():
+    """The spec against the modules BERT uses: nn.Embedding (padding_idx) x 3, summed, nn.LayerNorm."""
+    g = torch.Generator().manual_seed(6)
+    word, pos, typ, ln = _bert_embeddings(g)
     ids, tids = torch.randint(0, 20, (3, 8), generator=g), torch.randint(0, 2, (3, 8), generator=g)
     positions = torch.arange(8).expand(3, 8)
     expected = ln(word(ids) + typ(tids) + pos(positions))
@@ -387,12 +394,7 @@ def test_packed_reference_is_bert_embeddings_per_run():
     expected, tables = [], []
     ids, tids = torch.randint(0, 20, (2, 3, 8), generator=g), torch.randint(0, 2, (2, 3, 8), generator=g)
     for r in range(2):
-        word = torch.nn.Embedding(20, 16, padding_idx=0, dtype=torch.float64)
-        pos, typ = torch.nn.Embedding(10, 16, dtype=torch.float64), torch.nn.Embedding(2, 16, dtype=torch.float64)
-        ln = torch.nn.LayerNorm(16, eps=1e-12, dtype=torch.float64)
-        for m in (word, pos, typ, ln):
-            for p in m.parameters():
-                torch.nn.init.normal_(p, generator=g)
+        word, pos, typ, ln = _bert_embeddings(g)
         expected.append(ln(word(ids[r]) + typ(tids[r]) + pos(torch.arange(8).expand(3, 8))))
         tables.append((word.weight, pos.weight, typ.weight, ln.weight, ln.bias))
     stacked = [torch.stack(t) for t in zip(*tables)]

@@ -160,10 +160,11 @@ def test_pack_sampler_draws_what_each_solo_sampler_draws(order, batch):
 
 
 # Both ways a pack computes its step: run by run (the CPU's default) and stacked (CUDA's, run here too).
-LAYOUTS = pytest.mark.parametrize("stacked", [False, True], ids=["run-by-run", "stacked"])
+STACKED, LAYOUT_IDS = [False, True], ["run-by-run", "stacked"]
+LAYOUTS = pytest.mark.parametrize("stacked", STACKED, ids=LAYOUT_IDS)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["run-by-run", "stacked"])
+@pytest.fixture(scope="module", params=STACKED, ids=LAYOUT_IDS)
 def solo_and_packed(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("pack")
     for i, r in enumerate(RUNS):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -32,12 +31,11 @@ import torch.nn.functional as F
 import kernels
 from kernels.packed_adamw import PackedAdamW
 
-from . import graph, heap, precision, rundir
+from . import graph, heap, loop, precision, rundir
 from .checkpoint import load_checkpoint, save_checkpoint, save_json
 from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
-from .interrupt import StopFlag
 from .loggers import open_loggers
 from .metrics import landmarks_text, summarize
 from .models import build_model, resolve_backend
@@ -228,12 +226,6 @@ class PackedRun:
         self.step += n
         return n
 
-    def steps_to_host_work(self) -> int:
-        cfg, s = self.cfg, self.step
-        stop = min(cfg.steps, (s // cfg.eval_every + 1) * cfg.eval_every) - s
-        epoch = self.sampler.steps_to_epoch(s)
-        return stop if epoch is None else min(stop, epoch)
-
     # -- evaluation ----------------------------------------------------------------------------
     def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(R, 2): each run's [loss sum, correct] over the shared test rows ``rows`` where ``valid``."""
@@ -371,27 +363,13 @@ class PackedRun:
     def _loop(self) -> list[dict | None]:
         cfg, R = self.cfg, len(self.members)
         reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"pack of {R}", printer=self.log)
-        start_step, t0 = self.step, time.perf_counter()
-        interrupted = False
+        start_step = self.step
         try:
-            with StopFlag() as stop:
-                while self.step < cfg.steps and self.active:
-                    self.advance(self.steps_to_host_work())
-                    now = time.perf_counter() - t0
-                    reporter.step(self.step, (self.step - start_step) / max(now, 1e-9))
-                    at_eval = self.step % cfg.eval_every == 0 or self.step == cfg.steps
-                    if at_eval:
-                        self._record(self.evaluate(now), now, reporter)
-                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set:
-                        if stop.set and not at_eval:
-                            self._freeze_non_finite_between_evals()
-                        self._save(now)
-                    if stop.set and self.step < cfg.steps:
-                        interrupted = True
-                        break
+            interrupted, wall = loop.drive(
+                self, reporter, record=lambda now: self._record(self.evaluate(now), now, reporter), save=self._save,
+                check_finite=self._freeze_non_finite_between_evals, live=lambda: bool(self.active))
         finally:
             reporter.close()
-        wall = time.perf_counter() - t0
         results: list[dict | None] = []
         for m in self.members:
             if m.error is not None:

@@ -50,6 +50,12 @@ class EpochSampler:
             self.perm.copy_(perm, non_blocking=True)
             self.offset.zero_()
 
+    def steps_to_epoch(self, step: int) -> int | None:
+        """Steps until the next shuffled epoch starts (host work), or None for the cyclic order."""
+        if self.order != "shuffle":
+            return None
+        return (step // self.batches_per_epoch + 1) * self.batches_per_epoch - step
+
     def next_indices(self) -> torch.Tensor:
         """The next batch's indices into the training subset (device ops only)."""
         idx = self.perm.index_select(0, (self.offset + self._lanes) % self.n)
@@ -108,7 +114,7 @@ class PackSampler:
         """Steps until some run starts a shuffled epoch (host work), or None for the cyclic order."""
         if self.order != "shuffle":
             return None
-        return min((step // s.batches_per_epoch + 1) * s.batches_per_epoch for s in self.runs) - step
+        return min(s.steps_to_epoch(step) for s in self.runs)
 
     def next_indices(self) -> torch.Tensor:
         """(R, width) indices into each run's training subset (device ops only)."""

@@ -3,7 +3,7 @@
 Read top to bottom: set up (device, data, model, optimiser), then a loop that advances by
 ``train_step`` -- a function of device tensors only, launched op by op or replayed from a
 CUDA graph (graph.py) -- with evaluation, logging and checkpointing at eval points, the only
-places the host waits for the device.
+places the host waits for the device (``loop.drive``: the schedule a pack shares).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -20,12 +19,11 @@ import torch.nn.functional as F
 import kernels
 from kernels._dispatch import INTERPRET
 
-from . import graph, heap, precision, rundir
+from . import graph, heap, loop, precision, rundir
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
 from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
-from .interrupt import StopFlag
 from .loggers import open_loggers
 from .metrics import IntervalMeter, landmarks_text, summarize, weight_norm, weight_norm_tensor
 from .models import build_model, resolve_backend
@@ -178,16 +176,6 @@ class Run:
         self.step += n
         return n
 
-    def steps_to_host_work(self) -> int:
-        """Steps until the loop must act on the host: an eval point (checkpoints fall on them), the
-        end of the run, or -- shuffled order -- the start of an epoch. No replay crosses one."""
-        cfg, s = self.cfg, self.step
-        stop = min(cfg.steps, (s // cfg.eval_every + 1) * cfg.eval_every)
-        if self.sampler.order == "shuffle":
-            epoch = self.sampler.batches_per_epoch
-            stop = min(stop, (s // epoch + 1) * epoch)
-        return stop - s
-
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict | None:
         """Train to cfg.steps; returns the summary, or None when stopped by Ctrl-C (checkpoint saved)."""
@@ -227,38 +215,32 @@ class Run:
     def _loop(self, loggers: list) -> dict | None:
         cfg = self.cfg
         reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"{cfg.dataset}", printer=self.log)
-        start_step, t0 = self.step, time.perf_counter()
+        start_step = self.step
         marks = _Milestones(cfg, self.history)
-        interrupted = False
+
+        def record(now: float) -> None:
+            row = self.evaluate(self.elapsed_s + now)
+            if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "weight_norm")):
+                raise RunError(self._non_finite_message())
+            self.history.append(row)
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            for logger in loggers:
+                logger.log_eval(row)
+            reporter.eval(row)
+            for line in marks.update(row):
+                reporter.print(line)
+
+        def check_finite() -> None:
+            if not self._state_is_finite():
+                raise RunError(self._non_finite_message())
+
         try:
-            with StopFlag() as stop, open(self.dir / rundir.METRICS, "a") as metrics_file:
-                while self.step < cfg.steps:
-                    self.advance(self.steps_to_host_work())
-                    now = time.perf_counter() - t0
-                    reporter.step(self.step, (self.step - start_step) / max(now, 1e-9))
-                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                        row = self.evaluate(self.elapsed_s + now)
-                        if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "weight_norm")):
-                            raise RunError(self._non_finite_message())
-                        self.history.append(row)
-                        metrics_file.write(json.dumps(row) + "\n")
-                        metrics_file.flush()
-                        for logger in loggers:
-                            logger.log_eval(row)
-                        reporter.eval(row)
-                        for line in marks.update(row):
-                            reporter.print(line)
-                    at_eval = self.step % cfg.eval_every == 0 or self.step == cfg.steps
-                    if stop.set and not at_eval and not self._state_is_finite():
-                        raise RunError(self._non_finite_message())  # never checkpoint a diverged state
-                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop.set:
-                        self._save_with_time(t0)
-                    if stop.set and self.step < cfg.steps:
-                        interrupted = True
-                        break
+            with open(self.dir / rundir.METRICS, "a") as metrics_file:
+                interrupted, wall = loop.drive(self, reporter, record=record, save=self._save_at,
+                                               check_finite=check_finite)
         finally:
             reporter.close()
-        wall = time.perf_counter() - t0
         self.elapsed_s += wall
         if interrupted:
             self.log(f"interrupted at step {self.step:,}; checkpoint saved in {self.dir}; "
@@ -282,9 +264,9 @@ class Run:
     def _non_finite_message(self) -> str:
         return non_finite_message(self.history, self.step, self.saved_step, self.dir)
 
-    def _save_with_time(self, t0: float) -> None:
+    def _save_at(self, now: float) -> None:
         # The checkpoint records the wall time up to now, so a resumed run's elapsed_s keeps counting.
-        saved, self.elapsed_s = self.elapsed_s, self.elapsed_s + (time.perf_counter() - t0)
+        saved, self.elapsed_s = self.elapsed_s, self.elapsed_s + now
         try:
             self.save()
         finally:

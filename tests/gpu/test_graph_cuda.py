@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET,
 from grokfast_train import graph  # noqa: E402
 from grokfast_train.cli import config_from_args, main  # noqa: E402
 from grokfast_train.errors import RunError  # noqa: E402
+from grokfast_train.loop import steps_to_host_work  # noqa: E402
 from grokfast_train.train import Run  # noqa: E402
 
 SMALL = ["--dataset", "modular", "--p", "23", "--frac", "0.5", "--quiet", "--device", "cuda", "--backend", "triton",
@@ -127,14 +128,14 @@ def test_replays_neither_sync_nor_allocate(tmp_path):
     run = Run(config_from_args([*SMALL, "--cuda-graph", "on", "--steps", "1000", "--out", str(tmp_path)]),
               log=lambda _: None)
     while len(run.stepper.graphs) < 2:  # warm-up, then both captures (a capture synchronises)
-        run.advance(run.steps_to_host_work())
+        run.advance(steps_to_host_work(run))
     assert run.step < 20 and set(run.stepper.graphs) == {1, 5}
     torch.cuda.synchronize()
     before = torch.cuda.memory_stats()["allocation.all.allocated"]
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(40):
-            run.advance(run.steps_to_host_work())
+            run.advance(steps_to_host_work(run))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()

@@ -11,6 +11,8 @@ import torch
 from grokfast_train import graph
 from grokfast_train.cli import config_from_args, main
 from grokfast_train.errors import UsageError
+from grokfast_train.loop import steps_to_host_work
+from grokfast_train.sampler import EpochSampler
 from grokfast_train.train import Run
 
 SMALL = ["--dataset", "modular", "--p", "23", "--hidden", "32", "--heads", "2", "--frac", "0.5", "--quiet",
@@ -116,16 +118,17 @@ def test_steps_to_host_work():
 
     r = R()
     r.cfg = config_from_args([*SMALL, "--steps", "25", "--eval-every", "10", "--order", "shuffle"])
-    r.sampler = type("S", (), {"order": "shuffle", "batches_per_epoch": 3})()
+    r.sampler = EpochSampler(9, 3, 0, torch.device("cpu"), "shuffle")
+    assert r.sampler.batches_per_epoch == 3
     seen = {}
     for s in (0, 1, 2, 3, 8, 9, 10, 20, 22, 24):
         r.step = s
-        seen[s] = Run.steps_to_host_work(r)
+        seen[s] = steps_to_host_work(r)
     # next of: eval (10, 20), end (25), epoch start (multiples of 3)
     assert seen == {0: 3, 1: 2, 2: 1, 3: 3, 8: 1, 9: 1, 10: 2, 20: 1, 22: 2, 24: 1}
-    r.sampler.order = "cyclic"
+    r.sampler = EpochSampler(9, 3, 0, torch.device("cpu"), "cyclic")
     r.step = 3
-    assert Run.steps_to_host_work(r) == 7
+    assert steps_to_host_work(r) == 7
 
 
 @pytest.mark.parametrize("chunk", [7, 16, 23, 1000])

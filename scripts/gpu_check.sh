@@ -62,12 +62,14 @@ say "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) budget ${budget}s rehearsal=${r
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } 2>&1 \
   | tee -a "$report" || say "nvidia-smi: not available"
 "$PY" - <<'EOF' 2>&1 | tee -a "$report"
-import importlib, platform, torch
+import importlib, importlib.metadata, platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "cuda", torch.version.cuda,
       "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)")
-for name in ("triton", "transformers", "pytest_benchmark", "numpy", "rich"):
+for name, dist in (("triton", "triton"), ("transformers", "transformers"), ("pytest_benchmark", "pytest-benchmark"),
+                   ("numpy", "numpy"), ("rich", "rich")):
     try:
-        print(name, importlib.import_module(name).__version__)
+        importlib.import_module(name)
+        print(name, importlib.metadata.version(dist))  # rich has no __version__
     except Exception as e:  # report, do not stop: the sections below say what it breaks
         print(name, "unavailable:", type(e).__name__, e)
 EOF
@@ -105,6 +107,7 @@ print(f"end-to-end: exit {rc}; {last.get('step', 0):,} steps, wall {t1 - t0:.1f}
       f"every {cfg.get('eval_every')} steps; device {cfg.get('device')}, backend {cfg.get('backend')}, "
       f"cuda_graph {cfg.get('cuda_graph')}, dtype {cfg.get('dtype')}; final test acc {last.get('test_acc')}")
 EOF
+  return "$rc"  # the section's exit status is the training run's, not this summary's
 }
 export -f e2e
 export out steps e2e_device PY

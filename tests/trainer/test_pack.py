@@ -255,6 +255,15 @@ def test_a_run_that_diverges_is_frozen_and_the_others_go_on(tmp_path, stacked):
     assert_same_trajectory(tmp_path / "p2", tmp_path / "solo2")
 
 
+def test_a_pack_whose_runs_all_diverge_stops_at_once(tmp_path):
+    """Nothing left to train: the pack stops at the eval point that froze its last run, not at --steps."""
+    runs = [dict(train_size=50, seed=s, init_scale=1e20) for s in (1, 2)]
+    pack = PackedRun([cfg(tmp_path / f"p{i}", steps=60, **r) for i, r in enumerate(runs)], log=quiet)
+    results = pack.fit()
+    assert all("non-finite" in r["error"] for r in results)
+    assert pack.step == 10  # the first eval point
+
+
 def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
     with pytest.raises(UsageError, match="must share (ffn|hidden)"):
         PackedRun([cfg(tmp_path / "a", train_size=40), cfg(tmp_path / "b", train_size=40, hidden=32)], log=quiet)

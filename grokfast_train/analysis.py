@@ -147,8 +147,8 @@ CDS_RULE = ("per seed, the smallest data size at which that seed generalises wit
             "does not generalise at the largest size counts as above the grid), low/high = min/max over "
             "seeds, so high is the smallest size from which every seed generalises")
 PEAK_RULE = ("the data size where the generalisation step, averaged over seeds, is largest, among "
-             "the sizes at which every seed generalised (a mean that left out seeds which never "
-             "generalised would be biased low)")
+             "the sizes that every seed of the model ran and generalised at (a mean that left out seeds "
+             "which never generalised, or were never run, is not comparable with the others)")
 
 
 def seed_critical_size(generalised: dict[int, bool]) -> tuple[int | None, str]:
@@ -184,9 +184,11 @@ def critical_data_size(records: Iterable[tuple[int, int, int | None]]) -> dict:
     """
     by_seed: dict[int, dict[int, bool]] = defaultdict(dict)
     by_size: dict[int, list[int | None]] = defaultdict(list)
+    seeds_at: dict[int, set[int]] = defaultdict(set)
     for size, seed, gen_step in records:
         by_seed[seed][size] = gen_step is not None
         by_size[size].append(gen_step)
+        seeds_at[size].add(seed)
 
     per_seed = []
     for seed in sorted(by_seed):
@@ -201,7 +203,7 @@ def critical_data_size(records: Iterable[tuple[int, int, int | None]]) -> dict:
         per_size.append({"train_size": size, "seeds": len(steps), "generalised": len(done),
                          "mean_generalization_step": float(np.mean(done)) if done else None})
     all_generalised = {p["train_size"]: p["mean_generalization_step"] for p in per_size
-                       if p["generalised"] == p["seeds"]}
+                       if p["generalised"] == p["seeds"] and seeds_at[p["train_size"]] == by_seed.keys()}
     peak = peak_size(all_generalised)
     high = max(values) if values else math.inf
     return {

@@ -173,6 +173,17 @@ def test_cds_when_seeds_disagree_is_the_median_with_the_spread():
     assert [p["generalised"] for p in cds["per_size"]] == [1, 2, 2, 3]
 
 
+def test_the_peak_leaves_out_sizes_that_not_every_seed_ran():
+    # The model-wise grid's case: hidden 64 ran 2,000 pairs with seed 0 only, and that one seed was slow
+    # there; a one-seed mean is not comparable with three-seed means, so the peak stays at 1,000.
+    cds = an.critical_data_size(records({0: {500: None, 1000: 2100, 1500: 700, 2000: 2450},
+                                         1: {500: None, 1000: 1800, 1500: 650},
+                                         2: {500: None, 1000: 2400, 1500: 1050}}))
+    assert cds["peak_size"] == 1000 and cds["peak_mean_generalization_step"] == 2100
+    assert cds["per_size"][-1] == {"train_size": 2000, "seeds": 1, "generalised": 1,
+                                   "mean_generalization_step": 2450.0}
+
+
 def test_cds_with_an_even_number_of_seeds_lies_between_them():
     cds = an.critical_data_size(records({0: {1000: 1, 1500: 1, 2000: 1}, 1: {1000: None, 1500: 1, 2000: 1}}))
     assert (cds["estimate"], cds["low"], cds["high"]) == (1250, 1000, 1500)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import (CUDA_GRAPH_MODES, DATA_SOURCES, DATASETS, DTYPES, FULL_BATCH, MODULAR_FORMATS, MODULAR_OPS,
                      ORDERS, Config, resolve, validate)
-from .errors import GrokfastError, RunError, UsageError
+from .errors import OneLineParser, RunError, one_line_errors
 
 PROG = "grokfast-train"
 
@@ -27,13 +27,8 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive integer or '{FULL_BATCH}', got {text!r}") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, no usage dump
-        raise UsageError(f"{message} (see {PROG} --help)")
-
-
 def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, argument_default=argparse.SUPPRESS, conflict_handler=conflict_handler,
+    p = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS, conflict_handler=conflict_handler,
                 description="Train a small transformer in the grokking configuration of 'Critical Data Size "
                             "of Language Models from a Grokking Perspective'. Unset options take the "
                             "dataset's paper preset.")
@@ -159,22 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(argv[1:])
     command = _sweep if argv[:1] == ["sweep"] else _train
     try:
-        return command(argv[1:] if command is _sweep else argv)
-    except GrokfastError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return one_line_errors(PROG, lambda: command(argv[1:] if command is _sweep else argv))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # disk full, permissions, ...: the run's files say how far it got
-        print(f"{PROG}: error: {e.strerror or e} ({e.filename or 'I/O'})", file=sys.stderr)
-        return 1
     except Exception as e:
         if not isinstance(e, MemoryError) and type(e).__name__ != "OutOfMemoryError":  # torch's CUDA OOM
             raise  # anything else is a bug: keep its traceback
         print(f"{PROG}: error: out of memory; try a smaller --batch-size, --eval-batch-size or model", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,12 +7,13 @@ Needs matplotlib (``pip install 'grokfast-train[plot]'``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from .errors import GrokfastError, RunError, UsageError
+from .errors import OneLineParser, RunError, UsageError, one_line_errors
+
+PROG = "python -m grokfast_train.plot"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -216,21 +217,17 @@ def model_heatmap(cells: dict, models: list[str], sizes: list[int], size_labels:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grokfast_train.plot", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="image to write (default curves.png)")
-    args = parser.parse_args(argv)
-    try:
-        plot(args.runs, args.out)
-    except GrokfastError as e:
-        print(f"grokfast_train.plot: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        print(f"grokfast_train.plot: error: cannot write {args.out} ({e.strerror or e})", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
 
+    def command() -> int:
+        args = parser.parse_args(argv)
+        plot(args.runs, args.out)
+        print(f"wrote {args.out}")
+        return 0
+
+    return one_line_errors(PROG, command)
 
 if __name__ == "__main__":
     sys.exit(main())

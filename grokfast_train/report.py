@@ -9,7 +9,6 @@ and figures/*.png (the figures need matplotlib: ``pip install 'grokfast-train[pl
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -22,7 +21,7 @@ import numpy as np
 
 from . import analysis as an
 from .config import legacy_value
-from .errors import GrokfastError, RunError, UsageError
+from .errors import OneLineParser, RunError, UsageError, one_line_errors
 
 PROG = "grokfast-train report"
 CONFIG, METRICS, SUMMARY, SWEEP = "config.json", "metrics.jsonl", "summary.json", "sweep.json"
@@ -32,11 +31,6 @@ FIGURES = "figures"
 # the two in step (rundir is not imported here: it brings torch, which a report does not need).
 NOT_EXPERIMENT = {"frac", "train_size", "seed", "out", "resume", "force", "quiet", "device", "backend",
                   "eval_batch_size", "checkpoint_every", "cache_dir", "data_dir", "log", "cuda_graph"}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, no usage dump
-        raise UsageError(f"{message} (see {PROG} --help)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,7 +440,7 @@ def _thresholds(values: list[str]) -> tuple[float, ...]:
 
 
 def parse(argv: list[str]) -> tuple[Path, Path, Options]:
-    p = _Parser(prog=PROG, description="Landmarks, regimes and the critical data size of a run or a sweep; "
+    p = OneLineParser(prog=PROG, description="Landmarks, regimes and the critical data size of a run or a sweep; "
                                         "writes report.md, report.json, runs.csv and figures/ into DIR (or --out).")
     p.add_argument("dir", type=Path, help="a run directory or a sweep directory")
     p.add_argument("--out", type=Path, help="where to write the report (default: DIR)")
@@ -475,24 +469,19 @@ def parse(argv: list[str]) -> tuple[Path, Path, Options]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        root, out_dir, opts = parse(argv)
-        report, md = build(root, out_dir, opts)
-        write(out_dir, report, md, opts.thresholds)
-    except GrokfastError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        print(f"{PROG}: error: {e.strerror or e} ({e.filename or 'I/O'})", file=sys.stderr)
-        return 1
+    return one_line_errors(PROG, lambda: _report(sys.argv[1:] if argv is None else argv))
+
+
+def _report(argv: list[str]) -> int:
+    root, out_dir, opts = parse(argv)
+    report, md = build(root, out_dir, opts)
+    write(out_dir, report, md, opts.thresholds)
     print(report["coverage"])
     if not report["figures"]:
         print("no figures: they need matplotlib (pip install 'grokfast-train[plot]'); tables written")
     print(f"wrote {out_dir / 'report.md'}, report.json, runs.csv" + (f" and {len(report['figures'])} figures"
                                                                      if report["figures"] else ""))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

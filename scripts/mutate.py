@@ -34,7 +34,6 @@ import datetime as _dt
 import io
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -307,6 +306,13 @@ SWEEP_REPORT_MUTANTS: list[Mutant] = [
     M("A3", "analysis", "grokfast_train/analysis.py",
       ("return max(reached) if reached else None", "return min(reached) if reached else None"),
       "highest point: the lowest threshold step instead of the highest", [T_ANALYSIS, T_REPORT]),
+    M("A4", "analysis", "grokfast_train/analysis.py",
+      ('if p["generalised"] == p["seeds"] and seeds_at[p["train_size"]] == by_seed.keys()}',
+       'if p["generalised"] == p["seeds"]}'),
+      "critical size: the steps-to-generalise peak counts a size that only some seeds ran", [T_ANALYSIS]),
+    M("CL4", "cli", "grokfast_train/errors.py",
+      ("    except OSError as e:\n        print(", "    except ValueError as e:\n        print("),
+      "CLI: an OSError while writing (a report, a run's files) is a traceback, not one line", [T_REPORT]),
 ]
 
 T_PACK = "tests/trainer/test_pack.py"

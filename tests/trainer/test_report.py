@@ -194,6 +194,15 @@ def test_bad_input_is_one_line(tmp_path, sweep, capsys):
     one_line_error(capsys)
 
 
+def test_an_unwritable_out_is_one_line(tmp_path, sweep, capsys, no_matplotlib):
+    (tmp_path / "a-file").write_text("")
+    assert main([str(sweep), "--out", str(tmp_path / "a-file" / "report")]) == 1  # cannot create --out
+    assert "cannot create --out" in one_line_error(capsys)
+    (tmp_path / "out" / "report.json").mkdir(parents=True)  # an OSError while writing: one line too
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 1
+    assert "report.json" in one_line_error(capsys)
+
+
 def test_nothing_finished_is_one_line(tmp_path, capsys):
     make_run(tmp_path / "s" / "a", 500, 0, 64, None, finished=False)
     assert main([str(tmp_path / "s")]) == 1

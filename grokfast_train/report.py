@@ -181,6 +181,8 @@ def group_analysis(runs: list[Run], opts: Options) -> tuple[dict, dict]:
         by_size = defaultdict(list)
         for r in group:
             by_size[r.train_size].append(r)
+        seeds = {r.seed for r in group}  # a peak is taken over the sizes that every seed ran (an.PEAK_RULE)
+        every_seed = {size: rs for size, rs in by_size.items() if {r.seed for r in rs} == seeds}
         thresholds[model] = {
             "per_size": [{"train_size": size,
                           "seeds": len(rs),
@@ -189,7 +191,7 @@ def group_analysis(runs: list[Run], opts: Options) -> tuple[dict, dict]:
                           "highest_point": an.mean_or_none(an.highest_point(r.to_threshold) for r in rs)}
                          for size, rs in sorted(by_size.items())],
             "threshold_peaks": {f"{t:g}": size for t, size in an.threshold_peaks(
-                {size: [r.to_threshold for r in rs] for size, rs in by_size.items()}, opts.thresholds).items()},
+                {size: [r.to_threshold for r in rs] for size, rs in every_seed.items()}, opts.thresholds).items()},
         }
     return cds, thresholds
 
@@ -248,7 +250,8 @@ def settings_text(opts: Options) -> list[str]:
         f"- **Steps to threshold**: test accuracy smoothed by a Gaussian with σ = {opts.sigma:g} steps "
         "(scipy's reflect edges, as the paper); the first evaluated step where the smoothed curve is ≥ t, for t in "
         f"{', '.join(f'{t:g}' for t in opts.thresholds)}; *never* when not reached in the budget (the paper writes 0). "
-        "The highest point of a run is its largest step count over the thresholds it reached.",
+        "The highest point of a run is its largest step count over the thresholds it reached; a threshold's "
+        "peak size is taken over the sizes that every seed of the model ran.",
     ]
 
 

@@ -93,6 +93,16 @@ def test_sweep_report_classifies_and_locates_the_critical_size(sweep, capsys, no
     assert peaks["0.5"] == 1000  # seed 0 at 1,300 steps; the seed that never reached it is left out
 
 
+def test_peaks_leave_out_a_size_that_only_some_seeds_ran(sweep, no_matplotlib):
+    # Hidden 128 at 3,000 pairs with seed 0 only, and slow there: its one-seed means are not
+    # comparable with the two-seed means, so neither peak moves to it.
+    make_run(sweep / "h128-n3000-seed0", 3000, 0, 128, 1900)
+    assert main([str(sweep)]) == 0
+    report = read_report(sweep)
+    assert report["critical_data_size"]["hidden=128,layers=1"]["peak_size"] == 1500
+    assert set(report["steps_to_threshold"]["hidden=128,layers=1"]["threshold_peaks"].values()) == {1500}
+
+
 def test_sweep_report_files(sweep):
     assert main([str(sweep)]) == 0
     report = read_report(sweep)

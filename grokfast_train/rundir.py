@@ -102,6 +102,21 @@ class RunLock:
         self.release()
 
 
+def lock_holder(run_dir: Path) -> str | None:
+    """The pid of the process training in run_dir (as RunLock wrote it), or None; takes no lock, writes nothing."""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted unless a RunLock holds it
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # drops the shared lock if it was granted
+
+
 def prepare(run_dir: Path, resume: bool, force: bool) -> RunLock:
     """Lock the run directory (creating it), then refuse to clobber an existing run unless asked;
     clear it with --force. Returns the lock, held until released (Run.fit releases it)."""

@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -48,7 +49,7 @@ AXES = {"frac": "--fracs", "train_size": "--train-sizes", "hidden": "--hidden-si
 # Settings that are not part of what the runs share: how a run is executed and shown, and where it lives.
 _NOT_SHARED = rundir.RESUMABLE | {"backend"}
 _SWEEP_ONLY = ("fracs", "train_sizes", "hidden_sizes", "layers", "seeds", "executor", "jobs", "ray_address",
-               "gpus_per_run", "threads_per_run", "pack")
+               "gpus_per_run", "threads_per_run", "pack", "dry_run")
 MAX_AUTO_PACK = 64  # --pack auto never packs more runs than this
 # The paper's sample-wise grids (DESIGN.md): modular training sizes 1,000..9,500 by 500; text fractions 0.1..1.0.
 DEFAULT_TRAIN_SIZES = {"modular": list(range(1000, 9501, 500))}
@@ -498,18 +499,20 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
         assert shared_settings(c, given) == shared, p.name
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UsageError(f"--out {sweep_dir} is a file, not a directory; choose another --out")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    book = SweepFile(sweep_dir, shared)
-    log = _tee(log, sweep_dir / "sweep.log")
+    book = SweepFile(sweep_dir, shared)  # refuses a sweep directory of other shared settings
     statuses = {p.name: run_status(sweep_dir / p.name, c.steps) for p, c in zip(points, configs)}
+    todo = [c for p, c in zip(points, configs) if statuses[p.name] != "done"]
+    units = plan_units(todo, given.get("pack", "auto"), configs[0].device)
+    if given.get("dry_run"):
+        return show_plan(sweep_dir, configs, statuses, units, log)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log = _tee(log, sweep_dir / "sweep.log")
     for p in points:
         book.add(p, "done" if statuses[p.name] == "done" else "pending")
     book.save()
 
     executor, jobs = given.get("executor", "local"), given.get("jobs", 1)
     threads = given.get("threads_per_run") or max(1, (os.cpu_count() or 1) // jobs)
-    todo = [c for p, c in zip(points, configs) if statuses[p.name] != "done"]
-    units = plan_units(todo, given.get("pack", "auto"), configs[0].device)
     finished_before = len(points) - len(todo)
     packs = [len(u) for u in units if len(u) > 1]
     log(f"sweep {sweep_dir}: {len(points)} runs ({finished_before} finished before, {len(todo)} to train) on "
@@ -560,6 +563,34 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
     return 0 if done == len(points) else 1
 
 
+def show_plan(sweep_dir: Path, configs: list[Config], statuses: dict[str, str], units: list[list[Config]],
+              log: Callable[[str], None]) -> int:
+    """--dry-run: what rerunning the command would do to each run, and how the work would be grouped;
+    nothing is written."""
+    pack_of = {c.out: i for i, u in enumerate((u for u in units if len(u) > 1), 1) for c in u}
+    counts: Counter[str] = Counter()
+    lines = []
+    for c in configs:
+        status = statuses[Path(c.out).name]
+        holder = rundir.lock_holder(Path(c.out)) if status != "done" else None
+        if holder:
+            status = "running elsewhere"
+        counts[status] += 1
+        what = {"done": "done: skipped",
+                "running elsewhere": f"being trained by another process (pid {holder}): left to it",
+                "resumable": f"resumes from its checkpoint at step {_start_step(c):,} of {c.steps:,}",
+                "partial": "starts over (stopped before its first checkpoint)",
+                "new": f"new: trains {c.steps:,} steps"}[status]
+        lines.append(f"  {Path(c.out).name}  {what}" + (f"  [pack {pack_of[c.out]}]" if c.out in pack_of else ""))
+    log(f"sweep {sweep_dir} (dry run, nothing written): {len(configs)} runs: "
+        + ", ".join(f"{counts[k]} {k}" for k in ("done", "running elsewhere", "resumable", "partial", "new") if counts[k])
+        + f"; {len(units)} unit{'s' * (len(units) != 1)} of work"
+        + (f", {len(pack_of)} runs in {max(pack_of.values())} packs" if pack_of else ""))
+    for line in lines:
+        log(line)
+    return 0
+
+
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sweep grid (comma-separated lists; a single-run flag such as --hidden is a one-value axis)")
     g.add_argument("--fracs", help="data fractions, e.g. 0.1,0.2,0.3 (default for text: 0.1..1.0)")
@@ -573,6 +604,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--threads-per-run", type=int, help="CPU threads per run (default: cores / jobs)")
     e.add_argument("--ray-address", help="ray: address of an existing cluster (default: start a local instance)")
     e.add_argument("--gpus-per-run", type=float, help="ray: GPU share per run (per pack), e.g. 0.25 (default 0)")
+    e.add_argument("--dry-run", action="store_true", help="show what the command would train, resume or skip "
+                                                          "(and how it would pack runs), then exit; writes nothing")
     e.add_argument("--pack", type=_pack_width, help="train runs of one shape as one stacked model: auto (default: "
                                                     "on CUDA, sized to its memory; off on CPU), off, or N (at most "
                                                     "N runs per pack)")

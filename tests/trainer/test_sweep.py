@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,3 +261,41 @@ def test_ray_executor_trains_a_pack(finished, tmp_path):
     for name in ("n40-h16-l1-s1", "n80-h16-l1-s1"):
         assert close_metrics(metrics(out / name), metrics(finished / name)), name
         assert "packed with 1 other run" in (out / name / "train.log").read_text()
+
+
+def test_a_dry_run_shows_the_plan_and_writes_nothing(finished, tmp_path, capsys):
+    fresh = tmp_path / "s"
+    assert sweep(fresh, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert not fresh.exists()
+    assert "4 runs: 4 new; 4 units of work" in out and out.count("new: trains 30 steps") == 4
+    # the finished sweep (a copy: other tests grow it), 20 steps longer and one size larger, packed by 4
+    done = tmp_path / "done"
+    shutil.copytree(finished, done, ignore=shutil.ignore_patterns("n60-*"))
+    before = {p: p.stat().st_mtime_ns for p in done.rglob("*")}
+    longer = ["sweep", *TINY, "--train-sizes", "40,80,60", "--seeds", "0,1", "--out", str(done),
+              "--pack", "4", "--dry-run"]
+    longer[longer.index("30")] = "50"
+    assert main(longer) == 0
+    out = capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in done.rglob("*")} == before  # nothing written, nothing trained
+    assert "6 runs: 4 resumable, 2 new; 2 units of work, 6 runs in 2 packs" in out
+    for name in NAMES:
+        assert f"{name}  resumes from its checkpoint at step 30 of 50  [pack 1]" in out
+    assert "n60-h16-l1-s0  new: trains 50 steps  [pack 2]" in out
+    # as it is: every run done
+    assert sweep(done, "--dry-run") == 0
+    assert "4 runs: 4 done; 0 units of work" in capsys.readouterr().out
+    # a run another process trains is shown as left to it
+    held = RunLock(tmp_path / "h" / NAMES[1])
+    try:
+        assert main(["sweep", *TINY, *GRID, "--out", str(tmp_path / "h"), "--dry-run"]) == 0
+    finally:
+        held.release()
+    out = capsys.readouterr().out
+    assert "4 runs: 1 running elsewhere, 3 new" in out
+    assert f"{NAMES[1]}  being trained by another process (pid {os.getpid()}): left to it" in out
+    assert [p.name for p in (tmp_path / "h").rglob("*")] == [NAMES[1], ".lock"]
+    # a dry run refuses what the real run would refuse
+    assert main(["sweep", *TINY, *GRID, "--out", str(done), "--lr", "0.01", "--dry-run"]) == 2
+    assert "holds a sweep with lr=" in capsys.readouterr().err

@@ -23,10 +23,16 @@ which are read once per evaluation together with the weight norm. What a chunk c
 
 Memory: all graphs share one private pool. That is safe because no tensor allocated during a capture
 outlives it -- every result goes into a tensor allocated before capture (parameters, optimiser buffers,
-meter and evaluation sums) -- and replays never overlap (one stream).
+meter and evaluation sums) -- and replays never overlap (one stream). The run owns its stepper and
+evaluator, which refer back to it weakly: a finished run, its graphs and their pool are freed as soon as
+the run is dropped (a sweep trains run after run in one process), not at some later cycle collection.
 """
 
 from __future__ import annotations
+
+import contextlib
+import gc
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -78,11 +84,26 @@ def _check_cuda(run) -> None:
         raise UsageError("--cuda-graph on needs a CUDA device, and this run is on the CPU; use --cuda-graph off")
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """Collect cycles now, then pause the collector. A collection inside a capture could destroy an
+    unreachable graph of an earlier run, which CUDA forbids while a stream captures (the capture is then
+    invalidated); torch >= 2.9 no longer collects before a capture (``force_cudagraph_gc``)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _record(fn, pool, stream) -> "torch.cuda.CUDAGraph":
     """Capture what ``fn`` launches as a CUDA graph: its Python runs, its kernels are recorded, not run --
     the state moves only when the graph replays."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, stream=stream):
+    with _collector_paused(), torch.cuda.graph(graph, pool=pool, stream=stream):
         fn()
     return graph
 
@@ -93,11 +114,21 @@ class EagerSteps:
     unroll = 1
 
     def __init__(self, run):
-        self.run = run
+        self.run = weakref.proxy(run)  # the run owns this (graph.py, Memory)
 
     def __call__(self, limit: int) -> int:
         self.run.train_step()
         return 1
+
+
+class EagerEval:
+    """``eager_test_sums(run)`` per call: the evaluation launched op by op."""
+
+    def __init__(self, run):
+        self.run = weakref.proxy(run)
+
+    def __call__(self) -> torch.Tensor:
+        return eager_test_sums(self.run)
 
 
 class GraphSteps:
@@ -109,7 +140,7 @@ class GraphSteps:
 
     def __init__(self, run, unroll: int | None = None, warmup: int = WARMUP):
         _check_cuda(run)
-        self.run = run
+        self.run = weakref.proxy(run)
         self.unroll = choose_unroll(run.cfg.eval_every) if unroll is None else unroll
         if not isinstance(self.unroll, int) or self.unroll < 1:
             raise ValueError(f"unroll must be a positive integer, got {self.unroll!r}")
@@ -159,7 +190,7 @@ class GraphEval:
     """
 
     def __init__(self, run, pool=None):
-        self.run = run
+        self.run = weakref.proxy(run)
         self.n = run.task.test_x.shape[0]
         self.chunk = min(run.cfg.eval_batch_size, self.n)
         self.chunks = -(-self.n // self.chunk)

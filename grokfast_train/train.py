@@ -82,7 +82,7 @@ class Run:
             self.test_sums = graph.GraphEval(self, pool=self.stepper.pool)
         else:
             self.stepper = graph.EagerSteps(self)
-            self.test_sums = lambda: graph.eager_test_sums(self)
+            self.test_sums = graph.EagerEval(self)
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0  # training wall time over all sessions of this run

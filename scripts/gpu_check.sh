@@ -41,6 +41,9 @@ section() {
   fi
   say "== $name (at most ${t}s)"
   local t0=$SECONDS
+  # pytest (with -p scripts.pytest_deadline) starts no test after this, so it ends with its summary before the cap
+  local margin=$((t / 3 < 20 ? t / 3 : 20))
+  export PYTEST_DEADLINE=$(($(date +%s) + t - margin))
   timeout --signal=INT --kill-after=15 "$t" "$@" 2>&1 | tee -a "$report"
   local rc=${PIPESTATUS[0]}
   say "== $name: exit $rc after $((SECONDS - t0))s$( ((rc == 124)) && echo ' (time cap reached)')"
@@ -80,11 +83,11 @@ EOF
 # benchmarks 20, tables 5: 450 s. The step benchmarks keep priority over the pack benchmarks, which come
 # after the end-to-end run so that they get whatever it leaves (it needs ~30-40 s; then the pack
 # benchmarks get their 70 s cap). The newest tests (packed runs, then the graph tests) go first.
-section "CUDA tests" 120 250 "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_pack_cuda.py \
+section "CUDA tests" 120 250 "$PY" -m pytest -v -p no:cacheprovider -p scripts.pytest_deadline tests/gpu/test_pack_cuda.py \
   tests/gpu/test_graph_cuda.py tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py
-section "step benchmarks (modular)" 120 150 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
+section "step benchmarks (modular)" 120 150 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_step_bench.py \
   -k "$bench_k and modular" --benchmark-json="$out/bench-modular.json" --benchmark-columns=min,median,rounds
-section "step benchmarks (imdb)" 130 85 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_step_bench.py \
+section "step benchmarks (imdb)" 130 85 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_step_bench.py \
   -k "$bench_k and imdb" --benchmark-json="$out/bench-imdb.json" --benchmark-columns=min,median,rounds
 e2e() {
   local t0 t1
@@ -113,10 +116,10 @@ export -f e2e
 export out steps e2e_device PY
 section "end-to-end: grokfast-train --dataset modular --steps $steps" 120 25 bash -c e2e
 # R = 1, 8, 64 modular then 1, 8 IMDB, pack and solo rows side by side: a time cap loses IMDB first
-section "pack benchmarks" 70 5 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_pack_bench.py \
+section "pack benchmarks" 70 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_pack_bench.py \
   -k "$pack_k" --benchmark-json="$out/bench-pack.json" --benchmark-columns=min,median,rounds
 if ((!rehearsal)); then
-  section "kernel benchmarks" 60 5 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_adamw_bench.py \
+  section "kernel benchmarks" 60 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_adamw_bench.py \
     benchmarks/test_attention_bench.py benchmarks/test_layer_norm_bench.py --benchmark-json="$out/bench-kernels.json" \
     --benchmark-columns=min,median,rounds
 fi

@@ -5,6 +5,9 @@ are run directories). Only what runs write is read: config.json, metrics.jsonl, 
 Runs without summary.json are still running or were interrupted: they are counted and named, and
 the report covers the finished ones. Written into DIR (or --out): report.md, report.json, runs.csv
 and figures/*.png (the figures need matplotlib: ``pip install 'grokfast-train[plot]'``).
+
+``grokfast-train report DIR DIR ... --out OUT`` reads several sweeps (or runs) into one report: each
+run named ``<its directory>/<run>``, grouped, as within one sweep, by the settings that differ.
 """
 
 from __future__ import annotations
@@ -351,14 +354,33 @@ def _have_matplotlib() -> bool:
 
 
 # -- the report -------------------------------------------------------------------------------------
-def build(root: Path, out_dir: Path, opts: Options) -> tuple[dict, str]:
-    dirs, single, expected = find_runs(root)
-    finished = [d for d in dirs if (d / SUMMARY).exists()]
-    unfinished = [d.name for d in dirs if d not in finished]
+def collect(roots: list[Path]) -> tuple[dict[str, Path], bool, int]:
+    """The runs of one or several run/sweep directories by name, whether it is one single run, and how
+    many runs the sweeps expect. With several, a run's name is prefixed by its directory's: the runs of
+    several sweeps (Grokfast on and off, two weight decays, ...) compare in one report, grouped by the
+    settings that differ."""
+    names = [r.resolve().name for r in roots]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"two of the directories are named {twice}; a combined report names runs by their directory")
+    runs: dict[str, Path] = {}
+    expected, single = 0, False
+    for root, prefix in zip(roots, names):
+        dirs, single, n = find_runs(root)
+        expected += n
+        runs.update({(d.name if len(roots) == 1 else f"{prefix}/{d.name}"): d for d in dirs})
+    return runs, single and len(roots) == 1, expected
+
+
+def build(roots: list[Path], out_dir: Path, opts: Options) -> tuple[dict, str]:
+    dirs, single, expected = collect(roots)
+    finished = {name: d for name, d in dirs.items() if (d / SUMMARY).exists()}
+    unfinished = [name for name in dirs if name not in finished]
     if not finished:
-        what = f"the run in {root} has not" if single else f"none of the {expected} runs in {root} has"
+        where = ", ".join(map(str, roots))
+        what = f"the run in {where} has not" if single else f"none of the {expected} runs in {where} has"
         raise RunError(f"{what} finished yet (no {SUMMARY}); report reads finished runs")
-    runs = [load_run(d, d.name, opts.window) for d in finished]
+    runs = [load_run(d, name, opts.window) for name, d in finished.items()]
     for r in runs:
         analyse(r, opts)
     model_keys(runs, opts.window)
@@ -380,7 +402,8 @@ def build(root: Path, out_dir: Path, opts: Options) -> tuple[dict, str]:
                    else sweep_figures(runs, cds, thresholds, opts, out_dir / FIGURES))
 
     report = {
-        "dir": str(root), "kind": "run" if single else "sweep",
+        "dir": str(roots[0] if len(roots) == 1 else out_dir), "dirs": [str(r) for r in roots],
+        "kind": "run" if single else "sweep",
         "finished": len(finished), "total": expected, "unfinished": unfinished, "coverage": coverage,
         "settings": {"sigma_steps": opts.sigma, "window_steps": opts.window, "thresholds": list(opts.thresholds),
                      "surplus_delay_factor": opts.rule.delay_factor, "surplus_floor_evals": opts.rule.floor_evals,
@@ -442,11 +465,12 @@ def _thresholds(values: list[str]) -> tuple[float, ...]:
     return tuple(sorted(set(out)))
 
 
-def parse(argv: list[str]) -> tuple[Path, Path, Options]:
+def parse(argv: list[str]) -> tuple[list[Path], Path, Options]:
     p = OneLineParser(prog=PROG, description="Landmarks, regimes and the critical data size of a run or a sweep; "
                                         "writes report.md, report.json, runs.csv and figures/ into DIR (or --out).")
-    p.add_argument("dir", type=Path, help="a run directory or a sweep directory")
-    p.add_argument("--out", type=Path, help="where to write the report (default: DIR)")
+    p.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                   help="a run directory or a sweep directory; several (with --out) compare in one report")
+    p.add_argument("--out", type=Path, help="where to write the report (default: DIR; required with several)")
     p.add_argument("--sigma", type=float, default=an.PAPER_SIGMA_STEPS, metavar="STEPS",
                    help="Gaussian smoothing of test accuracy, in steps (default 100, the paper's; 0 = none)")
     p.add_argument("--window", type=int, metavar="STEPS",
@@ -468,7 +492,9 @@ def parse(argv: list[str]) -> tuple[Path, Path, Options]:
         raise UsageError("--surplus-delay and --surplus-floor must be >= 0")
     opts = Options(args.sigma, args.window, _thresholds(args.thresholds),
                    an.RegimeRule(args.surplus_delay, args.surplus_floor))
-    return args.dir, args.out or args.dir, opts
+    if len(args.dirs) > 1 and args.out is None:
+        raise UsageError("a report on several directories needs --out: where to write it")
+    return args.dirs, args.out or args.dirs[0], opts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    root, out_dir, opts = parse(argv)
-    report, md = build(root, out_dir, opts)
+    roots, out_dir, opts = parse(argv)
+    report, md = build(roots, out_dir, opts)
     write(out_dir, report, md, opts.thresholds)
     print(report["coverage"])
     if not report["figures"]:

@@ -235,6 +235,30 @@ def test_duplicate_runs_are_flagged(sweep, no_matplotlib):
     assert per_size[0] == {"train_size": 500, "seeds": 3, "generalised": 0, "mean_generalization_step": None}
 
 
+def test_several_sweeps_compare_in_one_report(tmp_path, capsys, no_matplotlib):
+    # two sweeps that differ in weight decay: one report, one group per weight decay, runs named by sweep
+    for name, wd, gens in (("wd1", 1.0, {500: None, 1000: 1300, 2000: 150}), ("wd0", 0.0, {500: None, 1000: None, 2000: 900})):
+        for seed in (0, 1):
+            for size, gen in gens.items():
+                make_run(tmp_path / name / f"n{size}-s{seed}", size, seed, 64, gen, weight_decay=wd)
+    assert main([str(tmp_path / "wd1"), str(tmp_path / "wd0"), "--out", str(tmp_path / "both")]) == 0
+    report = read_report(tmp_path / "both")
+    assert not (tmp_path / "wd1" / "report.json").exists() and not (tmp_path / "wd0" / "report.json").exists()
+    cds = report["critical_data_size"]
+    assert {k: v["estimate"] for k, v in cds.items()} == {"hidden=64,layers=1,weight_decay=0.0": 2000,
+                                                          "hidden=64,layers=1,weight_decay=1.0": 1000}
+    assert sorted(r["run"] for r in report["runs"])[:2] == ["wd0/n1000-s0", "wd0/n1000-s1"]
+    assert report["finished"] == 12 and report["warnings"] == []
+    # several directories need --out; two of the same name cannot be told apart
+    assert main([str(tmp_path / "wd1"), str(tmp_path / "wd0")]) == 2
+    assert "needs --out" in one_line_error(capsys)
+    make_run(tmp_path / "other" / "wd1" / "n500-s0", 500, 0, 64, None)
+    assert main([str(tmp_path / "wd1"), str(tmp_path / "other" / "wd1"), "--out", str(tmp_path / "x")]) == 2
+    assert "two of the directories are named wd1" in one_line_error(capsys)
+    assert main([str(tmp_path / "wd1"), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing does not exist" in one_line_error(capsys)
+
+
 def test_the_cli_dispatches_report(tmp_path):
     make_run(tmp_path / "run", 1000, 0, 64, None)
     proc = subprocess.run([sys.executable, "-m", "grokfast_train", "report", str(tmp_path / "run"), "--sigma", "0"],

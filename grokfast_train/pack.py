@@ -43,13 +43,14 @@ from .models.runs import bind_run, run_state, stack_states
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
 from .sampler import PackSampler
-from .train import _Milestones, _rewrite_jsonl, check_backend, non_finite_message, resolve_device
+from .train import (_Milestones, _rewrite_jsonl, check_backend, check_can_continue, non_finite_message,
+                    resolve_device)
 
 # Settings that may differ between the runs of one pack; every other setting -- the model, the data and
 # its test set, the batch rule, the schedule (steps, evaluations, checkpoints), device, backend, dtype,
 # CUDA graphs -- is shared, because the pack has one of each.
 PER_RUN = {"frac", "train_size", "seed", "init_scale", "init_std", "lr", "weight_decay", "betas", "eps",
-           "grokfast_alpha", "grokfast_lamb", "mem_threshold", "gen_threshold",
+           "grokfast_alpha", "grokfast_lamb", "mem_threshold", "gen_threshold", "stop_after_generalising",
            "out", "resume", "force", "quiet", "log"}
 
 
@@ -343,9 +344,7 @@ class PackedRun:
         for r, m in enumerate(self.members):
             if m.cfg.resume:
                 self.load_run_checkpoint(r, load_checkpoint(m.dir))
-                if m.saved_step >= m.cfg.steps:
-                    raise UsageError(f"the run in {m.dir} is already at step {m.saved_step}; "
-                                     f"pass --steps larger than {m.saved_step} to extend it")
+                check_can_continue(m.cfg, m.saved_step, m.history, m.dir)
                 m.log(f"resuming {m.dir} at step {m.saved_step:,} of {m.cfg.steps:,}")
             steps.add(m.saved_step or 0)
         if len(steps) > 1:
@@ -363,7 +362,7 @@ class PackedRun:
     def _loop(self) -> list[dict | None]:
         cfg, R = self.cfg, len(self.members)
         reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"pack of {R}", printer=self.log)
-        start_step = self.step
+        start_step = self._start_step = self.step
         try:
             interrupted, wall = loop.drive(
                 self, reporter, record=lambda now: self._record(self.evaluate(now), now, reporter), save=self._save,
@@ -374,6 +373,8 @@ class PackedRun:
         for m in self.members:
             if m.error is not None:
                 results.append({"error": m.error})
+            elif m.summary is not None:  # stopped early (--stop-after-generalising)
+                results.append(m.summary)
             elif interrupted:
                 m.log(f"interrupted at step {self.step:,}; checkpoint saved in {m.dir}")
                 results.append(None)
@@ -396,6 +397,8 @@ class PackedRun:
             m.log(format_eval(row, m.cfg.steps))
             for line in m.marks.update(row):
                 m.log(line)
+            if m.marks.stop:
+                self._stop_early(r, now)
         if self.active:
             train = [rows[r]["train_acc"] for r in self.active]
             test = [rows[r]["test_acc"] for r in self.active]
@@ -410,6 +413,16 @@ class PackedRun:
         self.opt.freeze(r)
         self.active.remove(r)
         self.log(f"{m.dir.name}: {m.error}; the other runs of the pack go on")
+
+    def _stop_early(self, r: int, now: float) -> None:
+        """Run r has been generalised for --stop-after-generalising steps: checkpoint it, write its summary
+        and freeze it, as its solo run would end there; the other runs go on."""
+        m = self.members[r]
+        save_checkpoint(m.dir, self.run_checkpoint(r, m.elapsed_s + now))
+        m.saved_step = self.step
+        self._finish(m, now, self._start_step)
+        self.opt.freeze(r)
+        self.active.remove(r)
 
     def _freeze_non_finite_between_evals(self) -> None:
         """A Ctrl-C between eval points: never checkpoint a run whose state went non-finite."""
@@ -432,6 +445,7 @@ class PackedRun:
         summary["elapsed_s"] = round(m.elapsed_s, 3)
         summary["data"] = self.sources[r]
         summary["train_size"] = int(self.sampler.runs[r].n)
+        summary["stopped_early_at"] = self.step if m.marks.stop else None
         save_json(m.dir / rundir.SUMMARY, summary)
         m.summary = summary
         m.log(f"done: {landmarks_text(summary)}; best test acc {summary['best_test_acc']:.4f}; "

@@ -33,7 +33,8 @@ FIGURES = "figures"
 # Every setting a resume may change (rundir.RESUMABLE, less steps: the budget) is one; a test keeps
 # the two in step (rundir is not imported here: it brings torch, which a report does not need).
 NOT_EXPERIMENT = {"frac", "train_size", "seed", "out", "resume", "force", "quiet", "device", "backend",
-                  "eval_batch_size", "checkpoint_every", "cache_dir", "data_dir", "log", "cuda_graph"}
+                  "eval_batch_size", "checkpoint_every", "cache_dir", "data_dir", "log", "cuda_graph",
+                  "stop_after_generalising"}
 
 
 @dataclasses.dataclass(frozen=True)

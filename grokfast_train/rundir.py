@@ -24,7 +24,7 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT)
 # cuda_graph may change: a replayed step runs the same kernels as an eager one, the same trajectory;
 # dtype may not: bf16 compute is another trajectory.
 RESUMABLE = {"steps", "quiet", "device", "eval_batch_size", "checkpoint_every", "resume", "force", "out", "log",
-             "cuda_graph"}
+             "cuda_graph", "stop_after_generalising"}
 
 
 def default_out(cfg: Config) -> str:

@@ -40,7 +40,7 @@ from .checkpoint import CHECKPOINT, save_json
 from .config import Config, legacy_value, resolve
 from .errors import GrokfastError, RunLocked, UsageError
 from .interrupt import StopFlag
-from .metrics import landmarks_text
+from .metrics import generalised_for, landmarks_text
 
 SWEEP_FILE = "sweep.json"
 # The grid's axes: Config field -> the sweep flag that lists its values.
@@ -147,14 +147,17 @@ def shared_settings(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ one run
 
 
-def run_status(run_dir: Path, steps: int) -> str:
-    """done (finished at >= steps) | resumable (has a checkpoint) | partial (files, no checkpoint) | new."""
+def run_status(run_dir: Path, steps: int, stop_after_generalising: int | None = None) -> str:
+    """done (finished at >= steps, or generalised for ``stop_after_generalising`` steps) | resumable (has a
+    checkpoint) | partial (files, no checkpoint) | new."""
     summary = run_dir / rundir.SUMMARY
     if summary.exists():
         try:
-            if json.loads(summary.read_text()).get("final_step", 0) >= steps:
+            s = json.loads(summary.read_text())
+            final = s.get("final_step", 0)
+            if final >= steps or generalised_for(stop_after_generalising, final, s.get("generalization_step")):
                 return "done"
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             pass
     if (run_dir / CHECKPOINT).exists():
         return "resumable"
@@ -167,7 +170,7 @@ def _prepared(cfg: Config) -> tuple[Config, str]:
     """A grid point's config as it will train (resumed from its checkpoint, or started over when it
     stopped before its first), and its status (``run_status``)."""
     run_dir = Path(cfg.out)
-    status = run_status(run_dir, cfg.steps)
+    status = run_status(run_dir, cfg.steps, cfg.stop_after_generalising)
     if status == "resumable":
         # what a resume may change (rundir.RESUMABLE) comes from this invocation; the rest from the run
         given = {k: getattr(cfg, k) for k in rundir.RESUMABLE - {"resume", "force", "out"}}
@@ -314,7 +317,7 @@ def _start_step(cfg: Config) -> int:
     import torch
 
     path = Path(cfg.out) / CHECKPOINT
-    if run_status(Path(cfg.out), cfg.steps) != "resumable":
+    if run_status(Path(cfg.out), cfg.steps, cfg.stop_after_generalising) != "resumable":
         return 0
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
@@ -500,7 +503,8 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UsageError(f"--out {sweep_dir} is a file, not a directory; choose another --out")
     book = SweepFile(sweep_dir, shared)  # refuses a sweep directory of other shared settings
-    statuses = {p.name: run_status(sweep_dir / p.name, c.steps) for p, c in zip(points, configs)}
+    statuses = {p.name: run_status(sweep_dir / p.name, c.steps, c.stop_after_generalising)
+                for p, c in zip(points, configs)}
     todo = [c for p, c in zip(points, configs) if statuses[p.name] != "done"]
     units = plan_units(todo, given.get("pack", "auto"), configs[0].device)
     if given.get("dry_run"):

@@ -25,7 +25,8 @@ from .config import FULL_BATCH, Config
 from .data import TaskData, load_task
 from .errors import RunError, UsageError
 from .loggers import open_loggers
-from .metrics import IntervalMeter, landmarks_text, summarize, weight_norm, weight_norm_tensor
+from .metrics import (IntervalMeter, first_step, generalised_for, landmarks_text, summarize, weight_norm,
+                      weight_norm_tensor)
 from .models import build_model, resolve_backend
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
@@ -190,9 +191,7 @@ class Run:
         cfg = self.cfg
         if cfg.resume:
             self.load_state_dict(load_checkpoint(self.dir))
-            if self.step >= cfg.steps:
-                raise UsageError(f"the run in {self.dir} is already at step {self.step}; "
-                                 f"pass --steps larger than {self.step} to extend it")
+            check_can_continue(cfg, self.step, self.history, self.dir)
             self.log(f"resuming {self.dir} at step {self.step:,} of {cfg.steps:,}")
         save_json(self.dir / rundir.CONFIG, dataclasses.asdict(cfg))
         (self.dir / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
@@ -238,7 +237,7 @@ class Run:
         try:
             with open(self.dir / rundir.METRICS, "a") as metrics_file:
                 interrupted, wall = loop.drive(self, reporter, record=record, save=self._save_at,
-                                               check_finite=check_finite)
+                                               check_finite=check_finite, live=lambda: not marks.stop)
         finally:
             reporter.close()
         self.elapsed_s += wall
@@ -251,6 +250,7 @@ class Run:
         summary["elapsed_s"] = round(self.elapsed_s, 3)
         summary["data"] = self.task.source
         summary["train_size"] = int(self.task.train_x.shape[0])
+        summary["stopped_early_at"] = self.step if marks.stop else None
         save_json(self.dir / rundir.SUMMARY, summary)
         if self.history and reporter.live:  # the bar is gone: leave the final numbers on screen
             self.log(format_eval(self.history[-1], cfg.steps))
@@ -274,22 +274,41 @@ class Run:
 
 
 class _Milestones:
-    """One line when the run first memorises and when it first generalises."""
+    """One line when the run first memorises and when it first generalises; and whether it has been
+    generalised long enough to stop (--stop-after-generalising)."""
 
     def __init__(self, cfg: Config, history: list[dict]):
         self.cfg = cfg
         self.mem_seen = any(r["train_acc"] >= cfg.mem_threshold for r in history)
-        self.gen_seen = any(r["test_acc"] >= cfg.gen_threshold for r in history)
+        self.gen_step = first_step(history, "test_acc", cfg.gen_threshold)
+        self.stop = bool(history) and self._stops_at(history[-1]["step"])
+
+    def _stops_at(self, step: int) -> bool:
+        return step < self.cfg.steps and generalised_for(self.cfg.stop_after_generalising, step, self.gen_step)
 
     def update(self, row: dict) -> list[str]:
         lines = []
         if not self.mem_seen and row["train_acc"] >= self.cfg.mem_threshold:
             self.mem_seen = True
             lines.append(f"memorised: train accuracy {row['train_acc']:.3f} at step {row['step']:,}")
-        if not self.gen_seen and row["test_acc"] >= self.cfg.gen_threshold:
-            self.gen_seen = True
+        if self.gen_step is None and row["test_acc"] >= self.cfg.gen_threshold:
+            self.gen_step = row["step"]
             lines.append(f"generalised: test accuracy {row['test_acc']:.3f} at step {row['step']:,}")
+        if not self.stop and self._stops_at(row["step"]):
+            self.stop = True
+            lines.append(f"stopping: generalised {row['step'] - self.gen_step:,} steps ago "
+                         f"(--stop-after-generalising {self.cfg.stop_after_generalising:,})")
         return lines
+
+
+def check_can_continue(cfg: Config, step: int, history: list[dict], run_dir: Path) -> None:
+    """A resumed run must have steps left: refuse one at --steps, or stopped by --stop-after-generalising."""
+    if step >= cfg.steps:
+        raise UsageError(f"the run in {run_dir} is already at step {step}; pass --steps larger than {step} to extend it")
+    marks = _Milestones(cfg, history)
+    if marks.stop:
+        raise UsageError(f"the run in {run_dir} stopped at step {step:,}, {step - marks.gen_step:,} steps after "
+                         f"generalising; pass --stop-after-generalising off (or more steps) to train on")
 
 
 def non_finite_message(history: list[dict], step: int, saved_step: int | None, run_dir: Path) -> str:

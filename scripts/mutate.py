@@ -326,6 +326,25 @@ SWEEP_REPORT_MUTANTS: list[Mutant] = [
       "CLI: an OSError while writing (a report, a run's files) is a traceback, not one line", [T_REPORT]),
 ]
 
+T_EARLY = "tests/trainer/test_early_stop.py"
+
+# --stop-after-generalising: each bug would lose data or train a finished run again.
+EARLY_STOP_MUTANTS: list[Mutant] = [
+    M("ES1", "early stop", "grokfast_train/loop.py",
+      ("or stop.set or not live():", "or stop.set:"),
+      "early stop: no checkpoint at the stop step (the run cannot train on from where it stopped)", [T_EARLY]),
+    M("ES2", "early stop", "grokfast_train/pack.py",
+      ("            if m.marks.stop:\n                self._stop_early(r, now)", "            pass"),
+      "early stop: a packed run ignores its stop and trains on", [T_EARLY]),
+    M("ES3", "early stop", "grokfast_train/sweep.py",
+      ('if final >= steps or generalised_for(stop_after_generalising, final, s.get("generalization_step")):',
+       "if final >= steps:"),
+      "early stop: a sweep rerun trains its stopped runs again", [T_EARLY]),
+    M("ES4", "early stop", "grokfast_train/train.py",
+      ("return step < self.cfg.steps and generalised_for(", "return generalised_for("),
+      "early stop: a run whose stop falls on its last step is reported as stopped early", [T_EARLY]),
+]
+
 T_PACK = "tests/trainer/test_pack.py"
 T_PADAMW = "tests/kernels/test_packed_adamw.py"
 
@@ -371,7 +390,7 @@ PACK_MUTANTS: list[Mutant] = [
       "CPU heap: the freed top still trimmed, so steps fault their memory in again", ["tests/trainer/test_heap.py"]),
 ]
 
-ALL = MUTANTS + SWEEP_REPORT_MUTANTS + PACK_MUTANTS
+ALL = MUTANTS + SWEEP_REPORT_MUTANTS + EARLY_STOP_MUTANTS + PACK_MUTANTS
 
 
 # -- the copy ------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""--stop-after-generalising: a run ends at the first evaluation that many steps after it generalised,
+with a checkpoint, so that nothing of the trajectory is lost -- alone, in a pack and in a sweep.
+
+``--gen-threshold 0`` makes a run "generalise" at its first evaluation (step 10 here), so the stop
+step is known in advance: with 25 steps it is the first evaluation at or after step 35, i.e. 40.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grokfast_train.cli import config_from_args, main
+from grokfast_train.pack import PackedRun
+from grokfast_train.sweep import run_status
+
+TINY = ["--p", "13", "--hidden", "16", "--heads", "2", "--eval-every", "10", "--quiet", "--device", "cpu"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in out]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def train(out: Path, *extra: str, steps: int = 100) -> int:
+    return main([*TINY, "--train-size", "60", "--steps", str(steps), "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> Path:
+    """The same run without a stop: 100 steps."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert train(out, "--gen-threshold", "0") == 0
+    return out
+
+
+def test_a_run_stops_after_generalising_and_trains_on_when_asked(full, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(run, "--gen-threshold", "0", "--stop-after-generalising", "25") == 0
+    assert rows(run) == rows(full)[:4]  # steps 10..40: the same trajectory, cut at the stop
+    s = summary(run)
+    assert (s["generalization_step"], s["final_step"], s["stopped_early_at"]) == (10, 40, 40)
+    assert summary(full)["stopped_early_at"] is None
+    # resuming while the stop still applies is refused with one line; "off" trains on, exactly
+    assert main(["--out", str(run), "--resume"]) == 2
+    assert "stopped at step 40, 30 steps after generalising" in capsys.readouterr().err
+    assert main(["--out", str(run), "--resume", "--stop-after-generalising", "off"]) == 0
+    assert rows(run) == rows(full)
+    assert summary(run)["stopped_early_at"] is None
+
+
+def test_a_run_that_never_generalises_or_ends_first_runs_its_steps(full, tmp_path):
+    assert train(tmp_path / "never", "--gen-threshold", "1", "--stop-after-generalising", "0") == 0
+    assert summary(tmp_path / "never")["final_step"] == 100
+    # the stop would fall at step 100 itself: that is the end of the run, not an early stop
+    assert train(tmp_path / "end", "--gen-threshold", "0", "--stop-after-generalising", "90") == 0
+    assert rows(tmp_path / "end") == rows(full) and summary(tmp_path / "end")["stopped_early_at"] is None
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "2.5"])
+def test_a_bad_value_is_one_line(tmp_path, capsys, value):
+    assert train(tmp_path / "bad", "--stop-after-generalising", value) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--stop-after-generalising" in err[0]
+
+
+def test_in_a_pack_a_stopped_run_ends_as_its_solo_run_and_the_others_go_on(full, tmp_path):
+    """Run 0 stops at step 40; run 1 (another seed, never 'generalised') trains to 100. Each run's files
+    are its solo run's."""
+    def cfg(name: str, *extra: str):
+        return config_from_args([*TINY, "--train-size", "60", "--steps", "100", "--out", str(tmp_path / name), *extra])
+
+    stopping = ("--gen-threshold", "0", "--stop-after-generalising", "25")
+    other = ("--seed", "1", "--gen-threshold", "1", "--stop-after-generalising", "25")
+    results = PackedRun([cfg("p0", *stopping), cfg("p1", *other)], log=lambda _: None).fit()
+    assert [r["stopped_early_at"] for r in results] == [40, None]
+    assert train(tmp_path / "solo1", *other) == 0
+    for packed, solo in ((tmp_path / "p0", full), (tmp_path / "p1", tmp_path / "solo1")):
+        got, want = rows(packed), rows(solo)
+        assert [r["step"] for r in got] == [r["step"] for r in want][:len(got)]
+        for a, b in zip(got, want):
+            for k in ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm"):
+                assert a[k] == pytest.approx(b[k], rel=2e-4, abs=2e-4), (packed.name, a["step"], k)
+    assert len(rows(tmp_path / "p0")) == 4 and len(rows(tmp_path / "p1")) == 10
+    # the stopped run's checkpoint is its own, at its stop: it trains on alone, like the uninterrupted run
+    assert main(["--out", str(tmp_path / "p0"), "--resume", "--stop-after-generalising", "off"]) == 0
+    assert [r["step"] for r in rows(tmp_path / "p0")] == [r["step"] for r in rows(full)]
+    assert rows(tmp_path / "p0")[-1]["test_acc"] == pytest.approx(rows(full)[-1]["test_acc"], abs=2e-4)
+
+
+def test_a_sweep_counts_a_stopped_run_as_done_until_the_stop_is_lifted(full, tmp_path, capsys):
+    grid = ["sweep", *TINY[:-2], "--train-sizes", "60", "--seeds", "0", "--steps", "100", "--gen-threshold", "0",
+            "--threads-per-run", "1", "--out", str(tmp_path / "s")]
+    assert main([*grid, "--stop-after-generalising", "25"]) == 0
+    run = tmp_path / "s" / "n60-h16-l1-s0"
+    assert summary(run)["stopped_early_at"] == 40
+    assert run_status(run, 100, 25) == "done" and run_status(run, 100, 50) == "resumable"
+    assert run_status(run, 100) == "resumable"
+    capsys.readouterr()
+    assert main([*grid, "--stop-after-generalising", "25"]) == 0
+    assert "1 finished before, 0 to train" in capsys.readouterr().out
+    assert main(grid) == 0  # the same sweep without the stop: its runs train on to --steps
+    assert rows(run) == rows(full)

@@ -92,8 +92,8 @@ def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.
     r.add_argument("--mem-threshold", type=float, help="train accuracy that counts as memorised (default 0.99)")
     r.add_argument("--stop-after-generalising", type=_steps_or_off, metavar="STEPS",
                    help="end the run at the first evaluation STEPS or more steps after it generalised, with a "
-                        "checkpoint (--resume --stop-after-generalising off trains on); default off: all --steps, "
-                        "as the paper")
+                        "checkpoint (--resume --stop-after-generalising off trains on); at least 400 (4 sigma of "
+                        "the report's smoothing) keeps its steps-to-threshold; default off: all --steps, as the paper")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA when present")
     r.add_argument("--backend", choices=("auto", "torch", "triton"),
                    help="torch: plain PyTorch; triton: fused kernels (CUDA); default auto")

@@ -50,6 +50,6 @@ def drive(run, reporter, record: Callable[[float], None], save: Callable[[float]
                 if stop.set and not at_eval:
                     check_finite()
                 save(now())
-            if stop.set and run.step < cfg.steps:
+            if stop.set and run.step < cfg.steps and live():  # (a Ctrl-C at the end or at a stop: finished)
                 return True, now()
     return False, now()

@@ -44,7 +44,7 @@ from .optim import build_optimizer
 from .progress import Reporter, format_eval
 from .sampler import PackSampler
 from .train import (_Milestones, _rewrite_jsonl, check_backend, check_can_continue, non_finite_message,
-                    resolve_device)
+                    resolve_device, steps_per_s)
 
 # Settings that may differ between the runs of one pack; every other setting -- the model, the data and
 # its test set, the batch rule, the schedule (steps, evaluations, checkpoints), device, backend, dtype,
@@ -344,7 +344,7 @@ class PackedRun:
         for r, m in enumerate(self.members):
             if m.cfg.resume:
                 self.load_run_checkpoint(r, load_checkpoint(m.dir))
-                check_can_continue(m.cfg, m.saved_step, m.history, m.dir)
+                check_can_continue(m.cfg, m.saved_step, m.history, m.dir, m.log)
                 m.log(f"resuming {m.dir} at step {m.saved_step:,} of {m.cfg.steps:,}")
             steps.add(m.saved_step or 0)
         if len(steps) > 1:
@@ -363,6 +363,8 @@ class PackedRun:
         cfg, R = self.cfg, len(self.members)
         reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"pack of {R}", printer=self.log)
         start_step = self._start_step = self.step
+        for r in [r for r in self.active if self.members[r].marks.stop]:
+            self._stop_early(r, 0.0)  # resumed at its stop (train.check_can_continue): finished, nothing to train
         try:
             interrupted, wall = loop.drive(
                 self, reporter, record=lambda now: self._record(self.evaluate(now), now, reporter), save=self._save,
@@ -441,7 +443,7 @@ class PackedRun:
         m.elapsed_s += wall
         r = self.members.index(m)
         summary = summarize(m.history, m.cfg.mem_threshold, m.cfg.gen_threshold,
-                            steps_per_s=(self.step - start_step) / max(wall, 1e-9))
+                            steps_per_s=steps_per_s(self.step, start_step, wall, m.elapsed_s))
         summary["elapsed_s"] = round(m.elapsed_s, 3)
         summary["data"] = self.sources[r]
         summary["train_size"] = int(self.sampler.runs[r].n)

@@ -205,6 +205,15 @@ def _model_order(model: str) -> tuple:
     return (numbers, model)
 
 
+def stopped_early(runs: list[Run]) -> list[str]:
+    stopped = [r.name for r in runs if r.summary.get("stopped_early_at") is not None]
+    if not stopped:
+        return []
+    return [f"{len(stopped)} run{'s' * (len(stopped) > 1)} stopped early (--stop-after-generalising: "
+            f"{', '.join(stopped[:4])}{' ...' if len(stopped) > 4 else ''}): their curves end at the stop, so a "
+            f"threshold not reached by then reads never, and their best and final accuracies are those at the stop"]
+
+
 def duplicates(runs: list[Run]) -> list[str]:
     seen = defaultdict(list)
     for r in runs:
@@ -413,7 +422,7 @@ def build(roots: list[Path], out_dir: Path, opts: Options) -> tuple[dict, str]:
         "critical_data_size": cds,
         "steps_to_threshold": thresholds,
         "figures": [str(p.relative_to(out_dir)) for ps in figures.values() for p in ps],
-        "warnings": duplicates(runs),
+        "warnings": duplicates(runs) + stopped_early(runs),
     }
     return report, markdown(report, figures, out_dir, opts, single)
 

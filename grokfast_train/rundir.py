@@ -10,6 +10,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT
@@ -83,7 +84,7 @@ class RunLock:
         except OSError as e:
             raise UsageError(f"cannot create --out {run_dir} ({e.strerror}); choose another --out") from None
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_exclusive(self._fd)
         except BlockingIOError:
             holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(self._fd)
@@ -100,6 +101,19 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+def _flock_exclusive(fd: int, tries: int = 5) -> None:
+    """LOCK_EX without blocking; a few quick retries first, so that a momentary probe (``lock_holder``
+    of a dry run) is not taken for a process training in the directory."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.01)
 
 
 def lock_holder(run_dir: Path) -> str | None:

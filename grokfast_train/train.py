@@ -191,7 +191,7 @@ class Run:
         cfg = self.cfg
         if cfg.resume:
             self.load_state_dict(load_checkpoint(self.dir))
-            check_can_continue(cfg, self.step, self.history, self.dir)
+            check_can_continue(cfg, self.step, self.history, self.dir, self.log)
             self.log(f"resuming {self.dir} at step {self.step:,} of {cfg.steps:,}")
         save_json(self.dir / rundir.CONFIG, dataclasses.asdict(cfg))
         (self.dir / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
@@ -246,7 +246,7 @@ class Run:
                      f"continue with: grokfast-train --out {self.dir} --resume")
             return None
         summary = summarize(self.history, cfg.mem_threshold, cfg.gen_threshold,
-                            steps_per_s=(self.step - start_step) / max(wall, 1e-9))
+                            steps_per_s=steps_per_s(self.step, start_step, wall, self.elapsed_s))
         summary["elapsed_s"] = round(self.elapsed_s, 3)
         summary["data"] = self.task.source
         summary["train_size"] = int(self.task.train_x.shape[0])
@@ -301,14 +301,22 @@ class _Milestones:
         return lines
 
 
-def check_can_continue(cfg: Config, step: int, history: list[dict], run_dir: Path) -> None:
-    """A resumed run must have steps left: refuse one at --steps, or stopped by --stop-after-generalising."""
+def check_can_continue(cfg: Config, step: int, history: list[dict], run_dir: Path, log) -> None:
+    """A resumed run must have steps left: refuse one at --steps. One already at its early stop (a
+    Ctrl-C there, or the flag added since) trains nothing and is finished: say so."""
     if step >= cfg.steps:
         raise UsageError(f"the run in {run_dir} is already at step {step}; pass --steps larger than {step} to extend it")
     marks = _Milestones(cfg, history)
     if marks.stop:
-        raise UsageError(f"the run in {run_dir} stopped at step {step:,}, {step - marks.gen_step:,} steps after "
-                         f"generalising; pass --stop-after-generalising off (or more steps) to train on")
+        log(f"{run_dir} has been generalised for {step - marks.gen_step:,} steps at step {step:,}: it stops "
+            f"here (--stop-after-generalising {cfg.stop_after_generalising:,}; 'off' trains on)")
+
+
+def steps_per_s(step: int, start_step: int, wall: float, elapsed_s: float) -> float:
+    """This session's training rate; the whole run's if this session trained nothing (it was at its stop)."""
+    if step > start_step:
+        return (step - start_step) / max(wall, 1e-9)
+    return step / max(elapsed_s, 1e-9)
 
 
 def non_finite_message(history: list[dict], step: int, saved_step: int | None, run_dir: Path) -> str:

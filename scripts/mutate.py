@@ -343,6 +343,19 @@ EARLY_STOP_MUTANTS: list[Mutant] = [
     M("ES4", "early stop", "grokfast_train/train.py",
       ("return step < self.cfg.steps and generalised_for(", "return generalised_for("),
       "early stop: a run whose stop falls on its last step is reported as stopped early", [T_EARLY]),
+    M("ES5", "early stop", "grokfast_train/loop.py",
+      ("if stop.set and run.step < cfg.steps and live():", "if stop.set and run.step < cfg.steps:"),
+      "early stop: a Ctrl-C at the stop step leaves the run interrupted, without its summary",
+      ["tests/trainer/test_loop.py"]),
+    M("ES6", "early stop", "grokfast_train/pack.py",
+      ("for r in [r for r in self.active if self.members[r].marks.stop]:", "for r in []:"),
+      "early stop: a packed run resumed at its stop trains on past it", [T_EARLY]),
+    M("ES7", "early stop", "grokfast_train/report.py",
+      ('"warnings": duplicates(runs) + stopped_early(runs),', '"warnings": duplicates(runs),'),
+      "report: runs cut short by an early stop are not flagged", [T_EARLY]),
+    M("CL5", "cli", "grokfast_train/interrupt.py",
+      ("                outer.set = True", "                pass"),
+      "Ctrl-C during a run that then finishes: the sweep starts the next run anyway", ["tests/trainer/test_loop.py"]),
 ]
 
 T_PACK = "tests/trainer/test_pack.py"

@@ -45,9 +45,12 @@ def test_a_run_stops_after_generalising_and_trains_on_when_asked(full, tmp_path,
     s = summary(run)
     assert (s["generalization_step"], s["final_step"], s["stopped_early_at"]) == (10, 40, 40)
     assert summary(full)["stopped_early_at"] is None
-    # resuming while the stop still applies is refused with one line; "off" trains on, exactly
-    assert main(["--out", str(run), "--resume"]) == 2
-    assert "stopped at step 40, 30 steps after generalising" in capsys.readouterr().err
+    # resumed while the stop still applies, it trains nothing and is finished again; "off" trains on, exactly
+    capsys.readouterr()
+    assert main(["--out", str(run), "--resume"]) == 0
+    assert "it stops here" in capsys.readouterr().out
+    assert rows(run) == rows(full)[:4] and summary(run)["stopped_early_at"] == 40
+    assert summary(run)["steps_per_s"] == pytest.approx(s["steps_per_s"], rel=0.5)  # the run's rate, not 0
     assert main(["--out", str(run), "--resume", "--stop-after-generalising", "off"]) == 0
     assert rows(run) == rows(full)
     assert summary(run)["stopped_early_at"] is None
@@ -90,6 +93,41 @@ def test_in_a_pack_a_stopped_run_ends_as_its_solo_run_and_the_others_go_on(full,
     assert main(["--out", str(tmp_path / "p0"), "--resume", "--stop-after-generalising", "off"]) == 0
     assert [r["step"] for r in rows(tmp_path / "p0")] == [r["step"] for r in rows(full)]
     assert rows(tmp_path / "p0")[-1]["test_acc"] == pytest.approx(rows(full)[-1]["test_acc"], abs=2e-4)
+
+
+def test_a_run_interrupted_at_its_stop_or_resumed_past_it_is_finished_not_refused(full, tmp_path):
+    """A checkpoint at or past the stop without a summary (a Ctrl-C at the stop evaluation; a run trained
+    on, interrupted, and then given the flag again): the resume trains nothing and writes the summary --
+    alone, and in a pack beside a run that trains on."""
+    run = tmp_path / "run"
+    assert train(run, "--gen-threshold", "0", steps=60) == 0  # trained past where 25 would have stopped it
+    (run / "summary.json").unlink()
+    assert main(["--out", str(run), "--resume", "--steps", "100", "--stop-after-generalising", "25"]) == 0
+    assert rows(run) == rows(full)[:6] and summary(run)["stopped_early_at"] == 60
+    # the same in a pack: the stopped run is finished at once, the other trains to 100 as its solo run
+    assert train(tmp_path / "p0", "--gen-threshold", "0", steps=60) == 0
+    assert train(tmp_path / "p1", "--seed", "1", "--gen-threshold", "1", steps=60) == 0
+    (tmp_path / "p0" / "summary.json").unlink()
+    assert train(tmp_path / "solo1", "--seed", "1", "--gen-threshold", "1") == 0
+
+    def resumed(name: str, *extra: str):
+        return config_from_args(["--out", str(tmp_path / name), "--resume", "--steps", "100", *extra])
+
+    results = PackedRun([resumed("p0", "--stop-after-generalising", "25"), resumed("p1")], log=lambda _: None).fit()
+    assert [r["stopped_early_at"] for r in results] == [60, None]
+    assert rows(tmp_path / "p0") == rows(full)[:6]
+    assert [r["step"] for r in rows(tmp_path / "p1")] == [r["step"] for r in rows(tmp_path / "solo1")]
+
+
+def test_a_report_says_which_runs_stopped_early(full, tmp_path):
+    from grokfast_train.report import main as report_main
+
+    sweep = tmp_path / "s"
+    assert train(sweep / "a", "--gen-threshold", "0", "--stop-after-generalising", "25") == 0
+    assert train(sweep / "b", "--seed", "1", "--gen-threshold", "0") == 0
+    assert report_main([str(sweep)]) == 0
+    warnings = json.loads((sweep / "report.json").read_text())["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("1 run stopped early (--stop-after-generalising: a)")
 
 
 def test_a_sweep_counts_a_stopped_run_as_done_until_the_stop_is_lifted(full, tmp_path, capsys):

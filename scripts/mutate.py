@@ -194,8 +194,8 @@ MUTANTS: list[Mutant] = [
       ('            self.opt.load_state_dict(state["optimizer"])\n', ""),
       "resume: optimiser moments dropped", [T_RESUME, T_RUN]),
     M("R4", "resume", "grokfast_train/loop.py",
-      ("if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or stop.set:",
-       "if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:"),
+      ("if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or stop.set or not live():",
+       "if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or not live():"),
       "Ctrl-C: no checkpoint written at the interrupt", [T_RESUME, T_RUN]),
     M("R5", "resume", "grokfast_train/metrics.py",
       ('return {"sums": self.sums.cpu()}', 'return {"sums": torch.zeros_like(self.sums.cpu())}'),
@@ -272,7 +272,7 @@ MUTANTS: list[Mutant] = [
        'raise UsageError(f"--out {run_dir} is a file, not a directory; choose another --out")'),
       "CLI: --resume of an empty directory gets another error's message (exit code still 2)", [T_RUN]),
     M("CL3", "cli", "grokfast_train/train.py",
-      ('f"pass --steps larger than {self.step} to extend it")', 'f"pass --force to start it over")'),
+      ('pass --steps larger than {step} to extend it")', 'pass --force to start it over")'),
       "CLI: a finished run's --resume advises --force, which destroys it (exit code still 2)", [T_RUN]),
 ]
 
@@ -281,8 +281,7 @@ T_SWEEP = "tests/trainer/test_sweep.py"
 # Sweep and report code: add mutants here as that code lands (same form as above).
 SWEEP_REPORT_MUTANTS: list[Mutant] = [
     M("SW1", "sweep", "grokfast_train/sweep.py",
-      ('if json.loads(summary.read_text()).get("final_step", 0) >= steps:',
-       'if json.loads(summary.read_text()).get("final_step", 0) > steps:'),
+      ("if final >= steps or generalised_for(", "if final > steps or generalised_for("),
       "sweep: a run finished at exactly --steps is not recognised as done", [T_SWEEP]),
     M("SW2", "sweep", "grokfast_train/sweep.py",
       ("for seed in seeds for h in hidden for n in layers for s in sizes]",

@@ -585,6 +585,8 @@ def show_plan(sweep_dir: Path, configs: list[Config], statuses: dict[str, str], 
                 "resumable": f"resumes from its checkpoint at step {_start_step(c):,} of {c.steps:,}",
                 "partial": "starts over (stopped before its first checkpoint)",
                 "new": f"new: trains {c.steps:,} steps"}[status]
+        if status in ("resumable", "partial", "new") and c.stop_after_generalising is not None:
+            what += f", or until {c.stop_after_generalising:,} steps after it generalises"
         lines.append(f"  {Path(c.out).name}  {what}" + (f"  [pack {pack_of[c.out]}]" if c.out in pack_of else ""))
     log(f"sweep {sweep_dir} (dry run, nothing written): {len(configs)} runs: "
         + ", ".join(f"{counts[k]} {k}" for k in ("done", "running elsewhere", "resumable", "partial", "new") if counts[k])

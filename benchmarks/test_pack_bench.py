@@ -73,7 +73,7 @@ def _solos(dataset, device, tmp_path, runs):
 def test_run_steps(benchmark, dataset, runs, row, device, tmp_path):
     if row == "pack-stacked" and device != "cpu":
         pytest.skip("on CUDA the pack row is the stacked model already")
-    gc.collect()  # the previous rows' runs (a Run and its GraphSteps refer to each other): their graphs and pools
+    gc.collect()  # the previous rows' runs, their graphs and pools (torch's first optimiser keeps its frames in a cycle)
     if device == "cuda":
         torch.cuda.empty_cache()
     torch.manual_seed(0)

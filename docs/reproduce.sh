@@ -2,6 +2,7 @@
 # Every command behind docs/reproduction.md, in order. Each sweep is resumable: rerun this script
 # after an interruption and it continues where it stopped. Results go under ${OUT:-repro}/.
 # Measured on a 2-core CPU (one thread per run); see docs/reproduction.md for the wall times.
+# Needs the offline IMDB source and the figures: pip install -e '.[offline,plot]' (or '.[dev]').
 set -euo pipefail
 OUT=${OUT:-repro}
 # Reduced-cost modular setting (stated in the doc): p = 59 instead of 113, minibatches of 512

@@ -103,7 +103,7 @@ def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.
     r.add_argument("--dtype", choices=DTYPES,
                    help="compute dtype: fp32 (default, the paper's) or bf16 (autocast; weights, optimiser state, "
                         "loss and metrics stay fp32)")
-    r.add_argument("--out", help="run directory (default runs/<dataset>-<frac>-seed<seed>)")
+    r.add_argument("--out", help="run directory (default runs/<dataset>-frac<F>-seed<S>, or -n<N>- with --train-size)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (or extend it to a larger --steps)")
     r.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
     r.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")

@@ -94,7 +94,7 @@ class Config:
         return cls(**d)
 
 
-# The paper's settings (DESIGN.md, "The paper, as its code runs it"; the README's fidelity table).
+# The paper's settings (docs/DESIGN.md, "The paper, as its code runs it"; the README's fidelity table).
 _TEXT = dict(n_layers=1, hidden=128, heads=4, ffn=512, init_scale=10.0, lr=1e-3, weight_decay=1e-2,
              betas=(0.9, 0.999), batch_size=128, order="cyclic", steps=700_000, eval_every=1_000,
              max_len=256, vocab_size=30522, gen_threshold=0.8)

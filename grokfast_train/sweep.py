@@ -51,7 +51,7 @@ _NOT_SHARED = rundir.RESUMABLE | {"backend"}
 _SWEEP_ONLY = ("fracs", "train_sizes", "hidden_sizes", "layers", "seeds", "executor", "jobs", "ray_address",
                "gpus_per_run", "threads_per_run", "pack", "dry_run")
 MAX_AUTO_PACK = 64  # --pack auto never packs more runs than this
-# The paper's sample-wise grids (DESIGN.md): modular training sizes 1,000..9,500 by 500; text fractions 0.1..1.0.
+# The paper's sample-wise grids (docs/DESIGN.md): modular training sizes 1,000..9,500 by 500; text fractions 0.1..1.0.
 DEFAULT_TRAIN_SIZES = {"modular": list(range(1000, 9501, 500))}
 DEFAULT_FRACS = [round(0.1 * i, 1) for i in range(1, 11)]
 

@@ -7,8 +7,8 @@ Per row (one shape on one device): median time of one training step (a round's m
 steps), steps/s, the speed-up over each peer measured in the same group (peer time / row time: > 1 means
 this row is faster), and the fraction of the physical floor reached (floor / median).
 
-The floor is DESIGN.md's performance model: the step's FLOPs and its minimum DRAM bytes against the
-device's peaks, whichever takes longer. Peaks (DESIGN.md, "The lent GPU machines" and "Performance
+The floor is docs/DESIGN.md's performance model: the step's FLOPs and its minimum DRAM bytes against the
+device's peaks, whichever takes longer. Peaks (docs/DESIGN.md, "The lent GPU machines" and "Performance
 model"): H100 3.0 TB/s, H200 4.3 TB/s; 400 TFLOP/s for fp32 rows (tf32 tensor cores), 790 TFLOP/s for
 bf16. A CPU has no stated peak here, so its floor column says n/a. Only the standard library is used.
 """
@@ -31,7 +31,7 @@ ORDER = ["trainer-triton-graph", "trainer-triton-graph-k1", "trainer-triton-grap
 
 def step_flops(s: dict) -> float:
     """Training FLOPs (3 x forward matmul FLOPs) of a 1-layer model whose layer computes keys and values at
-    every position and everything else at the one position the loss reads (DESIGN.md)."""
+    every position and everything else at the one position the loss reads (docs/DESIGN.md)."""
     B, P, h, f = s["batch"], s["positions"], s["hidden"], s["ffn"]
     T = B * P
     fwd = 2 * 2 * T * h * h  # K and V projections, every position
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- device {dev}; torch {tv}, triton {trv}, transformers {hf}, Python {py}, {th} intra-op threads")
     print_sources(headers, missing)
     print("- median step = the median round / steps per round; × peer = the peer's step time / this row's "
-          "(> 1: this row is faster); floor = DESIGN.md's model (scripts/bench_table.py), n/a on a CPU")
+          "(> 1: this row is faster); floor = docs/DESIGN.md's model (scripts/bench_table.py), n/a on a CPU")
     print()
     print(table(rows))
     return 0

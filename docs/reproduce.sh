@@ -18,6 +18,9 @@ grokfast-train sweep --dataset modular --train-sizes 1200,1600,2000,2400 --seeds
 #     its third seed with the early stop (a run that generalises ends 1,000 steps later)
 grokfast-train sweep --dataset modular --train-sizes 1200,1600,2000,2400 --seeds 2 --steps 10000 --eval-every 50 \
   --threads-per-run 1 --stop-after-generalising 1000 --out "$OUT/modular-p113-fullbatch"
+#     and 1,800 pairs, all seeds, where the first pass put the transition
+grokfast-train sweep --dataset modular --train-sizes 1800 --seeds 0,1,2 --steps 10000 --eval-every 50 \
+  --threads-per-run 1 --stop-after-generalising 1000 --out "$OUT/modular-p113-fullbatch"
 # 2. model-wise: hidden 32 and 64 at four sizes (seed 0), added to the same sweep (hidden 128 is in it)
 grokfast-train sweep "${MOD[@]}" --hidden-sizes 32,64 --train-sizes 450,750,1200,2000 --seeds 0 \
   --out "$OUT/modular-samplewise"

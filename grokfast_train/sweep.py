@@ -580,11 +580,13 @@ def show_plan(sweep_dir: Path, configs: list[Config], statuses: dict[str, str], 
         if holder:
             status = "running elsewhere"
         counts[status] += 1
-        what = {"done": "done: skipped",
-                "running elsewhere": f"being trained by another process (pid {holder}): left to it",
-                "resumable": f"resumes from its checkpoint at step {_start_step(c):,} of {c.steps:,}",
-                "partial": "starts over (stopped before its first checkpoint)",
-                "new": f"new: trains {c.steps:,} steps"}[status]
+        if status == "resumable":  # the only one that reads the checkpoint
+            what = f"resumes from its checkpoint at step {_start_step(c):,} of {c.steps:,}"
+        else:
+            what = {"done": "done: skipped",
+                    "running elsewhere": f"being trained by another process (pid {holder}): left to it",
+                    "partial": "starts over (stopped before its first checkpoint)",
+                    "new": f"new: trains {c.steps:,} steps"}[status]
         if status in ("resumable", "partial", "new") and c.stop_after_generalising is not None:
             what += f", or until {c.stop_after_generalising:,} steps after it generalises"
         lines.append(f"  {Path(c.out).name}  {what}" + (f"  [pack {pack_of[c.out]}]" if c.out in pack_of else ""))

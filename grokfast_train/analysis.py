@@ -151,6 +151,16 @@ PEAK_RULE = ("the data size where the generalisation step, averaged over seeds, 
              "which never generalised, or were never run, is not comparable with the others)")
 
 
+def sizes_every_seed_ran(size_seed: Iterable[tuple[int, int]]) -> set[int]:
+    """The data sizes run with every seed that any size was run with: where means over seeds compare
+    (PEAK_RULE)."""
+    seeds_at: dict[int, set[int]] = defaultdict(set)
+    for size, seed in size_seed:
+        seeds_at[size].add(seed)
+    every = set().union(*seeds_at.values()) if seeds_at else set()
+    return {size for size, seeds in seeds_at.items() if seeds == every}
+
+
 def seed_critical_size(generalised: dict[int, bool]) -> tuple[int | None, str]:
     """One seed's critical size over its data sizes, and a note when it is censored or non-monotone."""
     sizes = sorted(generalised)
@@ -184,11 +194,10 @@ def critical_data_size(records: Iterable[tuple[int, int, int | None]]) -> dict:
     """
     by_seed: dict[int, dict[int, bool]] = defaultdict(dict)
     by_size: dict[int, list[int | None]] = defaultdict(list)
-    seeds_at: dict[int, set[int]] = defaultdict(set)
     for size, seed, gen_step in records:
         by_seed[seed][size] = gen_step is not None
         by_size[size].append(gen_step)
-        seeds_at[size].add(seed)
+    comparable = sizes_every_seed_ran((size, seed) for seed, sizes in by_seed.items() for size in sizes)
 
     per_seed = []
     for seed in sorted(by_seed):
@@ -203,7 +212,7 @@ def critical_data_size(records: Iterable[tuple[int, int, int | None]]) -> dict:
         per_size.append({"train_size": size, "seeds": len(steps), "generalised": len(done),
                          "mean_generalization_step": float(np.mean(done)) if done else None})
     all_generalised = {p["train_size"]: p["mean_generalization_step"] for p in per_size
-                       if p["generalised"] == p["seeds"] and seeds_at[p["train_size"]] == by_seed.keys()}
+                       if p["generalised"] == p["seeds"] and p["train_size"] in comparable}
     peak = peak_size(all_generalised)
     high = max(values) if values else math.inf
     return {

@@ -185,8 +185,7 @@ def group_analysis(runs: list[Run], opts: Options) -> tuple[dict, dict]:
         by_size = defaultdict(list)
         for r in group:
             by_size[r.train_size].append(r)
-        seeds = {r.seed for r in group}  # a peak is taken over the sizes that every seed ran (an.PEAK_RULE)
-        every_seed = {size: rs for size, rs in by_size.items() if {r.seed for r in rs} == seeds}
+        comparable = an.sizes_every_seed_ran((r.train_size, r.seed) for r in group)  # peaks: an.PEAK_RULE
         thresholds[model] = {
             "per_size": [{"train_size": size,
                           "seeds": len(rs),
@@ -195,7 +194,8 @@ def group_analysis(runs: list[Run], opts: Options) -> tuple[dict, dict]:
                           "highest_point": an.mean_or_none(an.highest_point(r.to_threshold) for r in rs)}
                          for size, rs in sorted(by_size.items())],
             "threshold_peaks": {f"{t:g}": size for t, size in an.threshold_peaks(
-                {size: [r.to_threshold for r in rs] for size, rs in every_seed.items()}, opts.thresholds).items()},
+                {size: [r.to_threshold for r in rs] for size, rs in by_size.items() if size in comparable},
+                opts.thresholds).items()},
         }
     return cds, thresholds
 

@@ -317,7 +317,7 @@ SWEEP_REPORT_MUTANTS: list[Mutant] = [
       ("return max(reached) if reached else None", "return min(reached) if reached else None"),
       "highest point: the lowest threshold step instead of the highest", [T_ANALYSIS, T_REPORT]),
     M("A4", "analysis", "grokfast_train/analysis.py",
-      ('if p["generalised"] == p["seeds"] and seeds_at[p["train_size"]] == by_seed.keys()}',
+      ('if p["generalised"] == p["seeds"] and p["train_size"] in comparable}',
        'if p["generalised"] == p["seeds"]}'),
       "critical size: the steps-to-generalise peak counts a size that only some seeds ran", [T_ANALYSIS]),
     M("CL4", "cli", "grokfast_train/errors.py",

@@ -177,5 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory; try a smaller --batch-size, --eval-batch-size or model", file=sys.stderr)
         return 1
 
+
 if __name__ == "__main__":
     sys.exit(main())

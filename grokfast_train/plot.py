@@ -229,5 +229,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return one_line_errors(PROG, command)
 
+
 if __name__ == "__main__":
     sys.exit(main())

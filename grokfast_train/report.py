@@ -209,11 +209,10 @@ def stopped_early(runs: list[Run]) -> list[str]:
     stopped = [r.name for r in runs if r.summary.get("stopped_early_at") is not None]
     if not stopped:
         return []
-    one = len(stopped) == 1
-    return [f"{len(stopped)} run{'' if one else 's'} stopped early (--stop-after-generalising: "
-            f"{', '.join(stopped[:4])}{' ...' if len(stopped) > 4 else ''}): {'its curves end' if one else 'their curves end'} "
-            f"at the stop, so a threshold not reached by then reads never, and {'its' if one else 'their'} best and "
-            f"final accuracies are those at the stop"]
+    names = ", ".join(stopped[:4]) + (" ..." if len(stopped) > 4 else "")
+    who, its = ("1 run", "its") if len(stopped) == 1 else (f"{len(stopped)} runs", "their")
+    return [f"{who} stopped early (--stop-after-generalising: {names}): {its} curves end at the stop, so a threshold "
+            f"not reached by then reads never, and {its} best and final accuracies are those at the stop"]
 
 
 def duplicates(runs: list[Run]) -> list[str]:
@@ -523,6 +522,7 @@ def _report(argv: list[str]) -> int:
     print(f"wrote {out_dir / 'report.md'}, report.json, runs.csv" + (f" and {len(report['figures'])} figures"
                                                                      if report["figures"] else ""))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

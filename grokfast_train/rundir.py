@@ -86,7 +86,7 @@ class RunLock:
         try:
             _flock_exclusive(self._fd)
         except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            holder = _pid_in(self._fd)
             os.close(self._fd)
             self._fd = None
             raise RunLocked(f"another process (pid {holder}) is training in {run_dir}; wait for it to finish "
@@ -101,6 +101,11 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+def _pid_in(fd: int) -> str:
+    """The pid a RunLock wrote into the lock file ('?' if none yet)."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
 
 
 def _flock_exclusive(fd: int, tries: int = 5) -> None:
@@ -126,7 +131,7 @@ def lock_holder(run_dir: Path) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted unless a RunLock holds it
         return None
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return _pid_in(fd)
     finally:
         os.close(fd)  # drops the shared lock if it was granted
 

@@ -155,8 +155,15 @@ def run_status(run_dir: Path, steps: int, stop_after_generalising: int | None = 
         try:
             s = json.loads(summary.read_text())
             final = s.get("final_step", 0)
-            if final >= steps or generalised_for(stop_after_generalising, final, s.get("generalization_step")):
+            if final >= steps:
                 return "done"
+            if generalised_for(stop_after_generalising, final, s.get("generalization_step")):
+                # Done at this budget too. A run recorded under a smaller one (the sweep's --steps since
+                # raised) is resumed to stop at once, so that its files carry the budget of the sweep
+                # it is now part of: the report groups runs by budget.
+                budget = _budget(run_dir)
+                if budget is None or budget >= steps or not (run_dir / CHECKPOINT).exists():
+                    return "done"
         except (OSError, ValueError, TypeError):
             pass
     if (run_dir / CHECKPOINT).exists():
@@ -164,6 +171,14 @@ def run_status(run_dir: Path, steps: int, stop_after_generalising: int | None = 
     if (run_dir / rundir.CONFIG).exists() or (run_dir / rundir.METRICS).exists():
         return "partial"
     return "new"
+
+
+def _budget(run_dir: Path) -> int | None:
+    """The --steps a run's config.json records (None: unreadable)."""
+    try:
+        return int(json.loads((run_dir / rundir.CONFIG).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _prepared(cfg: Config) -> tuple[Config, str]:
@@ -567,6 +582,15 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
     return 0 if done == len(points) else 1
 
 
+def _at_its_stop(cfg: Config) -> bool:
+    """A finished run that its early stop ends where it stands (resumed only to record a larger budget)."""
+    try:
+        s = json.loads((Path(cfg.out) / rundir.SUMMARY).read_text())
+        return generalised_for(cfg.stop_after_generalising, s["final_step"], s["generalization_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def show_plan(sweep_dir: Path, configs: list[Config], statuses: dict[str, str], units: list[list[Config]],
               log: Callable[[str], None]) -> int:
     """--dry-run: what rerunning the command would do to each run, and how the work would be grouped;
@@ -580,14 +604,18 @@ def show_plan(sweep_dir: Path, configs: list[Config], statuses: dict[str, str], 
         if holder:
             status = "running elsewhere"
         counts[status] += 1
-        if status == "resumable":  # the only one that reads the checkpoint
+        stops_at_once = status == "resumable" and _at_its_stop(c)
+        if stops_at_once:
+            what = (f"stops at once, at step {_start_step(c):,} (it has generalised): records the budget "
+                    f"of {c.steps:,} steps")
+        elif status == "resumable":  # the only one that reads the checkpoint
             what = f"resumes from its checkpoint at step {_start_step(c):,} of {c.steps:,}"
         else:
             what = {"done": "done: skipped",
                     "running elsewhere": f"being trained by another process (pid {holder}): left to it",
                     "partial": "starts over (stopped before its first checkpoint)",
                     "new": f"new: trains {c.steps:,} steps"}[status]
-        if status in ("resumable", "partial", "new") and c.stop_after_generalising is not None:
+        if status in ("resumable", "partial", "new") and c.stop_after_generalising is not None and not stops_at_once:
             what += f", or until {c.stop_after_generalising:,} steps after it generalises"
         lines.append(f"  {Path(c.out).name}  {what}" + (f"  [pack {pack_of[c.out]}]" if c.out in pack_of else ""))
     log(f"sweep {sweep_dir} (dry run, nothing written): {len(configs)} runs: "

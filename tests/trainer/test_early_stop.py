@@ -164,3 +164,32 @@ def test_a_sweep_counts_a_stopped_run_as_done_until_the_stop_is_lifted(full, tmp
     assert "1 finished before, 0 to train" in capsys.readouterr().out
     assert main(grid) == 0  # the same sweep without the stop: its runs train on to --steps
     assert rows(run) == rows(full)
+
+
+def test_raising_a_sweeps_budget_records_it_in_the_runs_its_stop_counts_done(full, tmp_path, capsys):
+    """Seeds 0 and 1 finished a 40-step budget, generalised at step 10. The same sweep at 100 steps with
+    a stop of 25 (and a new seed) trains nothing more in them, but their files say 100, as the new run's
+    do -- so the report keeps the three in one group instead of splitting them by budget."""
+    from grokfast_train.report import main as report_main
+
+    sweep = tmp_path / "s"
+
+    def grid(seeds: str, *extra: str) -> list[str]:
+        return ["sweep", *TINY[:-2], "--train-sizes", "60", "--seeds", seeds, "--gen-threshold", "0",
+                "--threads-per-run", "1", "--out", str(sweep), *extra]
+
+    assert main(grid("0,1", "--steps", "40")) == 0
+    run = sweep / "n60-h16-l1-s0"
+    before = rows(run)
+    assert run_status(run, 100, 25) == "resumable" and run_status(run, 40, 25) == "done"
+    capsys.readouterr()
+    assert main(grid("0,1,2", "--steps", "100", "--stop-after-generalising", "25", "--dry-run")) == 0
+    assert "stops at once, at step 40 (it has generalised): records the budget of 100 steps" in capsys.readouterr().out
+    assert main(grid("0,1,2", "--steps", "100", "--stop-after-generalising", "25")) == 0
+    for seed in (0, 1, 2):
+        r = sweep / f"n60-h16-l1-s{seed}"
+        assert json.loads((r / "config.json").read_text())["steps"] == 100
+        assert summary(r)["stopped_early_at"] == 40 and run_status(r, 100, 25) == "done"
+    assert rows(run) == before == rows(full)[:4]
+    assert report_main([str(sweep)]) == 0
+    assert len(json.loads((sweep / "report.json").read_text())["steps_to_threshold"]) == 1

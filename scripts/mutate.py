@@ -68,6 +68,7 @@ T_EMB = "tests/kernels/test_fused_embedding.py"
 T_INIT = "tests/kernels/test_init.py"
 T_INITREF = "tests/kernels/test_init_reference.py"
 T_MODELS = "tests/trainer/test_models.py"
+T_EMBSUM = "tests/trainer/test_embedding_sum.py"
 T_METRICS = "tests/trainer/test_metrics.py"
 T_PLUMB = "tests/trainer/test_plumbing.py"
 T_RESUME = "tests/trainer/test_resume_mid_interval.py"
@@ -135,6 +136,12 @@ MUTANTS: list[Mutant] = [
     M("MO1", "models", "grokfast_train/models/encoder.py",
       ("return self.head(torch.tanh(self.pooler(h[..., 0, :])))", "return self.head(self.pooler(h[..., 0, :]))"),
       "encoder: pooler without tanh", [T_MODELS]),
+    M("MO4", "models", "grokfast_train/models/embedding_sum.py",
+      ("pair_ids = self.ids * L + torch.arange(L, device=self.ids.device)", "pair_ids = self.ids * L"),
+      "first layer from the tables: every position reads position 0's projection", [T_MODELS, T_EMBSUM]),
+    M("MO5", "models", "grokfast_train/models/embedding_sum.py",
+      ("+ tied_head(self.pos, linear.weight)", "+ linear(self.pos).unsqueeze(-3)"),
+      "first layer from the tables: the bias added twice", [T_MODELS, T_EMBSUM]),
     M("MO2", "models", "grokfast_train/models/block.py",
       ("f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))", "f = self.fc2(F.gelu(self.fc1(h)))"),
       "block: exact GELU where GPT uses tanh", [T_MODELS]),

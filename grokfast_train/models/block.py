@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .embedding_sum import EmbeddingSum
 from .runs import RunLayerNorm, RunLinear
 
 
@@ -45,23 +46,36 @@ class Block(nn.Module):
         self.fc2 = linear(ffn, hidden)
         self.ln2 = norm(hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, query_pos: int | None = None) -> torch.Tensor:
-        """x (..., L, C), mask bool (..., L) True at real tokens -> (..., L, C), or (..., 1, C) at
+    def forward(self, x: torch.Tensor | EmbeddingSum, mask: torch.Tensor | None = None,
+                query_pos: int | None = None) -> torch.Tensor:
+        """x (..., L, C) -- or, in a decoder's first layer, an ``EmbeddingSum`` of that shape, projected
+        from its tables -- and mask bool (..., L) True at real tokens -> (..., L, C), or (..., 1, C) at
         ``query_pos``; the leading dimensions are (B,), or (R, B) for a pack."""
         lead, C = x.shape[:-2], x.shape[-1]
         xq = x
         if query_pos is not None:
-            xq = x[..., query_pos:query_pos + 1, :]
+            xq = _positions(x, query_pos, query_pos + 1)
             if self.causal:  # keys after the query are never seen; don't project them
-                x = x[..., :query_pos + 1, :]
+                x = _positions(x, 0, query_pos + 1)
                 mask = None if mask is None else mask[..., :query_pos + 1]
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (N, H, T, C/H): a pack's runs join the batch
             return t.reshape(-1, t.shape[-2], self.heads, C // self.heads).transpose(1, 2)
 
         mask = None if mask is None else mask.reshape(-1, mask.shape[-1])
-        a = ops.attention(heads(self.q(xq)), heads(self.k(x)), heads(self.v(x)), mask, self.causal, self.backend)
+        a = ops.attention(heads(_project(self.q, xq)), heads(_project(self.k, x)), heads(_project(self.v, x)), mask,
+                          self.causal, self.backend)
         a = self.o(a.transpose(1, 2).reshape(*lead, xq.shape[-2], C))
+        if isinstance(xq, EmbeddingSum):
+            xq = xq.dense()  # the residual: at the query's row alone when there is a query_pos
         h = ops.layer_norm(a, self.ln1, residual=xq, backend=self.backend)
         f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))
         return ops.layer_norm(f, self.ln2, residual=h, backend=self.backend)
+
+
+def _positions(x: torch.Tensor | EmbeddingSum, start: int, stop: int) -> torch.Tensor | EmbeddingSum:
+    return x.positions(start, stop) if isinstance(x, EmbeddingSum) else x[..., start:stop, :]
+
+
+def _project(linear: nn.Module, x: torch.Tensor | EmbeddingSum) -> torch.Tensor:
+    return x.project(linear) if isinstance(x, EmbeddingSum) else linear(x)

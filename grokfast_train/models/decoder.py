@@ -8,7 +8,8 @@ weights it computes what transformers' ``OpenAIGPTLMHeadModel`` computes
 The loss reads one position (the one that predicts the answer), so ``forward`` returns the
 logits there only. Causality makes that cheap: nothing after ``readout_pos`` can reach it, so
 those positions are dropped before the first layer, and the last layer runs its query, FFN
-and LayerNorms at ``readout_pos`` alone.
+and LayerNorms at ``readout_pos`` alone. The first layer's projections are computed from the
+embedding tables (``embedding_sum.py``) where they have fewer rows than the batch has positions.
 
 ``runs=R``: the packed decoder (``runs.py``): ids (R, B, L) -> logits (R, B, vocab).
 """
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .block import Block
+from .embedding_sum import EmbeddingSum
 from .runs import RunEmbedding, leading_rows, tied_head
 
 
@@ -43,7 +45,11 @@ class Decoder(nn.Module):
         L = x.shape[-1]
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
-        h = self.tok_emb(x) + leading_rows(self.pos_emb.weight, L)
+        pos = leading_rows(self.pos_emb.weight, L)
+        if query_pos is not None and EmbeddingSum.worth_it(x, self.tok_emb.weight):
+            h = EmbeddingSum(x, self.tok_emb.weight, pos)  # the first layer projects the tables, not B·L rows
+        else:  # (forward_all, query_pos None, stays the plain computation the tests compare against)
+            h = self.tok_emb(x) + pos
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, query_pos=query_pos if i == last else None)

@@ -122,7 +122,12 @@ class RunEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.zeros(runs, num_embeddings, dim))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return _RunRows.apply(self.weight, ids, self.padding_idx)
+        return gather_rows(self.weight, ids, self.padding_idx)
+
+
+def gather_rows(table: torch.Tensor, ids: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
+    """``table[r, ids[r]]`` for every run r: a (R, V, C) table and ids (R, ...) -> (R, ..., C)."""
+    return _RunRows.apply(table, ids, padding_idx)
 
 
 def _as_rows(table: torch.Tensor) -> torch.Tensor | None:

@@ -182,7 +182,8 @@ def test_encoder_padding_is_masked():
     (32, 4, 3, 9, 10.0, F64), (128, 4, 1, 4, 10.0, F64),
 ])
 @pytest.mark.parametrize("padded", [False, True])
-def test_decoder_matches_openai_gpt(hidden, heads, n_layers, L, alpha, dtype, padded):
+@pytest.mark.parametrize("batch", [6, VOCAB + 1])  # VOCAB + 1: the first layer projects from the tables
+def test_decoder_matches_openai_gpt(hidden, heads, n_layers, L, alpha, dtype, padded, batch):
     ours = Decoder(VOCAB, hidden=hidden, n_layers=n_layers, heads=heads, max_len=L + 2)
     randomise_(ours, std=0.02, alpha=alpha, seed=6)
     hf = OpenAIGPTLMHeadModel(OpenAIGPTConfig(
@@ -194,7 +195,7 @@ def test_decoder_matches_openai_gpt(hidden, heads, n_layers, L, alpha, dtype, pa
     ours.to(getattr(torch, dtype)), hf.to(getattr(torch, dtype))
     copy_to_hf(ours, hf, mapping)
 
-    x, mask = padded_batch(6, L, seed=7)
+    x, mask, out = *padded_batch(batch, L, seed=7), []
     if not padded:
         mask = None
     hf_mask = None if mask is None else mask.long()
@@ -208,7 +209,9 @@ def test_decoder_matches_openai_gpt(hidden, heads, n_layers, L, alpha, dtype, pa
     # the readout: last position (the modular task's) and one in the middle
     for r in (L - 1, L // 2):
         ours.zero_grad(), hf.zero_grad()
-        logits = ours(x, mask, readout_pos=r)
+        first, _ = rows_seen(ours, lambda: out.append(ours(x, mask, readout_pos=r)))
+        assert first == (VOCAB if batch > VOCAB else r + 1)  # the tables' rows, or the positions up to r
+        logits = out.pop()
         ref = hf(input_ids=x, attention_mask=hf_mask).logits[:, r]
         assert_close(logits, ref, f"logits at {r}")
         loss_of(logits, 9).backward()
@@ -219,10 +222,11 @@ def test_decoder_matches_openai_gpt(hidden, heads, n_layers, L, alpha, dtype, pa
 # --- readout-only vs the full computation ---
 
 def rows_seen(model: nn.Module, run) -> tuple[int, int]:
-    """Rows (positions) entering the first layer's keys and the last layer's FFN during ``run()``."""
+    """Rows entering the first layer's keys (positions per sequence, or the token table's rows where
+    the decoder projects the embedding tables) and the last layer's FFN during ``run()``."""
     seen = {}
-    hooks = [model.layers[0].k.register_forward_hook(lambda m, i, o: seen.__setitem__("first", i[0].shape[1])),
-             model.layers[-1].fc1.register_forward_hook(lambda m, i, o: seen.__setitem__("last", i[0].shape[1]))]
+    hooks = [model.layers[0].k.register_forward_hook(lambda m, i, o: seen.__setitem__("first", i[0].shape[-2])),
+             model.layers[-1].fc1.register_forward_hook(lambda m, i, o: seen.__setitem__("last", i[0].shape[-2]))]
     try:
         run()
     finally:
@@ -263,14 +267,18 @@ def test_encoder_readout_only_equals_full(n_layers, alpha, dtype):
 @pytest.mark.parametrize("r", [0, 4, 10])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("alpha,dtype", SCALES)
-def test_decoder_readout_only_equals_full(n_layers, r, padded, alpha, dtype):
+@pytest.mark.parametrize("batch", [5, VOCAB + 3])
+def test_decoder_readout_only_equals_full(n_layers, r, padded, alpha, dtype, batch):
+    """With more sequences than tokens the readout path's first layer projects the embedding tables
+    (``embedding_sum.py``); the full computation always projects every position."""
     L = 11
     model = Decoder(VOCAB, hidden=32, n_layers=n_layers, heads=4, max_len=L).to(getattr(torch, dtype))
     randomise_(model, 0.02, alpha, seed=20 + n_layers)
-    x, mask = padded_batch(5, L, seed=22)
+    x, mask = padded_batch(batch, L, seed=22)
     mask = mask if padded else None
     fast, full = readout_vs_full(model, lambda: model(x, mask, readout_pos=r), seed=23)
-    assert fast == (r + 1, 1) and full == (L, L)  # positions after r never computed
+    first = VOCAB if batch > VOCAB else r + 1  # positions after r never computed
+    assert fast == (first, 1) and full == (L, L)
 
 
 # --- the attention op itself ---

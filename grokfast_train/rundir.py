@@ -94,9 +94,11 @@ class RunLock:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
-    def release(self) -> None:
+    def release(self, _close=os.close) -> None:
+        # os.close bound at definition: a lock still held at interpreter exit (a Run kept in a script's
+        # global) is released after the os module's globals may already be gone
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
+            _close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
     def __del__(self):

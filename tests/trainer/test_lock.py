@@ -51,3 +51,17 @@ def test_lock_held_in_this_process_refuses_a_run(tmp_path, capsys):
         assert not (tmp_path / "run" / "config.json").exists()  # refused before touching the run
     finally:
         held.release()
+
+
+def test_a_run_left_in_a_scripts_global_exits_quietly(tmp_path):
+    """A Run still alive when the interpreter shuts down (a script's global) releases its lock without
+    an 'Exception ignored' traceback: os's globals may be gone by then."""
+    script = (f"from grokfast_train.cli import config_from_args\n"
+              f"from grokfast_train.train import Run\n"
+              f"run = Run(config_from_args({[*TINY, '--steps', '10', '--out', str(tmp_path / 'run')]!r}), "
+              f"log=lambda _: None)\n"
+              f"run.train_step()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    RunLock(tmp_path / "run").release()  # and the lock is free

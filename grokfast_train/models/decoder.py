@@ -8,8 +8,9 @@ weights it computes what transformers' ``OpenAIGPTLMHeadModel`` computes
 The loss reads one position (the one that predicts the answer), so ``forward`` returns the
 logits there only. Causality makes that cheap: nothing after ``readout_pos`` can reach it, so
 those positions are dropped before the first layer, and the last layer runs its query, FFN
-and LayerNorms at ``readout_pos`` alone. The first layer's projections are computed from the
-embedding tables (``embedding_sum.py``) where they have fewer rows than the batch has positions.
+and LayerNorms at ``readout_pos`` alone. On the CPU the first layer's projections are computed
+from the embedding tables (``embedding_sum.py``) when the batch has more sequences than the
+vocabulary has tokens (the modular task: 117 tokens, batches of 512 and up).
 
 ``runs=R``: the packed decoder (``runs.py``): ids (R, B, L) -> logits (R, B, vocab).
 """

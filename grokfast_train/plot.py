@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import OneLineParser, RunError, UsageError, one_line_errors
@@ -184,7 +185,9 @@ def size_step_heatmap(runs, sigma_steps: float, title: str, out: Path) -> None:
     rows = []
     for size in sizes:
         curves = [np.interp(grid, r.steps, r.smoothed, right=np.nan) for r in runs if r.train_size == size]
-        rows.append(np.nanmean(curves, axis=0) if len(curves) > 1 else curves[0])
+        with warnings.catch_warnings():  # steps past every seed's last evaluation stay NaN: drawn blank
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rows.append(np.nanmean(curves, axis=0) if len(curves) > 1 else curves[0])
     fig, ax = plt.subplots(figsize=(9, 0.9 + 0.45 * len(sizes) + 2))
     image = ax.imshow(np.array(rows), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1,
                       interpolation="nearest", extent=(grid[0], grid[-1], -0.5, len(sizes) - 0.5))

@@ -290,3 +290,21 @@ def test_every_setting_a_resume_may_change_is_not_an_experiment():
     from grokfast_train.rundir import RESUMABLE
 
     assert RESUMABLE - {"steps"} <= NOT_EXPERIMENT
+
+
+def test_a_size_whose_runs_all_ended_early_draws_without_warnings(tmp_path, recwarn):
+    """The (size x step) heat map leaves blank the steps past every seed's last evaluation (a size whose
+    runs all stopped early): no 'Mean of empty slice' on the console."""
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(root / f"n500-s{seed}", 500, seed, 64, gen=None)
+        stopped = root / f"n1000-s{seed}"
+        make_run(stopped, 1000, seed, 64, gen=600)
+        end = 800 + 100 * seed  # --stop-after-generalising ended it here, in its budget of 2,000
+        rows = [r for r in (stopped / "metrics.jsonl").read_text().splitlines() if json.loads(r)["step"] <= end]
+        (stopped / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+        summary = json.loads((stopped / "summary.json").read_text()) | {"stopped_early_at": end, "final_step": end}
+        (stopped / "summary.json").write_text(json.dumps(summary))
+    assert main([str(root)]) == 0
+    assert len(read_report(root)["figures"]) == 4
+    assert [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)] == []

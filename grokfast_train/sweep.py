@@ -17,8 +17,8 @@ stand at the same step) are trained together as one stacked model, up to N runs 
 device's memory) and not on the CPU, where a pack saves no launches (it computes its runs in turn,
 at about their unpacked speed) and would only take runs away from ``--jobs``' workers.
 
-Executors: ``local`` runs one run (or pack) after another, or ``--jobs N`` worker processes with the
-machine's cores split between them; ``ray`` makes each run a Ray task (a local instance, or
+Executors: ``local`` runs ``--jobs`` worker processes with the machine's cores split between them
+(``auto``: one run per core on the CPU, within memory; one run at a time on CUDA, in-process); ``ray`` makes each run a Ray task (a local instance, or
 ``--ray-address``), ``--gpus-per-run`` lets several small runs share a GPU, and a task whose
 worker dies is retried and resumes from the run's last checkpoint.
 """
@@ -340,6 +340,38 @@ def _start_step(cfg: Config) -> int:
         return -1  # unreadable: its own unit, where the run reports the problem
 
 
+# What one worker may hold, for --jobs auto: a run's whole process peaked at 1.2 GB for IMDB (the full
+# offline pool) and 0.4 GB for modular, measured on this project's CPU machine; 2 GiB leaves room.
+RUN_MEMORY = 2 << 30
+
+
+def auto_jobs(units: int, threads_per_run: int | None, on_cuda: bool) -> int:
+    """--jobs auto: on the CPU, as many runs side by side as there are cores for them (a small model's
+    ops do not scale across threads, separate runs do: BENCHMARKS.md), at most one per unit of work and
+    per RUN_MEMORY of available memory; on CUDA one (runs share the GPU by packing instead)."""
+    if on_cuda:
+        return 1
+    fit = _available_memory() // RUN_MEMORY
+    return max(1, min(units, _cores() // (threads_per_run or 1), fit))
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _available_memory() -> int:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable); unknown: no limit."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
 def auto_pack_width(cfg: Config, count: int) -> int:
     """Runs per pack on CUDA: what fits in half the free device memory, by a rough per-run estimate
     (weights, gradients, AdamW + filter state, and the step's activations), at most MAX_AUTO_PACK."""
@@ -530,8 +562,10 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
         book.add(p, "done" if statuses[p.name] == "done" else "pending")
     book.save()
 
-    executor, jobs = given.get("executor", "local"), given.get("jobs", 1)
-    threads = given.get("threads_per_run") or max(1, (os.cpu_count() or 1) // jobs)
+    executor, jobs = given.get("executor", "local"), given.get("jobs", "auto")
+    if jobs == "auto":
+        jobs = auto_jobs(len(units), given.get("threads_per_run"), _on_cuda(configs[0].device))
+    threads = given.get("threads_per_run") or max(1, _cores() // jobs)
     finished_before = len(points) - len(todo)
     packs = [len(u) for u in units if len(u) > 1]
     log(f"sweep {sweep_dir}: {len(points)} runs ({finished_before} finished before, {len(todo)} to train) on "
@@ -564,7 +598,7 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
                 "wall_s" in r and r["status"] == "done" for r in unit_results) else []
             left = len(units) - units_done
             if left and walls and not stop.set:
-                parallel = min(left, jobs if executor == "local" else max(1, (os.cpu_count() or 1) // threads))
+                parallel = min(left, jobs if executor == "local" else max(1, _cores() // threads))
                 eta = sum(walls) / len(walls) * left / parallel
                 log(f"sweep: {finished_before + counts['done']} done, {len(todo) - i} to go "
                     f"({left} {'pack' if packs else 'run'}{'s' * (left > 1)}, {parallel} at a time); "
@@ -636,7 +670,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds", help="seeds, e.g. 0,1,2")
     e = p.add_argument_group("execution")
     e.add_argument("--executor", choices=("local", "ray"), help="local (default) or ray")
-    e.add_argument("--jobs", type=int, help="local: runs at once, each in its own process (default 1)")
+    e.add_argument("--jobs", type=_jobs, help="local: runs at once, each in its own process: auto (default: on the "
+                                              "CPU one per core, within memory; on CUDA 1) or N")
     e.add_argument("--threads-per-run", type=int, help="CPU threads per run (default: cores / jobs)")
     e.add_argument("--ray-address", help="ray: address of an existing cluster (default: start a local instance)")
     e.add_argument("--gpus-per-run", type=float, help="ray: GPU share per run (per pack), e.g. 0.25 (default 0)")
@@ -645,6 +680,15 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--pack", type=_pack_width, help="train runs of one shape as one stacked model: auto (default: "
                                                     "on CUDA, sized to its memory; off on CPU), off, or N (at most "
                                                     "N runs per pack)")
+
+
+def _jobs(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {text!r}") from None
 
 
 def _pack_width(text: str) -> str | int:
@@ -661,7 +705,7 @@ def _pack_width(text: str) -> str | int:
 
 def validate_execution(given: dict[str, Any]) -> None:
     for key in ("jobs", "threads_per_run"):
-        if key in given and given[key] < 1:
+        if key in given and given[key] != "auto" and given[key] < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {given[key]}")
     if given.get("gpus_per_run", 0) < 0:
         raise UsageError(f"--gpus-per-run must be >= 0, got {given['gpus_per_run']}")

@@ -13,6 +13,7 @@ import pytest
 
 from grokfast_train.cli import main
 from grokfast_train.rundir import RunLock
+from grokfast_train.sweep import auto_jobs
 
 TINY = ["--p", "13", "--hidden", "16", "--heads", "2", "--steps", "30", "--eval-every", "10",
         "--threads-per-run", "1"]
@@ -39,7 +40,7 @@ def summaries(sweep_dir: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "s"
-    assert sweep(out) == 0
+    assert sweep(out, "--jobs", "1") == 0  # one at a time: the log's order is the training order
     return out
 
 
@@ -98,11 +99,27 @@ def test_bad_grids_are_one_line_and_exit_2(tmp_path, capsys, args, needle):
     assert not (tmp_path / "s").exists()
 
 
-def test_parallel_jobs_give_the_same_runs(finished, tmp_path):
-    assert sweep(tmp_path / "p", "--jobs", "2") == 0
+def test_parallel_jobs_give_the_same_runs(finished, tmp_path, capsys):
+    """The default, --jobs auto, on the CPU: one run per core this process may use (four runs here), each
+    on one thread, in worker processes -- the same runs as one at a time."""
+    at_once = min(len(NAMES), len(os.sched_getaffinity(0)))
+    assert sweep(tmp_path / "p") == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith(f"{at_once} at a time, 1 thread per run" if at_once > 1 else "1 thread per run"), header
     assert summaries(tmp_path / "p") == summaries(finished)
     for name in NAMES:
         assert metrics(tmp_path / "p" / name) == metrics(finished / name)
+    assert sweep(tmp_path / "q", "--jobs", "2") == 0  # and as asked
+    assert summaries(tmp_path / "q") == summaries(finished)
+
+
+def test_jobs_auto_is_one_on_cuda_and_never_more_than_the_work_or_the_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert auto_jobs(8, None, on_cuda=True) == 1
+    assert auto_jobs(1, None, on_cuda=False) == 1
+    memory = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
+    assert auto_jobs(100, None, on_cuda=False) == min(cores, memory // (2 << 30))  # a worker per 2 GiB at most
+    assert auto_jobs(100, cores, on_cuda=False) == 1  # --threads-per-run takes every core
 
 
 def test_a_run_held_by_another_process_is_left_to_it(finished, tmp_path, capsys):
@@ -121,8 +138,9 @@ def test_a_run_held_by_another_process_is_left_to_it(finished, tmp_path, capsys)
 
 def test_interrupted_sweep_resumes_and_trains_every_run_once(finished, tmp_path):
     out = tmp_path / "s"
-    # long enough that the Ctrl-C lands inside a run; the same grid as `finished` otherwise
-    args = [sys.executable, "-m", "grokfast_train.cli", "sweep", *TINY, *GRID, "--out", str(out)]
+    # long enough that the Ctrl-C lands inside a run; the same grid as `finished` otherwise; one run at a
+    # time, in the sweep's process, which the SIGINT reaches (not the whole process group, as a terminal's)
+    args = [sys.executable, "-m", "grokfast_train.cli", "sweep", *TINY, *GRID, "--out", str(out), "--jobs", "1"]
     args[args.index("30")] = "400"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

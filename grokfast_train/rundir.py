@@ -96,7 +96,7 @@ class RunLock:
 
     def release(self, _close=os.close) -> None:
         # os.close bound at definition: a lock still held at interpreter exit (a Run kept in a script's
-        # global) is released after the os module's globals may already be gone
+        # global) is released when this module's global `os` may already be None
         if self._fd is not None:
             _close(self._fd)  # closing the descriptor drops the flock
             self._fd = None

@@ -18,14 +18,17 @@ device's memory) and not on the CPU, where a pack saves no launches (it computes
 at about their unpacked speed) and would only take runs away from ``--jobs``' workers.
 
 Executors: ``local`` runs ``--jobs`` worker processes with the machine's cores split between them
-(``auto``: one run per core on the CPU, within memory; one run at a time on CUDA, in-process); ``ray`` makes each run a Ray task (a local instance, or
-``--ray-address``), ``--gpus-per-run`` lets several small runs share a GPU, and a task whose
-worker dies is retried and resumes from the run's last checkpoint.
+(``auto``: one run per core on the CPU, within memory; one run at a time on CUDA, in-process);
+``ray`` makes each run a Ray task (a local instance, or ``--ray-address``), ``--gpus-per-run`` lets
+several small runs share a GPU, and a task whose worker dies is retried and resumes from the run's
+last checkpoint. A Ctrl-C (or a SIGINT sent to the sweep alone) reaches the runs in progress, which
+checkpoint and stop; nothing new starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import rundir
+from . import resources, rundir
 from .checkpoint import CHECKPOINT, save_json
 from .config import Config, legacy_value, resolve
 from .errors import GrokfastError, RunLocked, UsageError
@@ -351,25 +354,8 @@ def auto_jobs(units: int, threads_per_run: int | None, on_cuda: bool) -> int:
     per RUN_MEMORY of available memory; on CUDA one (runs share the GPU by packing instead)."""
     if on_cuda:
         return 1
-    fit = _available_memory() // RUN_MEMORY
-    return max(1, min(units, _cores() // (threads_per_run or 1), fit))
-
-
-def _cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _available_memory() -> int:
-    """Bytes the kernel says can be allocated without swapping (MemAvailable); unknown: no limit."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
+    fit = resources.available_memory() // RUN_MEMORY
+    return max(1, min(units, resources.cores() // (threads_per_run or 1), fit))
 
 
 def auto_pack_width(cfg: Config, count: int) -> int:
@@ -408,7 +394,7 @@ def _run_local(units: list[list[dict]], threads: int, jobs: int, stop: StopFlag)
 
     # Never more tasks handed out than workers: after a Ctrl-C nothing new starts.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_ignore_sigint) as pool:
+                             initializer=_worker_init) as pool, _sigint_forwarded_to_workers():
         pending, queue = set(), list(units)
         while queue or pending:
             while queue and len(pending) < jobs and not stop.set:
@@ -420,9 +406,38 @@ def _run_local(units: list[list[dict]], threads: int, jobs: int, stop: StopFlag)
                 yield future.result()
 
 
-def _ignore_sigint() -> None:
-    """Worker processes: an idle worker ignores Ctrl-C; a training Run installs its own handler meanwhile."""
+def _worker_init() -> None:
+    """A worker process leaves the sweep's process group, so that every Ctrl-C reaches it once, through
+    the sweep (``_sigint_forwarded_to_workers``), whether it came from a terminal (the whole group) or
+    was sent to the sweep's pid alone; an idle worker ignores it, a training Run handles it."""
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_forwarded_to_workers() -> Iterator[None]:
+    """Each SIGINT the sweep takes is passed on to its worker processes, then handled as before (the
+    sweep's StopFlag: the first starts nothing new, a second stops now)."""
+    import multiprocessing
+
+    def forward(signum, frame):
+        for child in multiprocessing.active_children():
+            try:
+                os.kill(child.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        previous = signal.signal(signal.SIGINT, forward)
+    except ValueError:  # not the main thread: no handler can be set here, nor was the StopFlag's
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_ray(units: list[list[dict]], threads: int, gpus: float, address: str | None,
@@ -562,13 +577,21 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
         book.add(p, "done" if statuses[p.name] == "done" else "pending")
     book.save()
 
+    # Runs resumed only to record a raised --steps (they stop at once): no work to plan or time by.
+    budget_only = {Path(c.out).name for c in todo if _at_its_stop(c)}
+    trains = [any(Path(c.out).name not in budget_only for c in u) for u in units]
+    units = [u for u, t in zip(units, trains) if not t] + [u for u, t in zip(units, trains) if t]  # quick ones first
+    training = sum(trains)
     executor, jobs = given.get("executor", "local"), given.get("jobs", "auto")
-    if jobs == "auto":
-        jobs = auto_jobs(len(units), given.get("threads_per_run"), _on_cuda(configs[0].device))
-    threads = given.get("threads_per_run") or max(1, _cores() // jobs)
+    if jobs == "auto":  # (Ray sizes its own concurrency: one task's threads stay all the cores, as before)
+        jobs = auto_jobs(max(1, training), given.get("threads_per_run"), _on_cuda(configs[0].device)) \
+            if executor == "local" else 1
+    threads = given.get("threads_per_run") or max(1, resources.cores() // jobs)
     finished_before = len(points) - len(todo)
     packs = [len(u) for u in units if len(u) > 1]
-    log(f"sweep {sweep_dir}: {len(points)} runs ({finished_before} finished before, {len(todo)} to train) on "
+    to_train = f"{len(todo)} to train" + (f", {len(budget_only)} of them only to record the raised --steps"
+                                          if budget_only else "")
+    log(f"sweep {sweep_dir}: {len(points)} runs ({finished_before} finished before, {to_train}) on "
         f"{executor}" + (f", {jobs} at a time" if executor == "local" and jobs > 1 else "") +
         f", {threads} thread{'s' * (threads > 1)} per run" +
         (f"; packed: {len(packs)} pack{'s' * (len(packs) > 1)} of {'/'.join(map(str, sorted(set(packs))))} runs"
@@ -584,7 +607,7 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
             results = _run_ray(unit_dicts, threads, given.get("gpus_per_run", 0.0), given.get("ray_address"), stop)
         else:
             results = _run_local(unit_dicts, threads, jobs, stop)
-        for units_done, unit_results in enumerate(results, 1):
+        for unit_results in results:
             for r in unit_results:
                 i += 1
                 status = "done" if r["status"] == "skipped" else r["status"]
@@ -594,14 +617,15 @@ def run_sweep(given: dict[str, Any], log: Callable[[str], None] = print) -> int:
                 book.set(r["name"], {"locked": "running elsewhere"}.get(status, status), r.get("error"))
                 log(_result_line(r, finished_before + i, len(points)))
             book.save()
-            walls += [max(r["wall_s"] for r in unit_results if "wall_s" in r)] if any(
-                "wall_s" in r and r["status"] == "done" for r in unit_results) else []
-            left = len(units) - units_done
-            if left and walls and not stop.set:
-                parallel = min(left, jobs if executor == "local" else max(1, _cores() // threads))
-                eta = sum(walls) / len(walls) * left / parallel
+            if any(r["name"] not in budget_only for r in unit_results):
+                training -= 1
+                walls += [max(r["wall_s"] for r in unit_results if "wall_s" in r)] if any(
+                    "wall_s" in r and r["status"] == "done" for r in unit_results) else []
+            if training and walls and not stop.set:
+                parallel = min(training, jobs if executor == "local" else max(1, resources.cores() // threads))
+                eta = sum(walls) / len(walls) * training / parallel
                 log(f"sweep: {finished_before + counts['done']} done, {len(todo) - i} to go "
-                    f"({left} {'pack' if packs else 'run'}{'s' * (left > 1)}, {parallel} at a time); "
+                    f"({training} {'pack' if packs else 'run'}{'s' * (training > 1)}, {parallel} at a time); "
                     f"ETA {eta / 60:.1f} min")
     wall = time.perf_counter() - started
     done = finished_before + counts["done"]
@@ -620,7 +644,7 @@ def _at_its_stop(cfg: Config) -> bool:
     """A finished run that its early stop ends where it stands (resumed only to record a larger budget)."""
     try:
         s = json.loads((Path(cfg.out) / rundir.SUMMARY).read_text())
-        return generalised_for(cfg.stop_after_generalising, s["final_step"], s["generalization_step"])
+        return generalised_for(cfg.stop_after_generalising, s.get("final_step", 0), s.get("generalization_step"))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

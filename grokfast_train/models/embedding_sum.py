@@ -5,9 +5,10 @@ A linear map of such a sum is the sum of the map applied to each table, gathered
     W (tok[ids] + pos) + b  =  (W tokᵀ + b)[ids] + W pos
 
 so the first layer's query, key and value projections multiply the tables' V + L rows instead of
-the batch's B·L positions, then gather from the V·L (token, position) pairs. Exact (the same
-function; rounding differs only in where the sum is taken), and a large cut where the vocabulary
-is small: the paper's modular task has V = 117, L = 6 and B = 512 (minibatch) to 9,576 (full
+the batch's B·L positions, then gather from the V·L (token, position) pairs. The same function; in
+floating point it rounds differently (the sum comes after the projection, and under bf16 autocast
+each part is rounded to bf16 before it: measured no less accurate against fp64). A large cut where
+the vocabulary is small: the paper's modular task has V = 117, L = 6 and B = 512 (minibatch) to 9,576 (full
 batch), so the projections see 123 rows instead of 3,072-57,456. Its gradients are autograd's:
 the gather's backward adds each position's gradient into its pair's row, and the tables'
 projections carry them on to W, b, tok and pos.
@@ -36,7 +37,7 @@ class EmbeddingSum:
         """On the CPU, where a step's time is its arithmetic: are there fewer (token, position) pairs
         than one run's batch has positions? (A GPU's modular step is bound by launches, not FLOPs, and
         this path launches more kernels; it stays off there until a GPU has measured it.)"""
-        return ids.device.type == "cpu" and tok.shape[-2] < ids.shape[-2]
+        return ids.device.type == "cpu" and ids.dim() >= 2 and tok.shape[-2] < ids.shape[-2]
 
     @property
     def shape(self) -> torch.Size:

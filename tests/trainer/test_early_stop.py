@@ -186,6 +186,7 @@ def test_raising_a_sweeps_budget_records_it_in_the_runs_its_stop_counts_done(ful
     assert main(grid("0,1,2", "--steps", "100", "--stop-after-generalising", "25", "--dry-run")) == 0
     assert "stops at once, at step 40 (it has generalised): records the budget of 100 steps" in capsys.readouterr().out
     assert main(grid("0,1,2", "--steps", "100", "--stop-after-generalising", "25")) == 0
+    assert "3 to train, 2 of them only to record the raised --steps" in capsys.readouterr().out
     for seed in (0, 1, 2):
         r = sweep / f"n60-h16-l1-s{seed}"
         assert json.loads((r / "config.json").read_text())["steps"] == 100

@@ -284,6 +284,7 @@ MUTANTS: list[Mutant] = [
 ]
 
 T_SWEEP = "tests/trainer/test_sweep.py"
+T_RESOURCES = "tests/trainer/test_resources.py"
 
 # Sweep and report code: add mutants here as that code lands (same form as above).
 SWEEP_REPORT_MUTANTS: list[Mutant] = [
@@ -305,6 +306,19 @@ SWEEP_REPORT_MUTANTS: list[Mutant] = [
     M("SW5", "sweep", "grokfast_train/sweep.py",
       ("    if given.get(\"dry_run\"):\n        return show_plan(", "    if False:\n        return show_plan("),
       "sweep --dry-run: ignored, the sweep trains", [T_SWEEP + "::test_a_dry_run_shows_the_plan_and_writes_nothing"]),
+    M("SW6", "sweep", "grokfast_train/sweep.py",
+      ("initializer=_worker_init) as pool, _sigint_forwarded_to_workers():", "initializer=_worker_init) as pool:"),
+      "sweep --jobs N: a SIGINT to the sweep no longer reaches its running runs",
+      [T_SWEEP + "::test_a_sigint_to_a_parallel_sweep_stops_its_running_runs"]),
+    M("SW7", "sweep", "grokfast_train/sweep.py",
+      ('given.get("jobs", "auto")', 'given.get("jobs", 1)'),
+      "sweep: one run at a time by default on the CPU", [T_SWEEP + "::test_parallel_jobs_give_the_same_runs"]),
+    M("SW8", "sweep", "grokfast_train/resources.py",
+      ("return max(1, min(n, math.ceil(quota))) if quota else n", "return n"),
+      "--jobs auto: a cgroup CPU quota ignored", [T_RESOURCES]),
+    M("SW9", "sweep", "grokfast_train/sweep.py",
+      ("fit = resources.available_memory() // RUN_MEMORY", "fit = 1 << 30"),
+      "--jobs auto: as many workers as cores whatever the memory", [T_RESOURCES]),
     M("RP1", "report", "grokfast_train/report.py",
       ("run.smoothed = an.smooth(run.steps, run.test_acc, opts.sigma)",
        "run.smoothed = an.smooth(run.steps, run.train_acc, opts.sigma)"),

@@ -289,7 +289,7 @@ T_RESOURCES = "tests/trainer/test_resources.py"
 # Sweep and report code: add mutants here as that code lands (same form as above).
 SWEEP_REPORT_MUTANTS: list[Mutant] = [
     M("SW1", "sweep", "grokfast_train/sweep.py",
-      ("if final >= steps or generalised_for(", "if final > steps or generalised_for("),
+      ("            if final >= steps:\n                return \"done\"", "            if final > steps:\n                return \"done\""),
       "sweep: a run finished at exactly --steps is not recognised as done", [T_SWEEP]),
     M("SW2", "sweep", "grokfast_train/sweep.py",
       ("for seed in seeds for h in hidden for n in layers for s in sizes]",
@@ -357,8 +357,8 @@ EARLY_STOP_MUTANTS: list[Mutant] = [
       ("            if m.marks.stop:\n                self._stop_early(r, now)", "            pass"),
       "early stop: a packed run ignores its stop and trains on", [T_EARLY]),
     M("ES3", "early stop", "grokfast_train/sweep.py",
-      ('if final >= steps or generalised_for(stop_after_generalising, final, s.get("generalization_step")):',
-       "if final >= steps:"),
+      ('if generalised_for(stop_after_generalising, final, s.get("generalization_step")):',
+       "if False:"),
       "early stop: a sweep rerun trains its stopped runs again", [T_EARLY]),
     M("ES4", "early stop", "grokfast_train/train.py",
       ("return step < self.cfg.steps and generalised_for(", "return generalised_for("),

@@ -7,11 +7,11 @@ A linear map of such a sum is the sum of the map applied to each table, gathered
 so the first layer's query, key and value projections multiply the tables' V + L rows instead of
 the batch's B·L positions, then gather from the V·L (token, position) pairs. The same function; in
 floating point it rounds differently (the sum comes after the projection, and under bf16 autocast
-each part is rounded to bf16 before it: measured no less accurate against fp64). A large cut where
-the vocabulary is small: the paper's modular task has V = 117, L = 6 and B = 512 (minibatch) to 9,576 (full
-batch), so the projections see 123 rows instead of 3,072-57,456. Its gradients are autograd's:
-the gather's backward adds each position's gradient into its pair's row, and the tables'
-projections carry them on to W, b, tok and pos.
+each part is rounded to bf16 before it: measured no less accurate against fp64). A large cut
+where the vocabulary is small: the paper's modular task has V = 117, L = 6 and B = 512
+(minibatch) to 9,576 (full batch), so the projections see 123 rows instead of 3,072-57,456. Its
+gradients are autograd's: the gather's backward adds each position's gradient into its pair's
+row, and the tables' projections carry them on to W, b, tok and pos.
 
 ``Decoder`` uses it where it pays (``worth_it``); the encoder cannot: BERT normalises the embeddings
 (a LayerNorm is not linear) before its first layer. A pack's tables are (R, V, C) and (R, 1, L, C),

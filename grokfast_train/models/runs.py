@@ -143,7 +143,10 @@ def _as_rows(table: torch.Tensor) -> torch.Tensor | None:
 
 class _RunRows(torch.autograd.Function):
     """``weight[r, ids[r]]`` for every run r; the backward adds each row's gradient into run r's table
-    (one ``index_add_`` over the flattened (R·V) rows) and zeroes ``padding_idx``'s row in every run."""
+    (one embedding backward over the flattened (R·V) rows) and zeroes ``padding_idx``'s row in every run.
+    That backward is ``nn.Embedding``'s: on CUDA it sorts the ids and sums each row's gradients in a
+    fixed order, where ``index_add_`` adds them with atomics in whatever order they land -- which made
+    a pack's trajectory differ in rounding from one execution to the next."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
@@ -162,7 +165,8 @@ class _RunRows(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         (flat,) = ctx.saved_tensors
         R, V, C = ctx.shape
-        grad = dy.new_zeros(R * V, C).index_add_(0, flat.flatten(), dy.reshape(-1, C)).view(R, V, C)
+        grad = torch.ops.aten.embedding_dense_backward(dy.reshape(-1, C), flat.flatten(), R * V, -1,
+                                                      False).view(R, V, C)
         if ctx.padding_idx is not None:
             grad[:, ctx.padding_idx] = 0
         return grad, None, None

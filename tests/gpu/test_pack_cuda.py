@@ -28,7 +28,15 @@ relative), so any change of summation order moves some activations by a bf16 ulp
 CPU, the bf16 pack differs from the bf16 solo runs by up to 2e-3 relative in loss and weight norm and
 1.6e-3 in accuracy over 40 steps -- as much as bf16 differs from fp32 there. So 1e-2 (5x that, and
 test_graph_cuda.py's bf16-vs-fp32 bound) on losses and norms and 1e-2 absolute on accuracies, plus a
-check that the bf16 pack really differs from the fp32 one.
+check that the bf16 pack really differs from the fp32 one. On the H200 (2026-11-27) the run with lr
+3e-3 was 0.0112 apart in train accuracy at step 40, past that 1e-2: the bound is now the larger of
+those and twice what bf16 moves the same run (its bf16 solo run against its fp32 solo run), so a
+pack may perturb a run in bf16 as much as bf16 itself does, and a packing error still shows.
+
+NOISE_ONLY: the key projection's bias has an exact gradient of zero (softmax ignores a shift shared by
+all of a row's scores), so Adam steps it by rounding noise alone and any difference of rounding shows
+up there in full; it has no effect on any output, so the weight comparisons leave it out. On the
+H200 it differed between a pack's graph-on and graph-off runs while every metric agreed to 1e-6.
 """
 
 import json
@@ -94,6 +102,16 @@ def assert_close_rows(a: Path, b: Path, tol: tuple[float, float]) -> float:
     return worst
 
 
+def worst_differences(a: Path, b: Path) -> tuple[float, float]:
+    """(worst relative difference of a loss or norm, worst absolute difference of an accuracy) of ``b``'s
+    rows from ``a``'s."""
+    ra, rb = rows(a), rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb], (a, b)
+    rel = max(abs(x[k] - y[k]) / abs(x[k]) for x, y in zip(ra, rb) for k in KEYS if k not in ACC)
+    acc = max(abs(x[k] - y[k]) for x, y in zip(ra, rb) for k in ACC)
+    return rel, acc
+
+
 def solo(out: Path, **kw) -> dict:
     summary = Run(cfg(out, cuda_graph="off", **kw), log=quiet).fit()
     assert summary is not None
@@ -137,6 +155,8 @@ def test_a_pack_graph_on_and_off_give_the_same_metrics(fp32, tmp_path):
                                                                                       tmp_path / f"eager{i}"))
         assert a.keys() == b.keys()
         for k in a:
+            if k.endswith(".k.bias"):  # no effect on the function: see NOISE_ONLY
+                continue
             torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
 
 
@@ -146,7 +166,9 @@ def test_a_bf16_pack_follows_its_bf16_solo_runs(fp32, tmp_path):
     pack(tmp_path, "pack", RUNS, cuda_graph="on", dtype="bf16")
     for i in range(len(RUNS)):
         assert json.loads((tmp_path / f"pack{i}" / "config.json").read_text())["dtype"] == "bf16"
-        assert_close_rows(tmp_path / f"solo{i}", tmp_path / f"pack{i}", BF16)
+        # what bf16 itself moves this run, doubled, bounds what packing it may move it
+        rel, acc = worst_differences(fp32 / f"solo{i}", tmp_path / f"solo{i}")
+        assert_close_rows(tmp_path / f"solo{i}", tmp_path / f"pack{i}", (max(BF16[0], 2 * rel), max(BF16[1], 2 * acc)))
     # and bf16 is really in use: the bf16 pack is not the fp32 pack
     moved = max(assert_close_rows(fp32 / f"pack{i}", tmp_path / f"pack{i}", (1.0, 1.0)) for i in range(len(RUNS)))
     assert moved > 1e-5, moved

@@ -1,0 +1,148 @@
+"""How many kernels one training step launches, counted on the CPU along the CUDA path.
+
+Inside a CUDA graph a step of these tiny models costs about its number of kernels times a few
+microseconds (BENCHMARKS.md, the H200's modular step), so the count is the figure to bring down, and
+it can be read without a GPU: every ATen op that computes (views and allocations excluded) and every
+Triton kernel call is counted while one step runs on the CPU, the Triton kernels under the interpreter.
+Two CPU-only branches are switched off so that the CPU walks the CUDA path: the table projection of the
+decoder's first layer (``EmbeddingSum.worth_it``) and a pack's per-run products (``runs.one_launch``);
+a pack is counted stacked, as CUDA runs it. The count is a proxy:
+on CUDA a reduction may take two kernels, a matrix product a second for split-K, and cuBLAS's choice is
+not visible here.
+
+    python scripts/kernel_census.py [--dataset modular|imdb] [--backend triton|torch] [--runs R]
+
+IMDB runs at a reduced length (64 tokens, batch 8) to keep the interpreter quick; the count does not
+depend on the sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is decorated
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# ATen ops that neither compute nor move data on a GPU (views, metadata, allocation, record_function)
+NOT_KERNELS = frozenset({
+    "view", "_unsafe_view", "expand", "t", "transpose", "permute", "select", "slice", "unsqueeze", "squeeze",
+    "as_strided", "detach", "alias", "reshape", "_reshape_alias", "unbind", "split", "split_with_sizes",
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh", "set_",
+    "_record_function_enter_new", "_record_function_exit", "is_nonzero", "_local_scalar_dense",
+})
+
+
+class _AtenOps(TorchDispatchMode):
+    def __init__(self, counts: collections.Counter, paused: list[int]):
+        super().__init__()
+        self.counts, self.paused = counts, paused
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in NOT_KERNELS and not self.paused[0]:
+            self.counts["aten." + name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def counting() -> collections.Counter:
+    """Count what runs inside: ``aten.<op>`` per computing ATen op, ``triton.<kernel>`` per Triton launch
+    (the ATen ops the interpreter runs inside a kernel are not counted)."""
+    from triton.runtime import interpreter
+
+    counts: collections.Counter = collections.Counter()
+    paused = [0]
+    run = interpreter.InterpretedFunction.run
+
+    def counted_run(self, *args, **kwargs):
+        counts["triton." + self.fn.__name__] += 1
+        paused[0] += 1
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            paused[0] -= 1
+
+    interpreter.InterpretedFunction.run = counted_run
+    try:
+        with _AtenOps(counts, paused):
+            yield counts
+    finally:
+        interpreter.InterpretedFunction.run = run
+
+
+@contextlib.contextmanager
+def cuda_path():
+    """The CPU-only branches off, so the CPU runs the step the way CUDA does."""
+    from grokfast_train.models import runs
+    from grokfast_train.models.embedding_sum import EmbeddingSum
+
+    worth_it, one_launch = EmbeddingSum.__dict__["worth_it"], runs.one_launch
+    EmbeddingSum.worth_it = staticmethod(lambda ids, tok: False)
+    runs.one_launch = lambda x: True
+    try:
+        yield
+    finally:
+        EmbeddingSum.worth_it, runs.one_launch = worth_it, one_launch
+
+
+def _task(dataset: str):
+    if dataset != "imdb":
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from test_step_bench import synthetic_task
+
+    t = synthetic_task("imdb", 64)
+    L = 64
+    t.train_x, t.train_mask, t.test_x, t.test_mask = (a[:, :L] for a in (t.train_x, t.train_mask, t.test_x,
+                                                                        t.test_mask))
+    return t
+
+
+def step_census(dataset: str, backend: str, runs: int, out: str, **overrides) -> collections.Counter:
+    """The ops of one training step (after one warm-up step) of the benchmark's shape; ``overrides``:
+    Config fields to change (a test's smaller model)."""
+    from grokfast_train.config import Config, resolve
+    from grokfast_train.pack import PackedRun
+    from grokfast_train.train import Run
+
+    kw = dict(frac=0.3, batch_size=512) if dataset == "modular" else dict(frac=1.0, batch_size=8, max_len=64)
+    task = _task(dataset)
+    kw.update(overrides)
+    cfgs = [resolve(Config(dataset=dataset, steps=10 ** 9, device="cpu", backend=backend, quiet=True, force=True,
+                           seed=i, out=f"{out}/run{i}", **kw)) for i in range(runs)]
+    with cuda_path():
+        if runs == 1:
+            run = Run(cfgs[0], log=lambda _: None, task=task)
+        else:
+            run = PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, stacked=True,
+                            tasks=None if task is None else [task] * runs)
+        run.train_step()
+        with counting() as counts:
+            run.train_step()
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["modular", "imdb"], default="modular")
+    parser.add_argument("--backend", choices=["triton", "torch"], default="triton")
+    parser.add_argument("--runs", type=int, default=1, help="R > 1: a stacked pack of R runs")
+    parser.add_argument("--out", default="/tmp/kernel-census", help="scratch run directories")
+    args = parser.parse_args(argv)
+    counts = step_census(args.dataset, args.backend, args.runs, args.out)
+    print(f"{args.dataset}, backend {args.backend}, R = {args.runs}: {sum(counts.values())} kernels per step")
+    for name, n in counts.most_common():
+        print(f"{n:5d}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""scripts/kernel_census.py: what it counts, and that it walks the CUDA path on the CPU."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+import kernels
+
+_spec = importlib.util.spec_from_file_location("kernel_census",
+                                               Path(__file__).parents[1] / "scripts" / "kernel_census.py")
+census = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(census)
+
+
+def test_counts_computing_ops_not_views():
+    a, b = torch.randn(5, 3), torch.randn(3, 4)
+    with census.counting() as counts:
+        c = (a @ b).view(-1)  # one product; a view launches nothing,
+        c.view(4, 5).t().sum()  # nor does a transpose
+        a.t().reshape(-1)  # but a reshape of a transposed tensor copies
+    assert dict(counts) == {"aten.mm": 1, "aten.sum": 1, "aten.clone": 1}
+
+
+def test_a_triton_kernel_counts_once_and_its_insides_not_at_all():
+    x, w, b = torch.randn(7, 33), torch.randn(33), torch.randn(33)
+    with census.counting() as counts:
+        kernels.layer_norm(x, w, b)
+    triton = {k: n for k, n in counts.items() if k.startswith("triton.")}
+    assert triton == {"triton._layer_norm_fwd_kernel": 1}
+    # the interpreter runs the kernel with ATen ops of its own (copies in and out): none may be counted
+    assert sum(counts.values()) - 1 < 3, dict(counts)
+
+
+SMALL = dict(p=7, frac=1.0, batch_size=16, hidden=16, heads=2, ffn=32)  # batch > vocab (11): the CPU would project tables
+
+
+def test_a_step_is_counted_along_the_cuda_path(tmp_path):
+    solo = census.step_census("modular", "triton", 1, str(tmp_path / "solo"), **SMALL)
+    assert solo["triton._fused_adamw_kernel"] == 1  # one optimiser launch for every parameter
+    assert solo["triton._layer_norm_fwd_kernel"] == solo["triton._layer_norm_bwd_kernel"] == 2
+    # one gather of the token table and its backward; the CPU's table projection gathers from three more
+    assert solo["aten.embedding"] == solo["aten.embedding_dense_backward"] == 1
+    pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
+    assert pack["aten.bmm"] > 0 and pack["aten.baddbmm"] > 0  # one batched product for all runs
+    assert pack["aten.addmm"] == 0  # not R products per layer (the CPU's per-run path)
+    assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
+    # and the switches are put back
+    from grokfast_train.models import runs
+    from grokfast_train.models.embedding_sum import EmbeddingSum
+
+    assert not runs.one_launch(torch.zeros(1))
+    assert EmbeddingSum.worth_it(torch.zeros(4, 3, dtype=torch.long), torch.zeros(2, 8))

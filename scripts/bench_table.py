@@ -128,15 +128,31 @@ def print_sources(headers: list[dict], missing: list[str]) -> None:
         cpu = h["machine"].get("cpu", {}).get("brand_raw")
         print(f"- {h['file']}: measured {h['datetime']}" + (f" on {cpu}" if cpu else ""))
     if missing:
-        print(f"- missing (not run, or it failed): {', '.join(missing)}")
+        print(f"- not read (not run, or killed before it wrote its file): {', '.join(missing)}")
+
+
+def readable(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The JSON files that can be read, and a note for each that cannot: absent (not run), or empty or
+    cut short (pytest-benchmark writes its file only as the session ends, so a killed run leaves it so)."""
+    ok, missing = [], []
+    for p in paths:
+        if not p.is_file():
+            missing.append(f"{p} (absent)")
+            continue
+        try:
+            json.loads(p.read_text())
+        except ValueError:
+            missing.append(f"{p} ({'empty' if p.stat().st_size == 0 else 'not valid JSON'})")
+            continue
+        ok.append(p)
+    return ok, missing
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="+", type=Path, help="pytest-benchmark --benchmark-json output(s)")
     args = ap.parse_args(argv)
-    missing = [str(p) for p in args.json if not p.is_file()]
-    present = [p for p in args.json if p.is_file()]
+    present, missing = readable(args.json)
     rows, headers = load(present)
     if not rows:
         print(f"bench_table: no training-step benchmarks in {', '.join(map(str, args.json))}", file=sys.stderr)

@@ -2,11 +2,17 @@
 # Every GPU check in one go, within 8 minutes on the lent machine's image (python3, torch + Triton, rich,
 # transformers, pytest, pytest-benchmark; no datasets, no network, the repository not pip-installed):
 #   1. versions;  2. the CUDA tests (tests/gpu: packed runs vs solo runs, kernels vs references, graph vs
-#   eager, resume, bf16);  3. the training-step benchmarks, one pytest run per shape, JSON out;  4. one
-#   end-to-end `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval
-#   every 10 steps), timed;  5. the pack benchmarks (benchmarks/test_pack_bench.py: R runs packed vs the
-#   same R runs solo), JSON out;  6. the kernel benchmarks if time is left;  7. the tables, last: the step
-#   table (scripts/bench_table.py), then the pack table (scripts/pack_table.py).
+#   eager, resume, bf16);  3. the training-step benchmarks, one pytest run per shape, JSON out, without
+#   the torch.compile rows;  4. a kernel profile of one step per shape (scripts/step_profile.py);
+#   5. the torch.compile reduce-overhead rows, one pytest run per shape;  6. one end-to-end
+#   `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval every 10
+#   steps), timed (its steady rate, if the cap stops it first);  7. the pack benchmarks
+#   (benchmarks/test_pack_bench.py: R runs packed vs the same R runs solo), JSON out;  8. if time is left,
+#   the max-autotune compile rows, then the kernel benchmarks;  9. the tables, last: the step table
+#   (scripts/bench_table.py), then the pack table (scripts/pack_table.py).
+# The compile rows have their own pytest runs and JSON files: their warm-up compiles for a minute or
+# more, and on the H200 (2026-11-27) a cap that fell during it killed pytest before it wrote its JSON,
+# losing the rows measured before it.
 # Each section has a time cap (SIGINT first: pytest-benchmark still writes its JSON, the trainer its
 # checkpoint), so the script always ends with the table within the budget.
 #
@@ -23,7 +29,7 @@ export TRITON_INTERPRET=0  # real kernels (tests/conftest.py would default to th
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 rehearsal=${GPU_CHECK_REHEARSAL:-0}
-budget=${GPU_CHECK_BUDGET_S:-450}
+budget=${GPU_CHECK_BUDGET_S:-470}
 deadline=$((SECONDS + budget))
 report="$out/report.txt"
 : >"$report"
@@ -54,11 +60,13 @@ if ((rehearsal)); then
   pack_k="cpu and modular-1- or cpu and modular-8-"
   steps=300
   e2e_device=cpu
+  profile_steps=4
 else
   bench_k="cuda"
   pack_k="cuda"
   steps=100000
   e2e_device=cuda
+  profile_steps=40
 fi
 
 say "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) budget ${budget}s rehearsal=${rehearsal} out=$out"
@@ -77,18 +85,26 @@ for name, dist in (("triton", "triton"), ("transformers", "transformers"), ("pyt
         print(name, "unavailable:", type(e).__name__, e)
 EOF
 
-# Caps and reserves (seconds): a section stops early enough to leave its reserve to the ones after it.
-# Every section at its cap: versions ~5, tests 120, step benchmarks 120 + 120 (imdb leaves 85: the
-# end-to-end run 60, the pack benchmarks >= 20, the tables 5), end-to-end 60 (it leaves 25), pack
-# benchmarks 20, tables 5: 450 s. The step benchmarks keep priority over the pack benchmarks, which come
-# after the end-to-end run so that they get whatever it leaves (it needs ~30-40 s; then the pack
-# benchmarks get their 70 s cap). The newest tests (packed runs, then the graph tests) go first.
-section "CUDA tests" 120 250 "$PY" -m pytest -v -p no:cacheprovider -p scripts.pytest_deadline tests/gpu/test_pack_cuda.py \
+# Caps and reserves (seconds): a section stops early enough to leave its reserve to the ones after it
+# (the sum of their caps and the tables' ~5 s). Every section at its cap: versions ~5, tests 100, step
+# benchmarks 45 (modular) + 70 (imdb), profile 40, compile reduce-overhead 40 + 50, end-to-end 45, pack
+# benchmarks 65, tables 5: 465 s. What is left after that goes to the max-autotune rows, then the
+# kernel benchmarks. The first H200 run (2026-11-27) took 86 s for the tests, ~30 s of modular rows
+# and ~65 s of pack rows; the compile rows' warm-ups are the unknowns.
+bench() {  # bench NAME CAP RESERVE JSON -k EXPR: one pytest-benchmark run of the step benchmarks
+  local name=$1 cap=$2 reserve=$3 json=$4
+  shift 4
+  section "$name" "$cap" "$reserve" "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline \
+    benchmarks/test_step_bench.py --benchmark-json="$out/$json" --benchmark-columns=min,median,rounds "$@"
+}
+section "CUDA tests" 100 360 "$PY" -m pytest -v -p no:cacheprovider -p scripts.pytest_deadline tests/gpu/test_pack_cuda.py \
   tests/gpu/test_graph_cuda.py tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py
-section "step benchmarks (modular)" 120 150 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_step_bench.py \
-  -k "$bench_k and modular" --benchmark-json="$out/bench-modular.json" --benchmark-columns=min,median,rounds
-section "step benchmarks (imdb)" 130 85 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_step_bench.py \
-  -k "$bench_k and imdb" --benchmark-json="$out/bench-imdb.json" --benchmark-columns=min,median,rounds
+bench "step benchmarks (modular)" 45 315 bench-modular.json -k "$bench_k and modular and not compile"
+bench "step benchmarks (imdb)" 70 245 bench-imdb.json -k "$bench_k and imdb and not compile"
+section "step profile" 40 205 "$PY" scripts/step_profile.py --steps "$profile_steps"
+if ((rehearsal)); then compile_k="cpu and compile-default"; else compile_k="cuda and compile-reduce-overhead"; fi
+bench "torch.compile rows (modular)" 40 165 bench-compile-modular.json -k "$compile_k and modular"
+bench "torch.compile rows (imdb)" 50 115 bench-compile-imdb.json -k "$compile_k and imdb"
 e2e() {
   local t0 t1
   t0=$(date +%s.%N)
@@ -97,7 +113,7 @@ e2e() {
   local rc=$?
   t1=$(date +%s.%N)
   tail -n 4 "$out/e2e-modular.log"
-  "$PY" - "$out/e2e-modular" "$t0" "$t1" "$rc" <<'EOF'
+  "$PY" - "$out/e2e-modular" "$t0" "$t1" "$rc" <<'EOF2'
 import json, sys
 from pathlib import Path
 run, t0, t1, rc = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
@@ -109,22 +125,31 @@ print(f"end-to-end: exit {rc}; {last.get('step', 0):,} steps, wall {t1 - t0:.1f}
       f"= {last.get('step', 0) / max(last.get('elapsed_s', 0) or 1e-9, 1e-9):,.0f} steps/s with an evaluation "
       f"every {cfg.get('eval_every')} steps; device {cfg.get('device')}, backend {cfg.get('backend')}, "
       f"cuda_graph {cfg.get('cuda_graph')}, dtype {cfg.get('dtype')}; final test acc {last.get('test_acc')}")
-EOF
+if len(rows) > 20:  # the steady rate, past start-up and capture: the second half of what ran
+    a, b = rows[len(rows) // 2], rows[-1]
+    rate = (b["step"] - a["step"]) / max(b["elapsed_s"] - a["elapsed_s"], 1e-9)
+    print(f"end-to-end steady rate: {rate:,.0f} steps/s (steps {a['step']:,}-{b['step']:,}, evaluations included); "
+          f"{cfg.get('steps', 0):,} steps at that rate: {cfg.get('steps', 0) / rate:,.0f} s")
+EOF2
   return "$rc"  # the section's exit status is the training run's, not this summary's
 }
 export -f e2e
 export out steps e2e_device PY
-section "end-to-end: grokfast-train --dataset modular --steps $steps" 120 25 bash -c e2e
+section "end-to-end: grokfast-train --dataset modular --steps $steps" 45 70 bash -c e2e
 # R = 1, 8, 64 modular then 1, 8 IMDB, pack and solo rows side by side: a time cap loses IMDB first
-section "pack benchmarks" 70 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_pack_bench.py \
+section "pack benchmarks" 65 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_pack_bench.py \
   -k "$pack_k" --benchmark-json="$out/bench-pack.json" --benchmark-columns=min,median,rounds
 if ((!rehearsal)); then
+  bench "torch.compile max-autotune rows (modular)" 90 5 bench-autotune-modular.json \
+    -k "cuda and compile-max-autotune and modular"
+  bench "torch.compile max-autotune rows (imdb)" 90 5 bench-autotune-imdb.json -k "cuda and compile-max-autotune and imdb"
   section "kernel benchmarks" 60 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_adamw_bench.py \
     benchmarks/test_attention_bench.py benchmarks/test_layer_norm_bench.py --benchmark-json="$out/bench-kernels.json" \
     --benchmark-columns=min,median,rounds
 fi
 say "== table (elapsed ${SECONDS}s)"
-"$PY" scripts/bench_table.py "$out/bench-modular.json" "$out/bench-imdb.json" 2>&1 | tee "$out/table.md" | tee -a "$report"
+"$PY" scripts/bench_table.py "$out"/bench-{modular,imdb,compile-modular,compile-imdb}.json \
+  $( ((rehearsal)) || echo "$out"/bench-autotune-{modular,imdb}.json) 2>&1 | tee "$out/table.md" | tee -a "$report"
 say ""
 say "== pack table (elapsed ${SECONDS}s)"
 "$PY" scripts/pack_table.py "$out/bench-pack.json" 2>&1 | tee "$out/pack-table.md" | tee -a "$report"

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_table beside this script, however it is loaded
-from bench_table import fmt_time, print_sources  # noqa: E402
+from bench_table import fmt_time, print_sources, readable  # noqa: E402
 
 DATASETS = ["modular", "imdb"]
 PACK_ROWS = ("pack", "pack-stacked")  # the device's default way, and (on the CPU) the stacked model as well
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="+", type=Path, help="pytest-benchmark --benchmark-json output(s)")
     args = ap.parse_args(argv)
-    missing = [str(p) for p in args.json if not p.is_file()]
-    groups, headers = load([p for p in args.json if p.is_file()])
+    present, missing = readable(args.json)
+    groups, headers = load(present)
     if not groups:
         print(f"pack_table: no pack benchmarks in {', '.join(map(str, args.json))}", file=sys.stderr)
         return 1

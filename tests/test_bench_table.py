@@ -60,3 +60,19 @@ def test_table_ratios_and_floor(tmp_path, capsys):
     assert imdb_row.rstrip().endswith("| n/a | n/a |")
     assert "solo" not in out  # the pack benchmark's rows left to pack_table.py
     assert bench_table.main([str(tmp_path / "missing.json")]) == 1
+
+
+def test_a_killed_runs_empty_file_is_named_not_a_traceback(tmp_path, capsys):
+    """gpu_check.sh's IMDB section was killed mid-compile on the H200: its JSON was empty, and the table
+    of the other shape crashed on it. Now the table is printed and the empty file is named."""
+    good = tmp_path / "modular.json"
+    good.write_text(json.dumps(dict(datetime="2026-01-01", machine_info={},
+                                    benchmarks=[_bench("trainer-torch", 0.040, per_round=1)])))
+    empty, cut = tmp_path / "imdb.json", tmp_path / "cut.json"
+    empty.write_text("")
+    cut.write_text('{"benchmarks": [')
+    assert bench_table.main([str(good), str(empty), str(cut), str(tmp_path / "absent.json")]) == 0
+    out = capsys.readouterr().out
+    assert "trainer-torch" in out
+    assert f"{empty} (empty)" in out and f"{cut} (not valid JSON)" in out and "absent.json (absent)" in out
+    assert bench_table.main([str(empty)]) == 1

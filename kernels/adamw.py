@@ -15,15 +15,15 @@ fp32, as torch computes them in Python doubles; the element-wise part is fp32 wi
 sqrt and divisions. The filtered gradient is used for the update but not written back to ``.grad``.
 
 Layout: at construction every parameter is copied into ONE flat fp32 buffer and ``p.data`` becomes a
-view of it; each ``p.grad`` is a view of one flat gradient buffer (autograd accumulates into an
-existing ``.grad`` in place), and exp_avg, exp_avg_sq and the Grokfast EMA ``h`` are flat buffers
-too. Each param group starts at a multiple of ``BLOCK`` elements, so one program = one block of one
+view of it; the kernel reads the gradients from one flat buffer too (each ``p.grad`` a view of it
+after ``step()``; ``zero_grad`` says how they get there), and exp_avg, exp_avg_sq and the Grokfast EMA
+``h`` are flat buffers too. Each param group starts at a multiple of ``BLOCK`` elements, so one program = one block of one
 group, and the padding (always zero: zero gradient keeps zero parameters at zero) needs no masks.
 
 Bytes per parameter per step (fp32): read p, g, m, v (16 B) + write p, m, v (12 B) = 28 B; with the
 Grokfast filter also read + write h: 36 B. For the paper's 4.2 M-parameter encoder: 118 MB (151 MB
-with the filter) per step, ~40 us (~50 us) at an H100's ~3 TB/s, in one launch; ``zero_grad`` is one
-memset of 4 B/param. An eager per-tensor AdamW launches ~10 kernels per parameter tensor and moves
+with the filter) per step, ~40 us (~50 us) at an H100's ~3 TB/s, in one launch; gathering the
+gradients into the flat buffer reads and writes 8 B/param more. An eager per-tensor AdamW launches ~10 kernels per parameter tensor and moves
 ~2-3x these bytes.
 
 Device-resident state (what makes the step capturable in a CUDA graph, with no host sync):
@@ -186,9 +186,10 @@ def _check_hyper(lr, betas, eps, weight_decay, grokfast_alpha, grokfast_lamb) ->
 class FusedAdamW(Optimizer):
     """torch.optim.AdamW (+ optional Grokfast filter) over one flat fp32 buffer, one launch per step.
 
-    Use ``opt.zero_grad()`` (it zeroes the flat gradient in place; ``set_to_none`` is ignored so that
-    the ``.grad`` views survive). ``model.zero_grad()`` and ``.grad = None`` still work, at the cost
-    of a copy per parameter at the next ``step()``.
+    ``opt.zero_grad()`` drops the ``.grad`` views; ``step()`` gathers the new gradients into the flat
+    buffer with one multi-tensor copy (see ``zero_grad``). ``zero_grad(set_to_none=False)`` keeps the
+    views, zeroed, for autograd to accumulate into. Either way ``.grad`` is a view of the flat buffer
+    after ``step()``.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -329,7 +330,10 @@ class FusedAdamW(Optimizer):
 
     # ---------------------------------------------------------------- the step
     def _rebind(self) -> None:
-        """Restore the flat-buffer views if something replaced ``p.data`` or ``p.grad`` (a host-side check)."""
+        """Point ``p.data`` and ``p.grad`` back at the flat buffers (a host-side check). Gradients that
+        autograd handed over as tensors of their own (after ``zero_grad()``) are gathered into the flat
+        gradient with one multi-tensor copy; a parameter without one gets zeros."""
+        fresh, into, absent = [], [], []
         for p, pv, gv, ptr in self._bindings:
             if p.data_ptr() != ptr or p.shape != pv.shape:
                 if p.dtype != torch.float32 or p.device != self._device or p.shape != pv.shape:
@@ -338,18 +342,32 @@ class FusedAdamW(Optimizer):
                 pv.copy_(p.detach())
                 p.data = pv
             g = p.grad
-            if g is not gv:
-                if g is None:
-                    gv.zero_()
-                else:
-                    if g.is_sparse:
-                        raise ValueError("FusedAdamW: sparse gradients are not supported")
-                    gv.copy_(g)
-                p.grad = gv
+            if g is gv:
+                continue
+            if g is None:
+                absent.append(gv)
+            else:
+                if g.is_sparse:
+                    raise ValueError("FusedAdamW: sparse gradients are not supported")
+                fresh.append(g)
+                into.append(gv)
+            p.grad = gv
+        if fresh:
+            torch._foreach_copy_(into, fresh)
+        if absent:
+            torch._foreach_zero_(absent)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the flat gradient buffer in place (one memset). ``set_to_none`` is ignored: the
-        ``.grad`` views must survive for autograd to accumulate into the flat buffer."""
+        """``set_to_none`` (the default): drop the ``.grad`` views. The next backward then gives each
+        parameter a gradient tensor of its own, which autograd adopts without a kernel, and ``step()``
+        gathers them all with one multi-tensor copy -- where accumulating into zeroed views costs a
+        memset and one addition kernel per parameter (18 of the ~100 kernels of the modular step,
+        ``scripts/kernel_census.py``). ``set_to_none=False``: zero the flat gradient in place (one
+        memset) and keep the views, so that backward adds into them."""
+        if set_to_none:
+            for p, _, _, _ in self._bindings:
+                p.grad = None
+            return
         self._flat_grad.zero_()
         for p, _, gv, _ in self._bindings:
             if p.grad is not gv:

@@ -380,8 +380,82 @@ def test_grads_and_params_are_views_of_the_flat_buffers():
     for p, pv, gv, _ in opt._bindings:
         assert p.grad is gv and p.data_ptr() == pv.data_ptr()
         assert p.grad.untyped_storage().data_ptr() == opt._flat_grad.untyped_storage().data_ptr()
-    opt.zero_grad(set_to_none=True)
-    assert all(p.grad is not None for p in model.parameters()) and torch.count_nonzero(opt._flat_grad) == 0
+    opt.zero_grad(set_to_none=False)  # in place: the views stay, zeroed
+    for p, _, gv, _ in opt._bindings:
+        assert p.grad is gv
+    assert torch.count_nonzero(opt._flat_grad) == 0
+    opt.zero_grad()  # the default drops them; the next step gathers the new gradients
+    assert all(p.grad is None for p in model.parameters())
+    _run(model, opt, 1, start=1)
+    assert all(p.grad is gv for p, _, gv, _ in opt._bindings)
+
+
+class _Tied(nn.Module):
+    """A tied embedding (two gradient contributions), and a parameter the loss leaves (``_tied_steps``)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(11, 8)
+        self.mid = nn.Linear(8, 8)
+        self.unused = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return self.mid(self.emb(x)) @ self.emb.weight.t()
+
+
+def _tied_steps(opt_zero_grad, steps=6):
+    model = _Tied()
+    opt = FusedAdamW(model.parameters(), weight_decay=0.1)
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        opt_zero_grad(opt)
+        x = torch.randint(0, 11, (16,), generator=g)
+        loss = nn.functional.cross_entropy(model(x), x)
+        if step == 0:  # a gradient for `unused` once: later steps must not reuse it
+            loss = loss + model.unused.square().sum()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def test_gathered_gradients_follow_accumulated_ones_to_the_bit(path):
+    """zero_grad() (gradients adopted, then gathered) and zero_grad(set_to_none=False) (accumulated into
+    zeroed views) are the same numbers: 0 + g is g, and the tied weight's two parts add in autograd's
+    order either way. The parameter the loss reaches at the first step only gets a zero gradient after
+    it both ways (weight decay still acts)."""
+    a = _tied_steps(lambda o: o.zero_grad())
+    b = _tied_steps(lambda o: o.zero_grad(set_to_none=False))
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.unused, _Tied().unused)  # decayed, so it was stepped
+
+
+def test_after_zero_grad_backward_adds_nothing_into_the_gradients():
+    """What zero_grad() saves: autograd adopts each fresh gradient instead of adding it into a zeroed
+    view -- no addition per parameter (the tied weight's second part is the only one)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Adds(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("add_", "add"):
+                Adds.n += 1
+            return func(*args, **(kwargs or {}))
+
+    model = _Tied()
+    opt = FusedAdamW(model.parameters())
+    x = torch.arange(11)
+    for set_to_none, adds in ((False, 4), (True, 1)):
+        opt.zero_grad(set_to_none=set_to_none)
+        Adds.n = 0
+        with Adds():
+            nn.functional.cross_entropy(model(x), x).backward()
+        opt.step()
+        # kept views: the tied weight's two parts, then emb, mid.weight and mid.bias into their views;
+        # dropped views: the tied weight's two parts only
+        assert Adds.n == adds, (set_to_none, Adds.n)
 
 
 def test_model_zero_grad_set_to_none_still_correct(path):

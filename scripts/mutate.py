@@ -132,6 +132,13 @@ MUTANTS: list[Mutant] = [
     M("K15", "kernels", "kernels/init.py",
       ("torch.empty_like(t, memory_format=torch.contiguous_format)", "torch.empty_like(t)"),
       "Triton init: a non-contiguous parameter written in memory order (elements permuted)", [T_INIT]),
+    M("K16", "kernels", "kernels/adamw.py",
+      ("        if set_to_none:\n            for p, _, _, _ in self._bindings:\n                p.grad = None\n            return\n", ""),
+      "FusedAdamW: zero_grad() keeps the views, so backward adds into them (a memset + a kernel per parameter)",
+      [T_ADAMW]),
+    M("K17", "kernels", "kernels/adamw.py",
+      ("        if absent:\n            torch._foreach_zero_(absent)\n", ""),
+      "FusedAdamW: a parameter left without a gradient steps on its last one", [T_ADAMW]),
     # -- models ----------------------------------------------------------------------------------
     M("MO1", "models", "grokfast_train/models/encoder.py",
       ("return self.head(torch.tanh(self.pooler(h[..., 0, :])))", "return self.head(self.pooler(h[..., 0, :]))"),

@@ -6,9 +6,9 @@ one launch. What makes ``Run.train_step`` capturable was built before this modul
 on the device (``sampler.next_indices``), the metrics are summed on the device (``IntervalMeter``),
 and ``kernels.FusedAdamW`` keeps its step counts and hyperparameters on the device. So a replay does
 exactly what an eager step does, on the same tensors -- the trajectory is the same, which is why a run
-may switch ``--cuda-graph`` on resume. (Same up to summation order where a kernel adds with atomics:
-the encoder's word-embedding gradient, ``kernels/fused_embedding.py``; there two eager runs differ in
-rounding too.)
+may switch ``--cuda-graph`` on resume. (Same up to summation order where a kernel adds with atomics,
+as the encoder's word-embedding gradient does, ``kernels/fused_embedding.py``: there two eager runs
+may differ in rounding too.)
 
 ``GraphSteps`` runs the first ``WARMUP`` steps eagerly on a side stream (Triton compiles its kernels,
 cuBLAS and autograd initialise lazily, nothing of which may happen during capture), then captures

@@ -6,9 +6,10 @@ it can be read without a GPU: every ATen op that computes (views and allocations
 Triton kernel call is counted while one step runs on the CPU, the Triton kernels under the interpreter.
 Two CPU-only branches are switched off so that the CPU walks the CUDA path: the table projection of the
 decoder's first layer (``EmbeddingSum.worth_it``) and a pack's per-run products (``runs.one_launch``);
-a pack is counted stacked, as CUDA runs it. The count is a proxy:
-on CUDA a reduction may take two kernels, a matrix product a second for split-K, and cuBLAS's choice is
-not visible here.
+a pack is counted stacked, as CUDA runs it (with ``--backend torch`` its LayerNorms still take the
+CPU's per-run path, ``runs.run_layer_norm``). The count is a proxy: one op may be several kernels
+on CUDA (``embedding_dense_backward`` past 3,072 indices sorts and reduces in several, a reduction may
+take two, a matrix product a second for split-K), and cuBLAS's choices are not visible here.
 
     python scripts/kernel_census.py [--dataset modular|imdb] [--backend triton|torch] [--runs R]
 

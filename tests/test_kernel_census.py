@@ -26,10 +26,8 @@ def test_a_triton_kernel_counts_once_and_its_insides_not_at_all():
     x, w, b = torch.randn(7, 33), torch.randn(33), torch.randn(33)
     with census.counting() as counts:
         kernels.layer_norm(x, w, b)
-    triton = {k: n for k, n in counts.items() if k.startswith("triton.")}
-    assert triton == {"triton._layer_norm_fwd_kernel": 1}
     # the interpreter runs the kernel with ATen ops of its own (copies in and out): none may be counted
-    assert sum(counts.values()) - 1 < 3, dict(counts)
+    assert dict(counts) == {"triton._layer_norm_fwd_kernel": 1}
 
 
 SMALL = dict(p=7, frac=1.0, batch_size=16, hidden=16, heads=2, ffn=32)  # batch > vocab (11): the CPU would project tables

@@ -151,9 +151,10 @@ def _as_rows(table: torch.Tensor) -> torch.Tensor | None:
 class _RunRows(torch.autograd.Function):
     """``weight[r, ids[r]]`` for every run r; the backward adds each row's gradient into run r's table
     (one embedding backward over the flattened (R·V) rows) and zeroes ``padding_idx``'s row in every run.
-    That backward is ``nn.Embedding``'s: on CUDA it sorts the ids and sums each row's gradients in a
-    fixed order, where ``index_add_`` adds them with atomics in whatever order they land -- which made
-    a pack's trajectory differ in rounding from one execution to the next."""
+    That backward is ``nn.Embedding``'s: on CUDA it sums each row's gradients in a fixed order (past
+    3,072 ids by sorting them, in several kernels), where ``index_add_`` adds them with atomics in
+    whatever order they land, so a pack's trajectory could differ in rounding from one execution to
+    the next (likely what made a pack's graph and eager runs differ in ``k.bias`` on an H200)."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:

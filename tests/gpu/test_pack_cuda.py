@@ -194,3 +194,26 @@ def test_a_pack_of_64_runs_end_to_end(tmp_path):
     for r in (0, 63):  # run 63 reads rows 6,300+ of the concatenated training sets
         solo(tmp_path / f"solo{r}", **runs[r])
         assert_close_rows(tmp_path / f"solo{r}", tmp_path / f"p{r}", FP32)
+
+
+def test_the_packs_gather_backward_sums_in_the_same_order_every_time():
+    """A pack's embedding gather (``runs.gather_rows``) sends many rows' gradients into few table rows
+    (ids from 7 values here, ~440 per row and run). Its backward was an ``index_add_``, whose atomics
+    add in whatever order they land (the pack's graph and eager runs then differed in ``k.bias`` on
+    the H200); it is now a fixed-order sum: five calls give the same bits, and the right values."""
+    from grokfast_train.models.runs import gather_rows
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    table = torch.randn(4, 7, 128, device="cuda", generator=g).requires_grad_()
+    ids = torch.randint(0, 7, (4, 512, 6), device="cuda", generator=g)
+    dy = torch.randn(4, 512, 6, 128, device="cuda", generator=g)
+    grads = []
+    for _ in range(5):
+        table.grad = None
+        gather_rows(table, ids).backward(dy)
+        grads.append(table.grad.clone())
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+    want = torch.zeros(4, 7, 128, dtype=torch.float64)
+    for r in range(4):
+        want[r].index_add_(0, ids[r].flatten().cpu(), dy[r].reshape(-1, 128).double().cpu())
+    torch.testing.assert_close(grads[0].double().cpu(), want, rtol=1e-5, atol=1e-4)

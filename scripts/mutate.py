@@ -141,7 +141,7 @@ MUTANTS: list[Mutant] = [
       "FusedAdamW: a parameter left without a gradient steps on its last one", [T_ADAMW]),
     # -- models ----------------------------------------------------------------------------------
     M("MO1", "models", "grokfast_train/models/encoder.py",
-      ("return self.head(torch.tanh(self.pooler(h[..., 0, :])))", "return self.head(self.pooler(h[..., 0, :]))"),
+      ("return self.head(torch.tanh(self.pooler(first)))", "return self.head(self.pooler(first))"),
       "encoder: pooler without tanh", [T_MODELS]),
     M("MO5", "models", "grokfast_train/models/embedding_sum.py",
       ("pair_ids = self.ids * L + torch.arange(L, device=self.ids.device)", "pair_ids = self.ids * L"),

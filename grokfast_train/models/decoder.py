@@ -70,4 +70,5 @@ class Decoder(nn.Module):
         if not self.readout_only:
             return self.forward_all(x, mask)[..., r, :]
         x, mask = x[..., :r + 1], None if mask is None else mask[..., :r + 1]
-        return tied_head(self._trunk(x, mask, r)[..., 0, :], self.tok_emb.weight)
+        # (..., 1, C) -> (..., C): a squeeze is a view both ways, where [..., 0, :]'s backward writes zeros
+        return tied_head(self._trunk(x, mask, r).squeeze(-2), self.tok_emb.weight)

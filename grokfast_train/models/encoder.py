@@ -53,4 +53,5 @@ class EncoderClassifier(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, query_pos=0 if self.readout_only and i == last else None)
-        return self.head(torch.tanh(self.pooler(h[..., 0, :])))
+        first = h.squeeze(-2) if h.shape[-2] == 1 else h[..., 0, :]  # readout-only: a view both ways
+        return self.head(torch.tanh(self.pooler(first)))

@@ -24,8 +24,10 @@ class IntervalMeter:
         """``loss`` is the batch mean; it is weighted by the batch size, so unequal batches average right."""
         n = labels.shape[0]
         correct = (logits.argmax(-1) == labels).sum()
-        self.sums[:2] += torch.stack([loss.detach().double() * n, correct.double()])
-        self.sums[2] += n  # a scalar kernel argument: no host-to-device copy, so capturable
+        # add_ on the views: `sums[i] += x` would also assign the result back through __setitem__, a
+        # copy kernel of the slice onto itself
+        self.sums[:2].add_(torch.stack([loss.detach().double() * n, correct.double()]))
+        self.sums[2].add_(n)  # a scalar kernel argument: no host-to-device copy, so capturable
 
     def read_and_reset(self) -> tuple[float, float]:
         """Mean loss and accuracy since the last read; the one host sync of an interval."""

@@ -39,6 +39,9 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     assert solo["triton._layer_norm_fwd_kernel"] == solo["triton._layer_norm_bwd_kernel"] == 2
     # one gather of the token table and its backward; the CPU's table projection gathers from three more
     assert solo["aten.embedding"] == solo["aten.embedding_dense_backward"] == 1
+    # no copies: not of the meter's slices onto themselves (`sums[i] += x` assigns back through
+    # __setitem__), nor of gradients into the optimiser's views (FusedAdamW gathers them in one op)
+    assert solo["aten.copy_"] == 0 and solo["aten._foreach_copy_"] == 1
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["aten.bmm"] > 0 and pack["aten.baddbmm"] > 0  # one batched product for all runs
     assert pack["aten.addmm"] == 0  # not R products per layer (the CPU's per-run path)

@@ -162,9 +162,9 @@ MUTANTS: list[Mutant] = [
       "block: attention residual dropped", [T_MODELS]),
     # -- metrics ---------------------------------------------------------------------------------
     M("ME1", "metrics", "grokfast_train/metrics.py",
-      [("self.sums[:2] += torch.stack([loss.detach().double() * n, correct.double()])",
-        "self.sums[:2] += torch.stack([loss.detach().double(), correct.double() / n])"),
-       ("self.sums[2] += n", "self.sums[2] += 1")],
+      [("self.sums[:2].add_(torch.stack([loss.detach().double() * n, correct.double()]))",
+        "self.sums[:2].add_(torch.stack([loss.detach().double(), correct.double() / n]))"),
+       ("self.sums[2].add_(n)", "self.sums[2].add_(1)")],
       "train meter: mean of batch means (not weighted by batch size)", [T_METRICS, T_PLUMB, T_RESUME]),
     M("ME2", "metrics", "grokfast_train/metrics.py",
       ("totals += torch.stack([losses.double().sum(),",

@@ -13,27 +13,18 @@ from pathlib import Path
 
 from .config import (CUDA_GRAPH_MODES, DATA_SOURCES, DATASETS, DTYPES, FULL_BATCH, MODULAR_FORMATS, MODULAR_OPS,
                      ORDERS, Config, resolve, validate)
-from .errors import OneLineParser, RunError, one_line_errors
+from .errors import OneLineParser, RunError, one_line_errors, word_or_int
 
 PROG = "grokfast-train"
 
 
 def _batch_size(text: str) -> int | str:
-    if text == FULL_BATCH:
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or '{FULL_BATCH}', got {text!r}") from None
+    return word_or_int(text, (FULL_BATCH,), f"a positive integer or '{FULL_BATCH}'")
 
 
 def _steps_or_off(text: str) -> int | None:
-    if text == "off":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of steps or 'off', got {text!r}") from None
+    steps = word_or_int(text, ("off",), "a number of steps or 'off'")
+    return None if steps == "off" else steps
 
 
 def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.ArgumentParser:

@@ -38,6 +38,20 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def word_or_int(text: str, words: tuple[str, ...], expected: str, minimum: int | None = None) -> str | int:
+    """An argparse value that is one of ``words`` or an integer (at least ``minimum``, if given); else
+    the error "expected <expected>, got <text>"."""
+    if text in words:
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or (minimum is not None and n < minimum):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return n
+
+
 def one_line_errors(prog: str, command: Callable[[], int]) -> int:
     """Run a command-line entry point: a GrokfastError or an OSError (disk full, permissions, ...)
     becomes one line on stderr and its exit code; anything else is a bug and keeps its traceback."""

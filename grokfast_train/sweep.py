@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 from . import resources, rundir
 from .checkpoint import CHECKPOINT, save_json
 from .config import Config, legacy_value, resolve
-from .errors import GrokfastError, RunLocked, UsageError
+from .errors import GrokfastError, RunLocked, UsageError, word_or_int
 from .interrupt import StopFlag
 from .metrics import generalised_for, landmarks_text
 
@@ -707,24 +707,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _jobs(text: str) -> str | int:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {text!r}") from None
+    return word_or_int(text, ("auto",), "auto or a positive integer")
 
 
 def _pack_width(text: str) -> str | int:
-    if text in ("auto", "off"):
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected auto, off or a positive integer, got {text!r}")
-    return n
+    return word_or_int(text, ("auto", "off"), "auto, off or a positive integer", minimum=1)
 
 
 def validate_execution(given: dict[str, Any]) -> None:

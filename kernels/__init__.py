@@ -10,6 +10,7 @@ from .fused_attention import attention, attention_reference
 from .init import rescale_, scaled_init_, scaled_init_reference_
 from .fused_layer_norm import layer_norm, layer_norm_reference
 from .fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
+from .fused_cross_entropy import cross_entropy, cross_entropy_reference
 
 __all__ = [
     "attention", "attention_reference",
@@ -17,4 +18,5 @@ __all__ = [
     "scaled_init_", "scaled_init_reference_", "rescale_",
     "layer_norm", "layer_norm_reference",
     "embedding_layer_norm", "embedding_layer_norm_reference",
+    "cross_entropy", "cross_entropy_reference",
 ]

@@ -118,7 +118,8 @@ def all_specs() -> list[CompileSpec]:
     import importlib
 
     specs: list[CompileSpec] = []
-    for module in ("fused_attention", "adamw", "init", "fused_layer_norm", "fused_embedding"):
+    for module in ("fused_attention", "adamw", "init", "fused_layer_norm", "fused_embedding",
+                   "fused_cross_entropy"):
         mod = importlib.import_module(f"kernels.{module}")
         if hasattr(mod, "compile_specs"):
             specs.extend(mod.compile_specs())

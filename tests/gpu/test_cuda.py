@@ -55,6 +55,41 @@ def test_layer_norm_matches_reference(dtype, rows, n):
         torch.testing.assert_close(a.float(), bb.float(), atol=tol * max(1, bb.abs().max().item()), rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(512, 117), (2873, 117), (128, 2), (64, 512, 117), (8, 128, 2), (5, 3000)])
+def test_cross_entropy_matches_reference(dtype, shape):
+    """Loss, gradient and sums against the float64 reference; argmax ties to the lowest class (which the
+    interpreter cannot check); the same bits on every call (no atomics)."""
+    g = torch.Generator(device="cuda").manual_seed(shape[-2])
+    logits = (torch.randn(shape, device="cuda", generator=g) * 3).to(dtype)
+    logits[..., :7, :] = 1.0  # ties everywhere in these rows: predicted class 0
+    targets = torch.randint(0, shape[-1], shape[:-1], device="cuda", generator=g)
+    targets[..., :3] = 0
+    targets[..., 3:7] = 1
+    weight = torch.rand(shape[:-1], device="cuda", generator=g)
+    weight[..., ::5] = 0
+    runs = shape[:-2]
+    got = []
+    for _ in range(2):
+        x = logits.clone().requires_grad_()
+        sums = torch.zeros(*runs, 3, dtype=torch.float64, device="cuda")
+        loss = kernels.cross_entropy(x, targets, weight, sums)
+        loss.backward(torch.ones_like(loss))
+        got.append((loss.detach(), x.grad, sums))
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
+    x64 = logits.double().cpu().requires_grad_()
+    sums64 = torch.zeros(*runs, 3, dtype=torch.float64)
+    ref = kernels.cross_entropy_reference(x64, targets.cpu(), weight.cpu(), sums64)
+    ref.backward(torch.ones_like(ref))
+    loss, grad, sums = got[0]
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(loss.double().cpu(), ref.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(grad.double().cpu(), x64.grad, rtol=tol, atol=tol * x64.grad.abs().max().item())
+    torch.testing.assert_close(sums.cpu()[..., 0], sums64[..., 0], rtol=tol, atol=0)
+    assert torch.equal(sums.cpu()[..., 1:], sums64[..., 1:])
+
+
 def test_embedding_layer_norm_matches_reference():
     g = torch.Generator(device="cuda").manual_seed(3)
     V, L, H = 30522, 256, 128

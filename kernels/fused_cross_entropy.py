@@ -1,0 +1,230 @@
+"""Cross-entropy fused with its gradient and the step's metrics: ``cross_entropy(logits, targets, weight, sums)``.
+
+A training step's loss is more than ``F.cross_entropy``: the trainer also counts the correct
+predictions and adds the batch's loss, correct count and size to the interval's running sums. In
+PyTorch that is log-softmax, NLL, their two backward kernels, argmax, compare, stack and adds: a
+dozen launches on rows of 2 to a few hundred classes, each too small to hide its launch. Here:
+
+- forward, one launch: per row, the max, log-sum-exp, the loss, the argmax, and the gradient
+  ``weight * (softmax - onehot)``, written once (the loss is the last op, so its gradient is known);
+  per program, partial sums of the weighted loss, the loss, the correct count and the row count;
+- a second launch (one program per run) reduces the partials in a fixed order -- deterministic, no
+  atomics -- writes each run's loss and adds [loss sum, correct, rows] to ``sums`` (float64);
+- backward: the stored gradient times the incoming scalar (one elementwise product).
+
+Arguments: ``logits`` (B, V) or (R, B, V) for R packed runs, fp32, bf16 or fp16, V from 1 to
+``MAX_V``; ``targets`` int64 (B,) or (R, B) (a (B,) shared by every run), each in [0, V) (not checked
+on the device: a host check would sync); ``weight`` optional fp32 (B,) or (R, B), the loss is
+``sum_b weight[b] * ce[b]`` per run (default 1 / B: the batch mean). A row of weight 0 is out: it adds
+nothing to the loss, gradient or sums, even when its logits are not finite (the ragged last chunk of
+an evaluation, a pack's idle lanes). ``sums`` optional contiguous float64 (3,) or (R, 3): += [sum of
+ce, correct count, row count] over the rows in. Returns the loss, fp32, () or (R,), differentiable in
+``logits``; the gradient has the logits' dtype.
+
+The arithmetic is fp32 whatever the logits' dtype (as ``F.cross_entropy(logits.float(), ...)``);
+ties in the argmax go to the lowest class, as ``torch.argmax``'s do.
+
+CUDA tensors run Triton; CPU tensors run ``cross_entropy_reference`` (or Triton under
+``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._compile import CompileSpec
+from ._dispatch import check_dtype, use_triton
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_V = 4096
+BLOCK_VS = tuple(2 ** k for k in range(4, 13))  # 16 ... 4096: every BLOCK_V the dispatcher can pick
+_TL_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_PARTS = 4  # per program: weighted loss, loss, correct, rows
+_REDUCE_BLOCK = 128  # partials the reduction reads at a time
+
+
+def _config(v: int) -> tuple[int, int, int]:
+    """(BLOCK_V, BLOCK_B, num_warps) for V classes: whole rows, tiles of 1024 elements or one row. Warps:
+    spill-free on sm_80 and sm_90 under Triton 3.6 and 3.9 (at 2048-element tiles ptxas took up to 249
+    registers; Triton 3.9's sm_90 build of the weighted bf16/fp16 BLOCK_V 512 tile spilled 8 B at 4 warps)."""
+    block_v = max(16, triton.next_power_of_2(v))
+    block_b = max(1, 1024 // block_v)
+    return block_v, block_b, 4 if block_v <= 256 else 8
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Every output buffer the kernels fill comes from here (tests poison it to catch unwritten memory)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@triton.jit
+def _ce_fwd_kernel(LOGITS, TARGETS, WEIGHT, DLOGITS, PART, B, V, tiles, t_run_stride, w_run_stride, inv_b,
+                   HAS_WEIGHT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr):
+    pid = tl.program_id(0)
+    run = pid // tiles  # tiles programs per run: a tile never straddles two runs
+    rows = (pid - run * tiles) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_V)
+    row_mask = rows < B
+    col_mask = cols < V
+    mask = row_mask[:, None] & col_mask[None, :]
+    offs = (run.to(tl.int64) * B + rows)[:, None] * V + cols[None, :]
+
+    x = tl.load(LOGITS + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.where(col_mask[None, :], x, float("-inf"))  # padding columns never win or weigh
+    t = tl.load(TARGETS + run * t_run_stride + rows, mask=row_mask, other=0)
+    if HAS_WEIGHT:
+        w = tl.load(WEIGHT + run * w_run_stride + rows, mask=row_mask, other=0.0)
+    else:
+        w = tl.where(row_mask, inv_b, 0.0)
+    live = row_mask & (w != 0.0)
+
+    m = tl.max(x, axis=1)
+    e = tl.exp(x - m[:, None])
+    s = tl.sum(e, axis=1)
+    is_t = cols[None, :] == t[:, None]
+    ce = m + tl.log(s) - tl.sum(tl.where(is_t, x, 0.0), axis=1)
+    hit = tl.argmax(x, axis=1, tie_break_left=True) == t
+    # weight x (softmax - onehot): d(sum_b w_b ce_b) / d logits; zero, not 0 x NaN, on rows that are out
+    d = tl.where(live[:, None], w[:, None] * (e / s[:, None] - is_t.to(tl.float32)), 0.0)
+    tl.store(DLOGITS + offs, d.to(DLOGITS.dtype.element_ty), mask=mask)
+
+    part = PART + pid * 4
+    tl.store(part + 0, tl.sum(tl.where(live, w * ce, 0.0), axis=0))
+    tl.store(part + 1, tl.sum(tl.where(live, ce, 0.0), axis=0))
+    tl.store(part + 2, tl.sum((live & hit).to(tl.float32), axis=0))
+    tl.store(part + 3, tl.sum(live.to(tl.float32), axis=0))
+
+
+@triton.jit
+def _ce_reduce_kernel(PART, LOSS, SUMS, tiles, HAS_SUMS: tl.constexpr, BLOCK_T: tl.constexpr):
+    run = tl.program_id(0)
+    lanes = tl.arange(0, BLOCK_T)
+    acc = tl.zeros([BLOCK_T, 4], dtype=tl.float64)  # the programs' fp32 partials summed in fp64
+    quad = tl.arange(0, 4)
+    for t0 in range(0, tiles, BLOCK_T):  # a fixed order: the same sums on every call
+        tile = t0 + lanes
+        offs = (run * tiles + tile)[:, None] * 4 + quad[None, :]
+        acc += tl.load(PART + offs, mask=(tile < tiles)[:, None], other=0.0).to(tl.float64)
+    tot = tl.sum(acc, axis=0)  # [weighted loss, loss, correct, rows]
+    tl.store(LOSS + run + quad * 0, tot.to(tl.float32), mask=quad == 0)
+    if HAS_SUMS:  # sums[run] += [loss sum, correct, rows], in float64
+        sums = SUMS + run * 3 + quad - 1
+        keep = quad >= 1
+        old = tl.load(sums, mask=keep, other=0.0)
+        tl.store(sums, old + tot, mask=keep)
+
+
+class _CrossEntropyFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, weight, sums):
+        packed = logits.dim() == 3
+        runs, b, v = (logits.shape if packed else (1, *logits.shape))
+        block_v, block_b, warps = _config(v)
+        tiles = triton.cdiv(b, block_b)
+        x = logits.contiguous()
+        t = targets if targets.stride(-1) == 1 else targets.contiguous()
+        w = None if weight is None else (weight if weight.stride(-1) == 1 else weight.contiguous())
+        dlogits = _empty(x.shape, x.dtype, x.device)
+        part = _empty((runs * max(tiles, 1), _PARTS), torch.float32, x.device)
+        loss = _empty((runs,), torch.float32, x.device)
+        if tiles == 0:  # an empty batch: nothing in, nothing added
+            part.zero_()
+        else:
+            _ce_fwd_kernel[(runs * tiles,)](
+                x, t, x if w is None else w, dlogits, part, b, v, tiles,
+                t.stride(0) if t.dim() == 2 else 0, 0 if w is None or w.dim() == 1 else w.stride(0), 1.0 / b,
+                HAS_WEIGHT=w is not None, BLOCK_B=block_b, BLOCK_V=block_v, num_warps=warps)
+        _ce_reduce_kernel[(runs,)](part, loss, part if sums is None else sums, max(tiles, 1),
+                                   HAS_SUMS=sums is not None, BLOCK_T=_REDUCE_BLOCK, num_warps=4)
+        ctx.save_for_backward(dlogits)
+        return loss if packed else loss.view(())
+
+    @staticmethod
+    def backward(ctx, dloss):
+        (dlogits,) = ctx.saved_tensors
+        g = dloss.reshape(-1, *([1] * (dlogits.dim() - 1))) if dlogits.dim() == 3 else dloss
+        return (dlogits * g.to(dlogits.dtype)), None, None, None
+
+
+def _check(logits, targets, weight, sums) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3):
+        raise ValueError("cross_entropy: logits must be (B, V), or (R, B, V) for R packed runs")
+    check_dtype("cross_entropy: logits", logits, SUPPORTED_DTYPES)
+    runs, b, v = logits.shape if logits.dim() == 3 else (None, *logits.shape)
+    if not 1 <= v <= MAX_V:
+        raise ValueError(f"cross_entropy: {v} classes (last dim of logits) unsupported; supported: 1 to {MAX_V}")
+    row_shapes = {(b,)} | ({(runs, b)} if runs is not None else set())
+    want = " or ".join(str(s) for s in sorted(row_shapes, key=len))
+    if targets.dtype != torch.int64 or tuple(targets.shape) not in row_shapes:
+        raise ValueError(f"cross_entropy: targets must be int64 of shape {want}; got "
+                         f"{str(targets.dtype).removeprefix('torch.')} {tuple(targets.shape)}")
+    if weight is not None and (weight.dtype != torch.float32 or tuple(weight.shape) not in row_shapes):
+        raise ValueError(f"cross_entropy: weight must be float32 of shape {want}; got "
+                         f"{str(weight.dtype).removeprefix('torch.')} {tuple(weight.shape)}")
+    if sums is not None:
+        shape = (3,) if runs is None else (runs, 3)
+        if sums.dtype != torch.float64 or tuple(sums.shape) != shape or not sums.is_contiguous():
+            raise ValueError(f"cross_entropy: sums must be a contiguous float64 tensor of shape {shape}; got "
+                             f"{str(sums.dtype).removeprefix('torch.')} {tuple(sums.shape)}")
+
+
+def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                            sums: torch.Tensor | None = None) -> torch.Tensor:
+    """The executable spec, in PyTorch ops (fp32 math, or fp64 for fp64 logits); differentiable by autograd."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(acc)
+    t = targets.expand(z.shape[:-1])
+    ce = None
+    if weight is None and z.dim() == 2:  # the batch mean by F.cross_entropy's own reduction, as the trainer had it
+        loss = F.cross_entropy(z, t)
+    else:
+        ce = F.cross_entropy(z if z.dim() == 2 else z.transpose(1, 2), t, reduction="none")  # classes second
+        weight = torch.full_like(ce, 1.0 / t.shape[-1]) if weight is None else weight
+        loss = torch.where(weight != 0, weight.to(acc) * ce, 0.0).sum(-1)  # where, not a product: 0 x NaN is NaN
+    if sums is not None:
+        with torch.no_grad():
+            live = torch.ones_like(t, dtype=torch.bool) if weight is None else (weight != 0).expand(t.shape)
+            hits = (z.detach().argmax(-1) == t) & live
+            # the mean's loss sum as mean x B (what the trainer's meter always added): one CE, not two
+            total = (loss.detach().double() * t.shape[-1] if ce is None
+                     else torch.where(live, ce, 0.0).double().sum(-1))  # each row's loss summed in fp64
+            sums += torch.stack([total.double(), hits.sum(-1).double(), live.sum(-1).double()], dim=-1)
+    return loss
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                  sums: torch.Tensor | None = None) -> torch.Tensor:
+    """Per run ``sum_b weight[b] * CE(logits[b], targets[b])`` (default weight 1/B: the mean), differentiable
+    in ``logits``; ``sums`` (float64 (3,) or (R, 3)), if given, gets += [CE sum, correct, rows] over the
+    rows whose weight is not 0. See the module docstring for shapes."""
+    _check(logits, targets, weight, sums)
+    if use_triton(logits, targets, weight, sums):
+        return _CrossEntropyFn.apply(logits, targets, weight, sums)
+    return cross_entropy_reference(logits, targets, weight, sums)
+
+
+def compile_specs() -> list[CompileSpec]:
+    """Every configuration ``cross_entropy`` can launch: forward x logits dtype x BLOCK_V x weight given or
+    not, and the reduction with and without sums."""
+    specs = []
+    for block_v in BLOCK_VS:
+        _, block_b, warps = _config(block_v)
+        for dtype, ty in _TL_DTYPES.items():
+            for has_weight in (False, True):
+                tag = f"BLOCK_B={block_b},BLOCK_V={block_v},{ty}{',weight' if has_weight else ''}"
+                specs.append(CompileSpec(
+                    name=f"cross_entropy_fwd[{tag}]", fn=_ce_fwd_kernel,
+                    signature=dict(LOGITS=f"*{ty}", TARGETS="*i64", WEIGHT="*fp32", DLOGITS=f"*{ty}", PART="*fp32",
+                                   B="i32", V="i32", tiles="i32", t_run_stride="i32", w_run_stride="i32",
+                                   inv_b="fp32", HAS_WEIGHT="constexpr", BLOCK_B="constexpr", BLOCK_V="constexpr"),
+                    constexprs=dict(HAS_WEIGHT=has_weight, BLOCK_B=block_b, BLOCK_V=block_v), num_warps=warps))
+    for has_sums in (False, True):
+        specs.append(CompileSpec(
+            name=f"cross_entropy_reduce[BLOCK_T={_REDUCE_BLOCK}{',sums' if has_sums else ''}]", fn=_ce_reduce_kernel,
+            signature=dict(PART="*fp32", LOSS="*fp32", SUMS="*fp64" if has_sums else "*fp32", tiles="i32", HAS_SUMS="constexpr",
+                           BLOCK_T="constexpr"),
+            constexprs=dict(HAS_SUMS=has_sums, BLOCK_T=_REDUCE_BLOCK), num_warps=4))
+    return specs

@@ -37,7 +37,6 @@ import gc
 import weakref
 
 import torch
-import torch.nn.functional as F
 
 from .errors import UsageError
 from .metrics import weight_norm_tensor
@@ -186,9 +185,8 @@ class GraphEval:
     (R, 3) for a pack -- queued, valid until the next call (read it once). Two graphs: one chunk
     (``run.eval_chunk``, replayed ``chunks`` times at the offset ``start``), and a finish (weight norms,
     results out, sums and offset reset for the next evaluation). The first call runs both eagerly
-    (``eager()``, a warm-up: kernels compile at the chunk's shape, the sums are allocated), then
-    captures. ``eager()`` alone runs on any device: the CPU tests check the chunking with it, and a
-    pack on the CPU evaluates with it.
+    (``eager()``, a warm-up: kernels compile at the chunk's shape), then captures. ``eager()`` alone
+    runs on any device: the CPU tests check the chunking with it, and a pack on the CPU evaluates with it.
     """
 
     def __init__(self, run, pool=None):
@@ -199,8 +197,9 @@ class GraphEval:
         dev = run.device
         self.start = torch.zeros((), dtype=torch.long, device=dev)  # first row of the next chunk
         self.lanes = torch.arange(self.chunk, device=dev)
-        self.sums: torch.Tensor | None = None  # (..., 2) loss sum, correct: shaped by the first chunk
-        self.result: torch.Tensor | None = None  # (..., 3)
+        # (..., 3): loss sum, correct, rows, added to by each chunk; (3,) for a run, (R, 3) for a pack
+        self.sums = torch.zeros(*run.runs_shape, 3, dtype=torch.float64, device=dev)
+        self.result = torch.zeros_like(self.sums)  # loss sum, correct, weight norm
         self.pool = pool
         self.graphs: tuple | None = None
 
@@ -208,15 +207,11 @@ class GraphEval:
         rows = self.start + self.lanes
         valid = rows < self.n
         rows = rows.clamp_max(self.n - 1)  # the ragged tail re-reads the last row; masked out by the run
-        sums = self.run.eval_chunk(rows, valid)
-        if self.sums is None:  # the eager warm-up: allocated before any capture
-            self.sums = torch.zeros_like(sums)
-            self.result = sums.new_zeros(*sums.shape[:-1], 3)
-        self.sums += sums
+        self.run.eval_chunk(rows, valid, self.sums)
         self.start += self.chunk
 
     def _finish(self) -> None:
-        self.result[..., :2] = self.sums
+        self.result[..., :2] = self.sums[..., :2]
         self.result[..., 2] = self.run.weight_norms()
         self.sums.zero_()
         self.start.zero_()
@@ -270,15 +265,6 @@ class _eval_mode:
 
     def __exit__(self, *exc):
         self.model.train(self.was_training)
-
-
-def chunk_sums(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """A chunk's [loss sum, correct] over its valid rows, float64: (2,) for (B, C) logits, (R, 2) for a
-    pack's (R, B, C). ``where``, not a product: a non-finite loss in a masked row must not reach the sum."""
-    losses = F.cross_entropy(logits.float().flatten(0, -2), y.expand(logits.shape[:-1]).flatten(),
-                             reduction="none").double().view(logits.shape[:-1])
-    hits = (logits.argmax(-1) == y) & valid
-    return torch.stack([torch.where(valid, losses, 0.0).sum(-1), hits.sum(-1).double()], dim=-1)
 
 
 def eager_test_sums(run) -> torch.Tensor:

@@ -7,27 +7,23 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from .models import ops
 
 
 class IntervalMeter:
     """Train loss and accuracy summed on the device over an eval interval; read only at eval points.
 
-    Every sum, the example count included, is a device tensor updated in place, so ``update`` is
-    a handful of device ops with no host state: a captured step counts correctly on every replay.
+    Every sum, the example count included, is a device tensor updated in place by the loss itself
+    (``loss``), with no host state: a captured step counts correctly on every replay.
     """
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct count, examples
 
-    @torch.no_grad()
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
-        """``loss`` is the batch mean; it is weighted by the batch size, so unequal batches average right."""
-        n = labels.shape[0]
-        correct = (logits.argmax(-1) == labels).sum()
-        # add_ on the views: `sums[i] += x` would also assign the result back through __setitem__, a
-        # copy kernel of the slice onto itself
-        self.sums[:2].add_(torch.stack([loss.detach().double() * n, correct.double()]))
-        self.sums[2].add_(n)  # a scalar kernel argument: no host-to-device copy, so capturable
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+        """The batch-mean cross-entropy to backpropagate; the same call adds the batch's loss sum, correct
+        count and size to the interval's sums (on the triton backend, inside the loss's own fused kernel)."""
+        return ops.cross_entropy(logits, labels, sums=self.sums, backend=backend)
 
     def read_and_reset(self) -> tuple[float, float]:
         """Mean loss and accuracy since the last read; the one host sync of an interval."""

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 import kernels
 from kernels.packed_adamw import PackedAdamW
@@ -38,7 +37,7 @@ from .data import TaskData, load_task
 from .errors import RunError, UsageError
 from .loggers import open_loggers
 from .metrics import landmarks_text, summarize
-from .models import build_model, resolve_backend
+from .models import build_model, ops, resolve_backend
 from .models.runs import bind_run, run_state, stack_states
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
@@ -161,11 +160,11 @@ class PackedRun:
         self.sources = [t.source for t in tasks]
         self.sampler = PackSampler(sizes, None if cfg.batch_size == FULL_BATCH else cfg.batch_size,
                                    [m.cfg.seed for m in self.members], dev, cfg.order)
-        self.batch_sizes = self.sampler.batch.to(torch.float64)  # each run's own batch (its solo run's)
         self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()  # per-lane loss weights
         self.sums = torch.zeros(R, 3, dtype=torch.float64, device=dev)  # per run: loss sum, correct, examples
         self.active = list(range(R))
         self.step = 0
+        self.runs_shape = (R,)
         # The same chunked evaluation either way: replayed from CUDA graphs, or launched op by op.
         if cfg.cuda_graph == "on":
             self.stepper = graph.GraphSteps(self)
@@ -184,42 +183,33 @@ class PackedRun:
         idx = self.sampler.next_indices() + self.base  # (R, width) rows of the concatenated training sets
         x, y = self.train_x[idx], self.train_y[idx]
         mask = None if self.train_mask is None else self.train_mask[idx]
-        losses, correct = (self._stacked_grads if self.stacked else self._run_by_run_grads)(x, y, mask)
+        (self._stacked_grads if self.stacked else self._run_by_run_grads)(x, y, mask)
         self.opt.step()
-        with torch.no_grad():
-            self.sums += torch.stack([losses.double() * self.batch_sizes, correct.double(), self.batch_sizes], dim=1)
 
-    def _stacked_grads(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every run's gradient from one stacked forward and backward; (R,) losses and correct counts."""
+    def _stacked_grads(self, x, y, mask) -> None:
+        """Every run's gradient from one stacked forward and backward; each run's loss sum, correct count and
+        batch size added to its row of ``sums`` by the loss."""
         self.opt.zero_grad()
         with self.autocast():
             logits = self.model(x, mask)  # (R, width, classes)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-        losses = (ce * self.weights).sum(1)  # each run's mean over its own batch
+        # each run's mean over its own batch: its valid lanes, weighted 1 / its batch size
+        losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend)
         losses.sum().backward()  # runs share no weight: each gets the gradient of its own loss
-        with torch.no_grad():
-            return losses.detach(), ((logits.argmax(-1) == y) & self.sampler.valid).sum(1)
 
-    def _run_by_run_grads(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_by_run_grads(self, x, y, mask) -> None:
         """The same, one live run at a time on its own batch (its valid lanes, a prefix): its solo step's
         forward, loss and backward, its gradients then copied into its row of the optimiser's buffer (a
         frozen run is skipped: its weights are zeros, its lr 0, and the optimiser leaves its row alone)."""
-        losses = torch.zeros(len(self.members), device=self.device)
-        correct = torch.zeros(len(self.members), dtype=torch.long, device=self.device)
         for r in self.active:
             b = self.sampler.runs[r].batch_size
             xr, yr = x[r, :b], y[r, :b]
             model = self.run_models[r]
             with self.autocast():
                 logits = model(xr, None if mask is None else mask[r, :b])
-            loss = F.cross_entropy(logits.float(), yr)
+            loss = ops.cross_entropy(logits, yr, sums=self.sums[r], backend=self.cfg.backend)
             loss.backward()  # into fresh tensors (bind_run left .grad None) ...
             self.opt.set_run_grads(r, [p.grad for p in model.parameters()])  # ... copied into run r's row
             model.zero_grad(set_to_none=True)  # and dropped: none outlives its run (no heap fragments)
-            with torch.no_grad():
-                losses[r] = loss
-                correct[r] = (logits.argmax(-1) == yr).sum()
-        return losses, correct
 
     def advance(self, limit: int) -> int:
         self.sampler.prepare(self.step)
@@ -228,8 +218,9 @@ class PackedRun:
         return n
 
     # -- evaluation ----------------------------------------------------------------------------
-    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(R, 2): each run's [loss sum, correct] over the shared test rows ``rows`` where ``valid``."""
+    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor, sums: torch.Tensor) -> None:
+        """Adds each run's [loss sum, correct, rows] over the shared test rows ``rows`` where ``valid`` to its
+        row of ``sums`` (R, 3)."""
         task, R = self.task, len(self.members)
         x = task.test_x[rows]
         mask = None if task.test_mask is None else task.test_mask[rows]
@@ -238,7 +229,7 @@ class PackedRun:
                 logits = self.model(x.expand(R, -1, -1), None if mask is None else mask.expand(R, -1, -1))
             else:
                 logits = torch.stack([model(x, mask) for model in self.run_models])
-        return graph.chunk_sums(logits, task.test_y[rows], valid)
+        ops.cross_entropy(logits, task.test_y[rows], valid.float(), sums, self.cfg.backend)
 
     def weight_norms(self) -> torch.Tensor:
         return self.opt.weight_norms()

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import kernels
 from kernels._dispatch import INTERPRET
@@ -27,7 +26,7 @@ from .errors import RunError, UsageError
 from .loggers import open_loggers
 from .metrics import (IntervalMeter, first_step, generalised_for, landmarks_text, summarize, weight_norm,
                       weight_norm_tensor)
-from .models import build_model, resolve_backend
+from .models import build_model, ops, resolve_backend
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
 from .sampler import EpochSampler
@@ -49,6 +48,8 @@ def check_backend(backend: str, device: torch.device) -> str:
 
 
 class Run:
+    runs_shape = ()  # the leading shape of per-run metrics: none for a run, (R,) for a pack
+
     def __init__(self, cfg: Config, log=print, task: TaskData | None = None):
         """``task`` skips data loading (a sweep or a benchmark that already holds the tensors)."""
         self.log = log
@@ -103,21 +104,20 @@ class Run:
         mask = None if task.train_mask is None else task.train_mask[idx]
         with self.autocast():
             logits = self.model(x, mask)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = self.meter.loss(logits, y, self.cfg.backend)  # fp32 whatever the logits' dtype
         self.opt.zero_grad()
         loss.backward()
         if self.grad_filter is not None:
             self.grad_filter.apply_()
         self.opt.step()
-        self.meter.update(logits, y, loss)
 
-    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """[loss sum, correct] over the test rows ``rows`` where ``valid`` (GraphEval's chunk)."""
+    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor, sums: torch.Tensor) -> None:
+        """Adds [loss sum, correct, rows] over the test rows ``rows`` where ``valid`` to ``sums`` (GraphEval's chunk)."""
         task = self.task
         mask = None if task.test_mask is None else task.test_mask[rows]
         with self.autocast():
             logits = self.model(task.test_x[rows], mask)
-        return graph.chunk_sums(logits, task.test_y[rows], valid)
+        ops.cross_entropy(logits, task.test_y[rows], valid.float(), sums, self.cfg.backend)
 
     def weight_norms(self) -> torch.Tensor:
         return weight_norm_tensor(self.model.parameters())

@@ -65,6 +65,7 @@ T_ATT = "tests/kernels/test_attention.py"
 T_ADAMW = "tests/kernels/test_adamw.py"
 T_LN = "tests/kernels/test_layer_norm.py"
 T_EMB = "tests/kernels/test_fused_embedding.py"
+T_CE = "tests/kernels/test_cross_entropy.py"
 T_INIT = "tests/kernels/test_init.py"
 T_INITREF = "tests/kernels/test_init_reference.py"
 T_MODELS = "tests/trainer/test_models.py"
@@ -139,6 +140,22 @@ MUTANTS: list[Mutant] = [
     M("K17", "kernels", "kernels/adamw.py",
       ("        if absent:\n            torch._foreach_zero_(absent)\n", ""),
       "FusedAdamW: a parameter left without a gradient steps on its last one", [T_ADAMW]),
+    M("K18", "kernels", "kernels/fused_cross_entropy.py",
+      ("d = tl.where(live[:, None], w[:, None] * (e / s[:, None] - is_t.to(tl.float32)), 0.0)",
+       "d = w[:, None] * (e / s[:, None] - is_t.to(tl.float32))"),
+      "cross_entropy: a row out (weight 0) with non-finite logits puts 0 x NaN into the gradient", [T_CE]),
+    M("K19", "kernels", "kernels/fused_cross_entropy.py",
+      ("sums = SUMS + run * 3 + quad - 1", "sums = SUMS + run * 3 + 3 - quad"),
+      "cross_entropy: the sums row written in reverse (rows, correct, loss)", [T_CE]),
+    M("K20", "kernels", "kernels/fused_cross_entropy.py",
+      ("return (dlogits * g.to(dlogits.dtype)), None, None, None", "return dlogits, None, None, None"),
+      "cross_entropy: the backward ignores the incoming gradient", [T_CE]),
+    M("K21", "kernels", "kernels/fused_cross_entropy.py",
+      ("for t0 in range(0, tiles, BLOCK_T):", "for t0 in range(0, 1, BLOCK_T):"),
+      "cross_entropy: the reduction reads only the first 128 programs' partials", [T_CE]),
+    M("K22", "kernels", "kernels/fused_cross_entropy.py",
+      ("t = tl.load(TARGETS + run * t_run_stride + rows", "t = tl.load(TARGETS + rows"),
+      "cross_entropy: every run of a pack reads the first run's targets", [T_CE]),
     # -- models ----------------------------------------------------------------------------------
     M("MO1", "models", "grokfast_train/models/encoder.py",
       ("return self.head(torch.tanh(self.pooler(first)))", "return self.head(self.pooler(first))"),
@@ -161,10 +178,9 @@ MUTANTS: list[Mutant] = [
        "h = ops.layer_norm(a, self.ln1, residual=None, backend=self.backend)"),
       "block: attention residual dropped", [T_MODELS]),
     # -- metrics ---------------------------------------------------------------------------------
-    M("ME1", "metrics", "grokfast_train/metrics.py",
-      [("self.sums[:2].add_(torch.stack([loss.detach().double() * n, correct.double()]))",
-        "self.sums[:2].add_(torch.stack([loss.detach().double(), correct.double() / n]))"),
-       ("self.sums[2].add_(n)", "self.sums[2].add_(1)")],
+    M("ME1", "metrics", "kernels/fused_cross_entropy.py",
+      [("total = (loss.detach().double() * t.shape[-1] if ce is None", "total = (loss.detach().double() if ce is None"),
+       ("live.sum(-1).double()], dim=-1)", "live.any(-1).double()], dim=-1)")],
       "train meter: mean of batch means (not weighted by batch size)", [T_METRICS, T_PLUMB, T_RESUME]),
     M("ME2", "metrics", "grokfast_train/metrics.py",
       ("totals += torch.stack([losses.double().sum(),",
@@ -433,6 +449,10 @@ PACK_MUTANTS: list[Mutant] = [
     M("P10", "pack", "grokfast_train/pack.py",
       ("model.zero_grad(set_to_none=True)  # and dropped: none outlives its run (no heap fragments)", "pass"),
       "pack run by run: each run's gradients pile up from step to step", [T_PACK]),
+    M("P12", "pack", "grokfast_train/pack.py",
+      ("losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend)",
+       "losses = ops.cross_entropy(logits, y, None, self.sums, self.cfg.backend)"),
+      "stacked pack: each run's loss a mean over the widest batch, its padding lanes in", [T_PACK]),
     M("P11", "pack", "grokfast_train/heap.py",
       ("_done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))",
        "_done = bool(mallopt(M_MMAP_MAX, 0))"),

@@ -42,10 +42,14 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     # no copies: not of the meter's slices onto themselves (`sums[i] += x` assigns back through
     # __setitem__), nor of gradients into the optimiser's views (FusedAdamW gathers them in one op)
     assert solo["aten.copy_"] == 0 and solo["aten._foreach_copy_"] == 1
+    # the loss, its gradient and the meter: the fused pair, then one product by the incoming gradient
+    assert solo["triton._ce_fwd_kernel"] == solo["triton._ce_reduce_kernel"] == 1
+    assert not {"aten._log_softmax", "aten.nll_loss_forward", "aten.argmax", "aten.stack"} & solo.keys()
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["aten.bmm"] > 0 and pack["aten.baddbmm"] > 0  # one batched product for all runs
     assert pack["aten.addmm"] == 0  # not R products per layer (the CPU's per-run path)
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
+    assert pack["triton._ce_fwd_kernel"] == pack["triton._ce_reduce_kernel"] == 1  # every run's loss at once
     # and the switches are put back
     from grokfast_train.models import runs
     from grokfast_train.models.embedding_sum import EmbeddingSum

@@ -1,4 +1,5 @@
-"""The two ops both models route through a backend: attention, and LayerNorm with a residual.
+"""The ops both models route through a backend: attention, LayerNorm with a residual, BERT's embeddings,
+and the loss the trainer takes on their logits.
 
 ``backend="torch"``: PyTorch's own ops (``F.scaled_dot_product_attention``, ``F.layer_norm``):
 the CPU path, and the reference the fused kernels are checked against.
@@ -88,3 +89,14 @@ def embeddings(x: torch.Tensor, word: nn.Embedding, pos: nn.Embedding, type_: nn
         return layer_norm(word(x) + leading_rows(type_.weight, 1) + leading_rows(pos.weight, x.shape[-1]), ln,
                           backend=backend)
     return layer_norm(word(x) + type_.weight[0] + pos.weight[:x.shape[1]], ln, backend=backend)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                  sums: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
+    """Per run ``sum_b weight[b] * CE(logits[b], targets[b])`` (default: the batch mean), and with ``sums``
+    (float64 (3,), or (R, 3) for a pack) += [CE sum, correct, rows] over the rows of nonzero weight: the
+    step's loss and its metrics (``kernels.cross_entropy``; one forward launch and one reduction under
+    triton, PyTorch ops under torch -- the kernel's reference, and the path for more classes than it takes)."""
+    ce = importlib.import_module("kernels.fused_cross_entropy")
+    fused = backend == "triton" and logits.shape[-1] <= ce.MAX_V
+    return (ce.cross_entropy if fused else ce.cross_entropy_reference)(logits, targets, weight, sums)

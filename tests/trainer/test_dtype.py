@@ -62,8 +62,14 @@ def test_bf16_forward_computes_in_bf16_and_the_loss_in_fp32(tmp_path):
     for name, m in run.model.named_modules():
         if isinstance(m, torch.nn.Linear):
             m.register_forward_hook(lambda mod, i, o, name=name: out_dtypes.__setitem__(name, o.dtype))
-    update = run.meter.update
-    run.meter.update = lambda logits, y, loss: (seen.append((logits.dtype, loss.dtype)), update(logits, y, loss))
+    meter_loss = run.meter.loss
+
+    def loss(logits, y, backend):
+        out = meter_loss(logits, y, backend)
+        seen.append((logits.dtype, out.dtype))
+        return out
+
+    run.meter.loss = loss
     run.train_step()
     assert out_dtypes and set(out_dtypes.values()) == {torch.bfloat16}, out_dtypes
     assert seen == [(torch.bfloat16, torch.float32)]

@@ -38,15 +38,17 @@ def _by_hand(batches):
     return per_example.mean().item(), correct.mean().item()
 
 
-def _feed(meter, batches):
+def _feed(meter, batches, backend="torch"):
     for logits, labels in batches:
-        meter.update(logits, labels, F.cross_entropy(logits, labels))  # the batch-mean loss, as train_step passes
+        loss = meter.loss(logits, labels, backend)  # what train_step backpropagates: the batch mean
+        assert loss.item() == pytest.approx(F.cross_entropy(logits.double(), labels).item(), rel=1e-6)
 
 
-def test_meter_weights_each_example_not_each_batch():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_meter_weights_each_example_not_each_batch(backend):
     batches = _batches([1, 9, 3, 17])
     meter = IntervalMeter(torch.device("cpu"))
-    _feed(meter, batches)
+    _feed(meter, batches, backend)
     loss, acc = meter.read_and_reset()
     want_loss, want_acc = _by_hand(batches)
     # a mean of the four batch means (or accuracies) is far from these with batches of 1 and 17

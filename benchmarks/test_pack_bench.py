@@ -5,6 +5,8 @@ For R runs of one shape, rows measured side by side on one device:
                 stacked model on CUDA (one gather, one launch sequence, one PackedAdamW launch); run
                 by run on the CPU (each run's forward and backward in turn, one optimiser step)
   pack-stacked  (CPU only) the stacked model on the CPU as well: what the CPU default is chosen against
+  pack-bf16     (CUDA only, the widest R of each shape) the pack under ``--dtype bf16``: tensor-core products
+                where fp32 (the paper's setting, no TF32) has none; compared with the same fp32 solo runs
   solo          R ordinary ``Run`` steps, one per run, one run after another (what a sweep without
                 packing does)
 Shapes (benchmarks/test_step_bench.py's): modular -- batch 512 of the paper's 7-token sequences (30 %
@@ -44,12 +46,12 @@ ROUNDS_AT_64 = {"cpu": 5, "cuda": 5}
 STEPS_PER_ROUND = {"cpu": 1, "cuda": 40}  # 40: a multiple of every K used (5, 8)
 
 
-def _pack(dataset, device, tmp_path, runs, stacked=None):
-    cfgs = [_config(dataset, device, tmp_path / f"p{i}", seed=i) for i in range(runs)]
+def _pack(dataset, device, tmp_path, runs, stacked=None, dtype="fp32"):
+    cfgs = [_config(dataset, device, tmp_path / f"p{i}", seed=i, dtype=dtype) for i in range(runs)]
     tasks = [_task(dataset, c) for c in cfgs]
     pack = PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, tasks=tasks, stacked=stacked)
     return pack.advance, dict(unroll=pack.stepper.unroll, cuda_graph=pack.cfg.cuda_graph, backend=pack.cfg.backend,
-                              compute="stacked" if pack.stacked else "run by run")
+                              compute=("stacked" if pack.stacked else "run by run") + (", bf16" * (dtype == "bf16")))
 
 
 def _solos(dataset, device, tmp_path, runs):
@@ -68,11 +70,13 @@ def _solos(dataset, device, tmp_path, runs):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("row", ["pack", "pack-stacked", "solo"])
+@pytest.mark.parametrize("row", ["pack", "pack-stacked", "pack-bf16", "solo"])
 @pytest.mark.parametrize("dataset,runs", CASES, ids=[f"{d}-{r}" for d, r in CASES])
 def test_run_steps(benchmark, dataset, runs, row, device, tmp_path):
     if row == "pack-stacked" and device != "cpu":
         pytest.skip("on CUDA the pack row is the stacked model already")
+    if row == "pack-bf16" and (device != "cuda" or runs != max(WIDTHS[dataset])):
+        pytest.skip("bf16 packs: a GPU row, at the widest R")
     gc.collect()  # the previous rows' runs, their graphs and pools (torch's first optimiser keeps its frames in a cycle)
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -80,7 +84,8 @@ def test_run_steps(benchmark, dataset, runs, row, device, tmp_path):
     if row == "solo":
         advance, info = _solos(dataset, device, tmp_path, runs)
     else:
-        advance, info = _pack(dataset, device, tmp_path, runs, stacked=True if row == "pack-stacked" else None)
+        advance, info = _pack(dataset, device, tmp_path, runs, stacked=True if row == "pack-stacked" else None,
+                              dtype="bf16" if row == "pack-bf16" else "fp32")
     per_round = STEPS_PER_ROUND[device]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 

@@ -33,6 +33,8 @@ def test_table_times_rates_and_ratio(tmp_path, capsys):
         _bench("pack", 8, 0.004, device=GPU, per_round=40, unroll=5, backend="triton", cuda_graph="on",
                compute="stacked"),
         _bench("solo", 8, 0.032, device=GPU, per_round=40, unroll=5, backend="triton", cuda_graph="on"),
+        _bench("pack-bf16", 8, 0.002, device=GPU, per_round=40, unroll=5, backend="triton", cuda_graph="on",
+               compute="stacked, bf16"),  # against the same fp32 solo row: 16x
         # IMDB R = 8 on the CPU, one step a round: stacked, packing loses; run by run, it wins a little
         _bench("solo", 8, 0.25, dataset="imdb", unroll=1),
         _bench("pack-stacked", 8, 0.5, dataset="imdb", unroll=1, compute="stacked"),
@@ -59,11 +61,12 @@ def test_table_times_rates_and_ratio(tmp_path, capsys):
                                                                  "250 ms", "40.0", "32.0", "1.25×"]
     # a half not measured: blank, and no ratio
     assert _cells(out, "modular", "cpu", "1") == ["modular", "cpu", "1", "", "run by run", "20 ms", "", "50.0", "", ""]
+    assert _cells(out, "modular", GPU, "8", "5", "stacked, bf16")[-1] == "16.00×"
     rows = [line for line in out.splitlines() if line.startswith("| ") and "dataset" not in line]
-    assert len(rows) == 4  # the step benchmark left out
+    assert len(rows) == 5  # the step benchmark left out
     # modular before imdb, the CPU before the GPU; the device's default way first
     assert [r.split("|")[1].strip() + "/" + r.split("|")[3].strip() + "/" + r.split("|")[5].strip() for r in rows] == [
-        "modular/1/run by run", "modular/8/stacked", "imdb/8/run by run", "imdb/8/stacked"]
+        "modular/1/run by run", "modular/8/stacked", "modular/8/stacked, bf16", "imdb/8/run by run", "imdb/8/stacked"]
 
 
 def test_no_pack_rows_is_an_error(tmp_path, capsys):

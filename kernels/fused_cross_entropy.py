@@ -5,12 +5,13 @@ predictions and adds the batch's loss, correct count and size to the interval's 
 PyTorch that is log-softmax, NLL, their two backward kernels, argmax, compare, stack and adds: a
 dozen launches on rows of 2 to a few hundred classes, each too small to hide its launch. Here:
 
-- forward, one launch: per row, the max, log-sum-exp, the loss, the argmax, and the gradient
+- forward, one launch: per row, the max, log-sum-exp, the loss, the argmax, and the (fp32) gradient
   ``weight * (softmax - onehot)``, written once (the loss is the last op, so its gradient is known);
   per program, partial sums of the weighted loss, the loss, the correct count and the row count;
 - a second launch (one program per run) reduces the partials in a fixed order -- deterministic, no
   atomics -- writes each run's loss and adds [loss sum, correct, rows] to ``sums`` (float64);
-- backward: the stored gradient times the incoming scalar (one elementwise product).
+- backward: the stored fp32 gradient times the incoming scalar, rounded to the logits' dtype (one
+  elementwise product, and a cast for bf16/fp16 logits).
 
 Arguments: ``logits`` (B, V) or (R, B, V) for R packed runs, fp32, bf16 or fp16, V from 1 to
 ``MAX_V``; ``targets`` int64 (B,) or (R, B) (a (B,) shared by every run), each in [0, V) (not checked
@@ -89,7 +90,7 @@ def _ce_fwd_kernel(LOGITS, TARGETS, WEIGHT, DLOGITS, PART, B, V, tiles, t_run_st
     hit = tl.argmax(x, axis=1, tie_break_left=True) == t
     # weight x (softmax - onehot): d(sum_b w_b ce_b) / d logits; zero, not 0 x NaN, on rows that are out
     d = tl.where(live[:, None], w[:, None] * (e / s[:, None] - is_t.to(tl.float32)), 0.0)
-    tl.store(DLOGITS + offs, d.to(DLOGITS.dtype.element_ty), mask=mask)
+    tl.store(DLOGITS + offs, d, mask=mask)
 
     part = PART + pid * 4
     tl.store(part + 0, tl.sum(tl.where(live, w * ce, 0.0), axis=0))
@@ -127,7 +128,7 @@ class _CrossEntropyFn(torch.autograd.Function):
         x = logits.contiguous()
         t = targets if targets.stride(-1) == 1 else targets.contiguous()
         w = None if weight is None else (weight if weight.stride(-1) == 1 else weight.contiguous())
-        dlogits = _empty(x.shape, x.dtype, x.device)
+        dlogits = _empty(x.shape, torch.float32, x.device)  # fp32: one rounding to the dtype, in the backward
         part = _empty((runs * max(tiles, 1), _PARTS), torch.float32, x.device)
         loss = _empty((runs,), torch.float32, x.device)
         if tiles == 0:  # an empty batch: nothing in, nothing added
@@ -140,13 +141,15 @@ class _CrossEntropyFn(torch.autograd.Function):
         _ce_reduce_kernel[(runs,)](part, loss, part if sums is None else sums, max(tiles, 1),
                                    HAS_SUMS=sums is not None, BLOCK_T=_REDUCE_BLOCK, num_warps=4)
         ctx.save_for_backward(dlogits)
+        ctx.dtype = logits.dtype
         return loss if packed else loss.view(())
 
     @staticmethod
     def backward(ctx, dloss):
         (dlogits,) = ctx.saved_tensors
         g = dloss.reshape(-1, *([1] * (dlogits.dim() - 1))) if dlogits.dim() == 3 else dloss
-        return (dlogits * g.to(dlogits.dtype)), None, None, None
+        # in fp32, then rounded once, as autograd rounds F.cross_entropy(logits.float())'s gradient
+        return (dlogits * g).to(ctx.dtype), None, None, None
 
 
 def _check(logits, targets, weight, sums) -> None:
@@ -217,7 +220,7 @@ def compile_specs() -> list[CompileSpec]:
                 tag = f"BLOCK_B={block_b},BLOCK_V={block_v},{ty}{',weight' if has_weight else ''}"
                 specs.append(CompileSpec(
                     name=f"cross_entropy_fwd[{tag}]", fn=_ce_fwd_kernel,
-                    signature=dict(LOGITS=f"*{ty}", TARGETS="*i64", WEIGHT="*fp32", DLOGITS=f"*{ty}", PART="*fp32",
+                    signature=dict(LOGITS=f"*{ty}", TARGETS="*i64", WEIGHT="*fp32", DLOGITS="*fp32", PART="*fp32",
                                    B="i32", V="i32", tiles="i32", t_run_stride="i32", w_run_stride="i32",
                                    inv_b="fp32", HAS_WEIGHT="constexpr", BLOCK_B="constexpr", BLOCK_V="constexpr"),
                     constexprs=dict(HAS_WEIGHT=has_weight, BLOCK_B=block_b, BLOCK_V=block_v), num_warps=warps))

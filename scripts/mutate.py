@@ -148,7 +148,7 @@ MUTANTS: list[Mutant] = [
       ("sums = SUMS + run * 3 + quad - 1", "sums = SUMS + run * 3 + 3 - quad"),
       "cross_entropy: the sums row written in reverse (rows, correct, loss)", [T_CE]),
     M("K20", "kernels", "kernels/fused_cross_entropy.py",
-      ("return (dlogits * g.to(dlogits.dtype)), None, None, None", "return dlogits, None, None, None"),
+      ("return (dlogits * g).to(ctx.dtype), None, None, None", "return dlogits.to(ctx.dtype), None, None, None"),
       "cross_entropy: the backward ignores the incoming gradient", [T_CE]),
     M("K21", "kernels", "kernels/fused_cross_entropy.py",
       ("for t0 in range(0, tiles, BLOCK_T):", "for t0 in range(0, 1, BLOCK_T):"),

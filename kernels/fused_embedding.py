@@ -323,8 +323,8 @@ class _EmbeddingLayerNormFn(torch.autograd.Function):
             pos_blocks, chunks, per_program = _bwd_grid(dev, batch, length, block_m, runs)
             # per run: (batch chunks) position partials and (batch chunks x position blocks) affine partials
             dpos_part = _empty((runs * chunks, length, n), torch.float32, dev)
-            dw_part = _empty((runs * pos_blocks * chunks, n), torch.float32, dev)
-            db_part = _empty((runs * pos_blocks * chunks, n), torch.float32, dev)
+            affine_part = _empty((2, runs * pos_blocks * chunks, n), torch.float32, dev)  # dweight's, dbias's
+            dw_part, db_part = affine_part[0], affine_part[1]
             packed_args = ((vocab, word.stride(0), pos.stride(0), typ.stride(0), weight.stride(0)) if packed
                            else (0,) * 5)
             _emb_ln_bwd_kernel[(runs * pos_blocks, chunks)](
@@ -334,8 +334,7 @@ class _EmbeddingLayerNormFn(torch.autograd.Function):
                 BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids is not None, PACKED=packed,
                 num_warps=warps)
             dpos_l = dpos_part.view(runs, chunks, length, n).sum(1)
-            dw = dw_part.view(runs, pos_blocks * chunks, n).sum(1)
-            db = db_part.view(runs, pos_blocks * chunks, n).sum(1)
+            dw, db = affine_part.view(2, runs, pos_blocks * chunks, n).sum(2)  # one reduction for both
         else:
             dpos_l = torch.zeros((runs, length, n), dtype=torch.float32, device=dev)
             dw = torch.zeros((runs, n), dtype=torch.float32, device=dev)

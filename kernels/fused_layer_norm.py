@@ -29,7 +29,7 @@ Kernels:
   row; the cost is at most one partial tile per run).
 - backward: a fixed number of programs (a few per SM), each walking a contiguous range of rows in
   tiles; it writes dx for its rows and its own partial sums of dweight (sum dy * xhat) and dbias
-  (sum dy) to a (programs, N) fp32 buffer that one ``sum(0)`` reduces afterwards -- no atomics, so
+  (sum dy) to a (2, programs, N) fp32 buffer that one ``sum`` reduces afterwards -- no atomics, so
   the result is deterministic. ``dresidual`` is ``dx`` (the same tensor; autograd copes with aliasing).
   Packed: the programs are split evenly over the runs, each walking rows of one run only, and the
   partials are (R, programs per run, N), summed per run.
@@ -240,9 +240,10 @@ class _LayerNormFn(torch.autograd.Function):
         rows_per_program = block_m * triton.cdiv(tiles, per_run)
         per_run = triton.cdiv(rows_per_run, rows_per_program) if rows_per_run > 0 else 0
         dx = _empty((m, n), x2.dtype, x2.device)
-        # per run, per program partial sums: (R, programs per run, N), reduced per run below
-        dw_part = _empty((runs, max(per_run, 1), n), torch.float32, x2.device)
-        db_part = _empty((runs, max(per_run, 1), n), torch.float32, x2.device)
+        # per run, per program partial sums: (R, programs per run, N) of dweight, then of dbias, in one
+        # buffer, so that one reduction (below) serves both
+        part = _empty((2, runs, max(per_run, 1), n), torch.float32, x2.device)
+        dw_part, db_part = part[0], part[1]
         if per_run > 0:
             packed = ctx.packed
             _layer_norm_bwd_kernel[(runs * per_run,)](
@@ -250,12 +251,12 @@ class _LayerNormFn(torch.autograd.Function):
                 rows_per_run if packed else 0, per_run if packed else 0, ctx.w_stride,
                 BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed, num_warps=warps)
         else:
-            dw_part.zero_()
-            db_part.zero_()
+            part.zero_()
         dx = dx.view(ctx.x_shape)
         shape = (runs, n) if ctx.packed else (n,)
-        dw = dw_part.sum(1).view(shape).to(ctx.wdtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
-        db = db_part.sum(1).view(shape).to(ctx.bdtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        sums = part.sum(2)  # (2, R, N): dweight and dbias per run
+        dw = sums[0].view(shape).to(ctx.wdtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
+        db = sums[1].view(shape).to(ctx.bdtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         dres = dx if r2 is not None and ctx.needs_input_grad[3] else None
         return dx if ctx.needs_input_grad[0] else None, dw, db, dres, None
 

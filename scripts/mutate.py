@@ -156,6 +156,13 @@ MUTANTS: list[Mutant] = [
     M("K22", "kernels", "kernels/fused_cross_entropy.py",
       ("t = tl.load(TARGETS + run * t_run_stride + rows", "t = tl.load(TARGETS + rows"),
       "cross_entropy: every run of a pack reads the first run's targets", [T_CE]),
+    M("K23", "kernels", "kernels/fused_layer_norm.py",
+      [("dw = sums[0].view(shape)", "dw = sums[1].view(shape)"), ("db = sums[1].view(shape)", "db = sums[0].view(shape)")],
+      "LayerNorm backward: dweight and dbias read from each other's half of the shared partials", [T_LN]),
+    M("K24", "kernels", "kernels/fused_embedding.py",
+      ("dw, db = affine_part.view(2, runs, pos_blocks * chunks, n).sum(2)",
+       "db, dw = affine_part.view(2, runs, pos_blocks * chunks, n).sum(2)"),
+      "fused embedding backward: the LayerNorm's dweight and dbias swapped", [T_EMB]),
     # -- models ----------------------------------------------------------------------------------
     M("MO1", "models", "grokfast_train/models/encoder.py",
       ("return self.head(torch.tanh(self.pooler(first)))", "return self.head(self.pooler(first))"),

@@ -8,8 +8,8 @@
 #   `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval every 10
 #   steps), timed (its steady rate, if the cap stops it first);  7. the pack benchmarks
 #   (benchmarks/test_pack_bench.py: R runs packed vs the same R runs solo), JSON out;  8. if time is left,
-#   the max-autotune compile rows, then the kernel benchmarks;  9. the tables, last: the step table
-#   (scripts/bench_table.py), then the pack table (scripts/pack_table.py).
+#   a profile of a 64-run pack, the max-autotune compile rows, then the kernel benchmarks;  9. the tables,
+#   last: the step table (scripts/bench_table.py), then the pack table (scripts/pack_table.py).
 # The compile rows have their own pytest runs and JSON files: their warm-up compiles for a minute or
 # more, and on the H200 (2026-11-27) a cap that fell during it killed pytest before it wrote its JSON,
 # losing the rows measured before it.
@@ -61,12 +61,14 @@ if ((rehearsal)); then
   steps=300
   e2e_device=cpu
   profile_steps=4
+  profile_pack=3
 else
   bench_k="cuda"
   pack_k="cuda"
   steps=100000
   e2e_device=cuda
   profile_steps=40
+  profile_pack=64
 fi
 
 say "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) budget ${budget}s rehearsal=${rehearsal} out=$out"
@@ -89,7 +91,7 @@ EOF
 # (the sum of their caps and the tables' ~5 s). Every section at its cap: versions ~5, tests 120, step
 # benchmarks 55 (modular) + 65 (imdb), profile 35, compile reduce-overhead 40 + 50, end-to-end 40, pack
 # benchmarks 65, tables 5: 480 s. pytest starts no test in the last min(cap / 3, 20) s of a section's
-# cap. What is left at the end goes to the max-autotune rows, then the kernel benchmarks. The first
+# cap. What is left at the end goes to the pack profile, the max-autotune rows, then the kernel benchmarks. The first
 # H200 run (2026-11-27) took 86 s for the tests (one eager run fewer than now), ~30 s of modular rows
 # and ~65 s of pack rows; the compile rows' warm-ups are the unknowns.
 bench() {  # bench NAME CAP RESERVE JSON -k EXPR: one pytest-benchmark run of the step benchmarks
@@ -140,6 +142,8 @@ section "end-to-end: grokfast-train --dataset modular --steps $steps" 40 70 bash
 # R = 1, 8, 64 modular then 1, 8 IMDB, pack and solo rows side by side: a time cap loses IMDB first
 section "pack benchmarks" 65 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_pack_bench.py \
   -k "$pack_k" --benchmark-json="$out/bench-pack.json" --benchmark-columns=min,median,rounds
+# where a 64-run pack's ~90 us per run goes, and whether the table projection pays there (time left only)
+section "pack profile" 45 5 "$PY" scripts/step_profile.py --dataset modular --pack "$profile_pack" --steps "$profile_steps"
 if ((!rehearsal)); then
   bench "torch.compile max-autotune rows (modular)" 90 5 bench-autotune-modular.json \
     -k "cuda and compile-max-autotune and modular and not cpu"

@@ -8,10 +8,12 @@ the trainer does on the CPU only -- it prints
   - under torch.profiler: device events (kernels, copies, memsets) per step, their summed device time
     per step, and the top kernels by device time.
 The gap between a step's time and its summed kernel time is what launching (eager) or the chain of
-dependent kernels (graph) costs. On a CPU it profiles the torch backend's CPU ops (a rehearsal of the
-script, not a measurement of anything GPU).
+dependent kernels (graph) costs. ``--pack R``: the same for one stacked pack of R runs (benchmarks/
+test_pack_bench.py's), graph, with and (modular) without the table projection -- where a pack's time
+per run goes, and whether the projection's fewer FLOPs pay for its extra kernels there. On a CPU it
+profiles the torch backend's CPU ops (a rehearsal of the script, not a measurement of anything GPU).
 
-    python scripts/step_profile.py [--dataset modular imdb] [--steps 40] [--top 12]
+    python scripts/step_profile.py [--dataset modular imdb] [--steps 40] [--top 12] [--pack R]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import test_step_bench as bench  # noqa: E402
 
 from grokfast_train.models.embedding_sum import EmbeddingSum  # noqa: E402
+from grokfast_train.pack import PackedRun  # noqa: E402
 from grokfast_train.train import Run  # noqa: E402
 
 
@@ -46,10 +49,15 @@ def table_projection():
         EmbeddingSum.worth_it = worth_it
 
 
-def build(dataset: str, device: str, out: Path, variant: str) -> Run:
+def build(dataset: str, device: str, out: Path, variant: str, runs: int = 0) -> Run | PackedRun:
+    """The benchmark's run (``runs`` 0) or its stacked pack of ``runs`` runs, each with its own seed."""
     cuda = device == "cuda"
-    cfg = bench._config(dataset, device, out, backend="triton" if cuda else "torch",
-                        cuda_graph="on" if cuda and variant != "eager" else "off")
+    kw = dict(backend="triton" if cuda else "torch", cuda_graph="on" if cuda and "eager" not in variant else "off")
+    if runs:
+        cfgs = [bench._config(dataset, device, out / f"p{i}", seed=i, **kw) for i in range(runs)]
+        return PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs,
+                         tasks=[bench._task(dataset, c) for c in cfgs], stacked=True)
+    cfg = bench._config(dataset, device, out, **kw)
     run = Run(cfg, log=lambda _: None, task=bench._task(dataset, cfg))
     run.model.readout_only = True
     return run
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", nargs="+", choices=bench.DATASETS, default=bench.DATASETS)
     parser.add_argument("--steps", type=int, default=40, help="steps per timed block and profiled")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per variant")
+    parser.add_argument("--pack", type=int, default=0, metavar="R", help="profile a stacked pack of R runs instead")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     for dataset in args.dataset:
         variants = ["eager", "graph", "graph + table projection"] if cuda else ["eager"]
+        if args.pack:
+            variants = [f"pack of {args.pack}, {v}" for v in (variants[1:] if cuda else variants)]
         if dataset != "modular":
             variants = [v for v in variants if "table" not in v]
         for variant in variants:
@@ -127,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
 def profile(dataset: str, device: str, variant: str, args, activities, sync, cuda: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp, \
             (table_projection() if "table" in variant else contextlib.nullcontext()):
-        run = build(dataset, device, Path(tmp), variant)
+        run = build(dataset, device, Path(tmp), variant, args.pack)
         take(run, 2 * args.steps, sync)  # warm-up: compilation, capture, allocator
         t = step_time(run, args.steps, sync)
-        print(f"\n{dataset}, {variant}: {fmt_us(t)} per step ({run.cfg.backend}, "
+        runs = len(run.members) if isinstance(run, PackedRun) else 0
+        per_run = f", {runs} runs: {fmt_us(t / runs)} per run-step" if runs else ""
+        print(f"\n{dataset}, {variant}: {fmt_us(t)} per step{per_run} ({run.cfg.backend}, "
               f"graph {run.cfg.cuda_graph}, K {run.stepper.unroll})")
         with torch.profiler.profile(activities=activities) as prof:
             take(run, args.steps, sync)

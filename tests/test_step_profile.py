@@ -28,3 +28,11 @@ def test_table_projection_is_switched_on_for_any_device_and_back_off():
         assert EmbeddingSum.worth_it(ids, tok)
         assert not EmbeddingSum.worth_it(ids[:100], tok)  # still only where there are fewer pairs than rows
     assert not EmbeddingSum.worth_it(ids, tok)
+
+
+def test_the_cpu_rehearsal_profiles_a_pack(capsys):
+    assert step_profile.main(["--dataset", "modular", "--steps", "2", "--top", "3", "--pack", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "modular, pack of 3, eager:" in out and ", 3 runs: " in out and "per run-step (torch, graph off, K 1)" in out
+    assert "aten::" in out
+    assert "failed" not in out

@@ -211,7 +211,7 @@ class GraphEval:
         self.start += self.chunk
 
     def _finish(self) -> None:
-        self.result[..., :2] = self.sums[..., :2]
+        self.result[..., :2] = self.sums[..., :2]  # (the rows counted, sums[..., 2], are n by construction)
         self.result[..., 2] = self.run.weight_norms()
         self.sums.zero_()
         self.start.zero_()

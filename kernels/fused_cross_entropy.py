@@ -11,7 +11,8 @@ dozen launches on rows of 2 to a few hundred classes, each too small to hide its
 - a second launch (one program per run) reduces the partials in a fixed order -- deterministic, no
   atomics -- writes each run's loss and adds [loss sum, correct, rows] to ``sums`` (float64);
 - backward: the stored fp32 gradient times the incoming scalar, rounded to the logits' dtype (one
-  elementwise product, and a cast for bf16/fp16 logits).
+  elementwise product, and a cast for bf16/fp16 logits). Without autograd (an evaluation under
+  ``no_grad``, or logits that need no gradient) the gradient is neither written nor allocated.
 
 Arguments: ``logits`` (B, V) or (R, B, V) for R packed runs, fp32, bf16 or fp16, V from 1 to
 ``MAX_V``; ``targets`` int64 (B,) or (R, B) (a (B,) shared by every run), each in [0, V) (not checked
@@ -63,7 +64,7 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 @triton.jit
 def _ce_fwd_kernel(LOGITS, TARGETS, WEIGHT, DLOGITS, PART, B, V, tiles, t_run_stride, w_run_stride, inv_b,
-                   HAS_WEIGHT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr):
+                   HAS_WEIGHT: tl.constexpr, STORE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr):
     pid = tl.program_id(0)
     run = pid // tiles  # tiles programs per run: a tile never straddles two runs
     rows = (pid - run * tiles) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -88,11 +89,12 @@ def _ce_fwd_kernel(LOGITS, TARGETS, WEIGHT, DLOGITS, PART, B, V, tiles, t_run_st
     is_t = cols[None, :] == t[:, None]
     ce = m + tl.log(s) - tl.sum(tl.where(is_t, x, 0.0), axis=1)
     hit = tl.argmax(x, axis=1, tie_break_left=True) == t
-    # weight x (softmax - onehot): d(sum_b w_b ce_b) / d logits; zero, not 0 x NaN, on rows that are out
-    d = tl.where(live[:, None], w[:, None] * (e / s[:, None] - is_t.to(tl.float32)), 0.0)
-    tl.store(DLOGITS + offs, d, mask=mask)
+    if STORE_GRAD:  # not for an evaluation (no autograd): it would only cost bytes
+        # weight x (softmax - onehot): d(sum_b w_b ce_b) / d logits; zero, not 0 x NaN, on rows that are out
+        d = tl.where(live[:, None], w[:, None] * (e / s[:, None] - is_t.to(tl.float32)), 0.0)
+        tl.store(DLOGITS + offs, d, mask=mask)
 
-    part = PART + pid * 4
+    part = PART + pid * 4  # _PARTS = 4 per program
     tl.store(part + 0, tl.sum(tl.where(live, w * ce, 0.0), axis=0))
     tl.store(part + 1, tl.sum(tl.where(live, ce, 0.0), axis=0))
     tl.store(part + 2, tl.sum((live & hit).to(tl.float32), axis=0))
@@ -103,7 +105,7 @@ def _ce_fwd_kernel(LOGITS, TARGETS, WEIGHT, DLOGITS, PART, B, V, tiles, t_run_st
 def _ce_reduce_kernel(PART, LOSS, SUMS, tiles, HAS_SUMS: tl.constexpr, BLOCK_T: tl.constexpr):
     run = tl.program_id(0)
     lanes = tl.arange(0, BLOCK_T)
-    acc = tl.zeros([BLOCK_T, 4], dtype=tl.float64)  # the programs' fp32 partials summed in fp64
+    acc = tl.zeros([BLOCK_T, 4], dtype=tl.float64)  # the programs' fp32 partials (_PARTS = 4) summed in fp64
     quad = tl.arange(0, 4)
     for t0 in range(0, tiles, BLOCK_T):  # a fixed order: the same sums on every call
         tile = t0 + lanes
@@ -112,39 +114,48 @@ def _ce_reduce_kernel(PART, LOSS, SUMS, tiles, HAS_SUMS: tl.constexpr, BLOCK_T: 
     tot = tl.sum(acc, axis=0)  # [weighted loss, loss, correct, rows]
     tl.store(LOSS + run + quad * 0, tot.to(tl.float32), mask=quad == 0)
     if HAS_SUMS:  # sums[run] += [loss sum, correct, rows], in float64
-        sums = SUMS + run * 3 + quad - 1
         keep = quad >= 1
+        sums = SUMS + run * 3 + tl.maximum(quad - 1, 0)  # lanes 1..3 -> the row's 3 entries; lane 0 masked
         old = tl.load(sums, mask=keep, other=0.0)
         tl.store(sums, old + tot, mask=keep)
+
+
+def _launch(logits, targets, weight, sums, store_grad: bool):
+    """The two kernels: (loss (R,), the fp32 gradient weight * (softmax - onehot) or None)."""
+    runs, b, v = logits.shape if logits.dim() == 3 else (1, *logits.shape)
+    block_v, block_b, warps = _config(v)
+    tiles = triton.cdiv(b, block_b)
+    x = logits.contiguous()
+    t = targets if targets.stride(-1) == 1 else targets.contiguous()
+    w = None if weight is None else (weight if weight.stride(-1) == 1 else weight.contiguous())
+    # fp32: rounded once to the logits' dtype, in the backward
+    dlogits = _empty(x.shape, torch.float32, x.device) if store_grad else None
+    part = _empty((runs * max(tiles, 1), _PARTS), torch.float32, x.device)
+    loss = _empty((runs,), torch.float32, x.device)
+    if tiles == 0:  # an empty batch: nothing in, nothing added
+        part.zero_()
+        if store_grad:
+            dlogits.zero_()
+    else:  # (an absent weight or gradient is never read or written: ``part`` stands in, an fp32 pointer)
+        _ce_fwd_kernel[(runs * tiles,)](
+            x, t, part if w is None else w, dlogits if store_grad else part, part, b, v, tiles,
+            t.stride(0) if t.dim() == 2 else 0, 0 if w is None or w.dim() == 1 else w.stride(0), 1.0 / b,
+            HAS_WEIGHT=w is not None, STORE_GRAD=store_grad, BLOCK_B=block_b, BLOCK_V=block_v, num_warps=warps)
+    _ce_reduce_kernel[(runs,)](part, loss, part if sums is None else sums, max(tiles, 1),
+                               HAS_SUMS=sums is not None, BLOCK_T=_REDUCE_BLOCK, num_warps=4)
+    return loss, dlogits
 
 
 class _CrossEntropyFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, weight, sums):
-        packed = logits.dim() == 3
-        runs, b, v = (logits.shape if packed else (1, *logits.shape))
-        block_v, block_b, warps = _config(v)
-        tiles = triton.cdiv(b, block_b)
-        x = logits.contiguous()
-        t = targets if targets.stride(-1) == 1 else targets.contiguous()
-        w = None if weight is None else (weight if weight.stride(-1) == 1 else weight.contiguous())
-        dlogits = _empty(x.shape, torch.float32, x.device)  # fp32: one rounding to the dtype, in the backward
-        part = _empty((runs * max(tiles, 1), _PARTS), torch.float32, x.device)
-        loss = _empty((runs,), torch.float32, x.device)
-        if tiles == 0:  # an empty batch: nothing in, nothing added
-            part.zero_()
-        else:
-            _ce_fwd_kernel[(runs * tiles,)](
-                x, t, x if w is None else w, dlogits, part, b, v, tiles,
-                t.stride(0) if t.dim() == 2 else 0, 0 if w is None or w.dim() == 1 else w.stride(0), 1.0 / b,
-                HAS_WEIGHT=w is not None, BLOCK_B=block_b, BLOCK_V=block_v, num_warps=warps)
-        _ce_reduce_kernel[(runs,)](part, loss, part if sums is None else sums, max(tiles, 1),
-                                   HAS_SUMS=sums is not None, BLOCK_T=_REDUCE_BLOCK, num_warps=4)
+        loss, dlogits = _launch(logits, targets, weight, sums, store_grad=True)
         ctx.save_for_backward(dlogits)
         ctx.dtype = logits.dtype
-        return loss if packed else loss.view(())
+        return loss if logits.dim() == 3 else loss.view(())
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dloss):
         (dlogits,) = ctx.saved_tensors
         g = dloss.reshape(-1, *([1] * (dlogits.dim() - 1))) if dlogits.dim() == 3 else dloss
@@ -184,6 +195,8 @@ def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, weight:
     if weight is None and z.dim() == 2:  # the batch mean by F.cross_entropy's own reduction, as the trainer had it
         loss = F.cross_entropy(z, t)
     else:
+        if weight is not None:  # rows out read as zeros: their logits, finite or not, reach nothing
+            z = torch.where((weight != 0).expand(t.shape)[..., None], z, 0.0)
         ce = F.cross_entropy(z if z.dim() == 2 else z.transpose(1, 2), t, reduction="none")  # classes second
         weight = torch.full_like(ce, 1.0 / t.shape[-1]) if weight is None else weight
         loss = torch.where(weight != 0, weight.to(acc) * ce, 0.0).sum(-1)  # where, not a product: 0 x NaN is NaN
@@ -204,30 +217,37 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Ten
     in ``logits``; ``sums`` (float64 (3,) or (R, 3)), if given, gets += [CE sum, correct, rows] over the
     rows whose weight is not 0. See the module docstring for shapes."""
     _check(logits, targets, weight, sums)
-    if use_triton(logits, targets, weight, sums):
+    if not use_triton(logits, targets, weight, sums):
+        return cross_entropy_reference(logits, targets, weight, sums)
+    if torch.is_grad_enabled() and logits.requires_grad:
         return _CrossEntropyFn.apply(logits, targets, weight, sums)
-    return cross_entropy_reference(logits, targets, weight, sums)
+    loss, _ = _launch(logits, targets, weight, sums, store_grad=False)  # an evaluation: no gradient written
+    return loss if logits.dim() == 3 else loss.view(())
 
 
 def compile_specs() -> list[CompileSpec]:
     """Every configuration ``cross_entropy`` can launch: forward x logits dtype x BLOCK_V x weight given or
-    not, and the reduction with and without sums."""
+    not x gradient stored or not (an evaluation), and the reduction with and without sums."""
     specs = []
     for block_v in BLOCK_VS:
         _, block_b, warps = _config(block_v)
         for dtype, ty in _TL_DTYPES.items():
             for has_weight in (False, True):
-                tag = f"BLOCK_B={block_b},BLOCK_V={block_v},{ty}{',weight' if has_weight else ''}"
-                specs.append(CompileSpec(
-                    name=f"cross_entropy_fwd[{tag}]", fn=_ce_fwd_kernel,
-                    signature=dict(LOGITS=f"*{ty}", TARGETS="*i64", WEIGHT="*fp32", DLOGITS="*fp32", PART="*fp32",
-                                   B="i32", V="i32", tiles="i32", t_run_stride="i32", w_run_stride="i32",
-                                   inv_b="fp32", HAS_WEIGHT="constexpr", BLOCK_B="constexpr", BLOCK_V="constexpr"),
-                    constexprs=dict(HAS_WEIGHT=has_weight, BLOCK_B=block_b, BLOCK_V=block_v), num_warps=warps))
+                for store_grad in (True, False):
+                    tag = (f"BLOCK_B={block_b},BLOCK_V={block_v},{ty}{',weight' if has_weight else ''}"
+                           f"{'' if store_grad else ',no grad'}")
+                    specs.append(CompileSpec(
+                        name=f"cross_entropy_fwd[{tag}]", fn=_ce_fwd_kernel,
+                        signature=dict(LOGITS=f"*{ty}", TARGETS="*i64", WEIGHT="*fp32", DLOGITS="*fp32",
+                                       PART="*fp32", B="i32", V="i32", tiles="i32", t_run_stride="i32",
+                                       w_run_stride="i32", inv_b="fp32", HAS_WEIGHT="constexpr",
+                                       STORE_GRAD="constexpr", BLOCK_B="constexpr", BLOCK_V="constexpr"),
+                        constexprs=dict(HAS_WEIGHT=has_weight, STORE_GRAD=store_grad, BLOCK_B=block_b,
+                                        BLOCK_V=block_v), num_warps=warps))
     for has_sums in (False, True):
         specs.append(CompileSpec(
             name=f"cross_entropy_reduce[BLOCK_T={_REDUCE_BLOCK}{',sums' if has_sums else ''}]", fn=_ce_reduce_kernel,
-            signature=dict(PART="*fp32", LOSS="*fp32", SUMS="*fp64" if has_sums else "*fp32", tiles="i32", HAS_SUMS="constexpr",
-                           BLOCK_T="constexpr"),
+            signature=dict(PART="*fp32", LOSS="*fp32", SUMS="*fp64" if has_sums else "*fp32", tiles="i32",
+                           HAS_SUMS="constexpr", BLOCK_T="constexpr"),
             constexprs=dict(HAS_SUMS=has_sums, BLOCK_T=_REDUCE_BLOCK), num_warps=4))
     return specs

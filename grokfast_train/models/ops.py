@@ -3,10 +3,11 @@ and the loss the trainer takes on their logits.
 
 ``backend="torch"``: PyTorch's own ops (``F.scaled_dot_product_attention``, ``F.layer_norm``):
 the CPU path, and the reference the fused kernels are checked against.
-``backend="triton"``: the fused kernels of the ``kernels`` package, same signatures; imported
-only when this backend is chosen (``check_backend`` imports them, so a model fails at build
-time rather than at its first step). The kernels themselves run the Triton code on CUDA
-tensors and their pure-PyTorch reference on CPU tensors.
+``backend="triton"``: the fused kernels of the ``kernels`` package, same signatures (``check_backend``
+imports them, so a model fails at build time rather than at its first step). The kernels themselves
+run the Triton code on CUDA tensors and their pure-PyTorch reference on CPU tensors. The loss's torch
+path is its kernel module's reference (``kernels.cross_entropy_reference``): the one spec of its
+weights and metric sums.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "triton":
-        _kernel("attention"), _kernel("layer_norm"), _kernel("embedding_layer_norm")
+        _kernel("attention"), _kernel("layer_norm"), _kernel("embedding_layer_norm"), _kernel("cross_entropy")
     return backend
 
 

@@ -17,7 +17,7 @@ from tests.kernels.launch_spy import LaunchSpy
 ce_mod = importlib.import_module("kernels.fused_cross_entropy")
 
 # dtype -> largest allowed relative error of the loss, the gradient and the loss sum. Measured under the
-# interpreter: fp32 2.2e-7; bf16 3.9e-3 and fp16 2.4e-4, the gradient's one rounding to the dtype (the
+# interpreter: fp32 2.2e-7; bf16 <= 3.9e-3 and fp16 <= 4.7e-4, the gradient's one rounding to the dtype (the
 # interpreter truncates to bf16: up to a whole ulp, 2^-7 < 8e-3); the loss and sums, fp32 in every dtype,
 # <= 1e-7. (The gradient was once stored in the dtype and then scaled: two roundings, up to 1.03e-2.)
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -82,7 +82,7 @@ def test_matches_reference(b, v, dtype, weighted):
 
 
 def test_more_tiles_than_one_reduction_block():
-    """The paper's modular full batch, 2,873 rows: 180 tiles of 16 rows, more than the 128 partials the
+    """The paper's modular full batch, 2,873 rows: 360 tiles of 8 rows, more than the 128 partials the
     reduction reads at a time."""
     assert ce_mod.triton.cdiv(2873, ce_mod._config(117)[1]) > ce_mod._REDUCE_BLOCK
     _check_case((2873, 117), torch.float32, True, seed=9)
@@ -147,6 +147,11 @@ def test_rows_out_add_nothing_even_when_not_finite():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(sums).all() and torch.isfinite(x.grad).all()
     assert x.grad[[0, 9, 19]].abs().max().item() == 0.0
+    ref = logits.clone().requires_grad_()  # the reference (the CPU and torch-backend path) keeps the same rule
+    ref_sums = torch.zeros(3, dtype=torch.float64)
+    cross_entropy_reference(ref, targets, weight, ref_sums).backward()
+    assert torch.isfinite(ref.grad).all() and ref.grad[[0, 9, 19]].abs().max().item() == 0.0
+    assert torch.isfinite(ref_sums).all()
     keep = weight != 0
     want = F.cross_entropy(logits[keep], targets[keep])
     assert abs(loss.item() - want.item()) <= 1e-6 * want.item()
@@ -162,6 +167,21 @@ def test_argmax_ties_go_to_the_lowest_class():
     sums = torch.zeros(3, dtype=torch.float64)
     cross_entropy(logits, targets, sums=sums)
     assert sums[1].item() == 2 == (logits.argmax(-1) == targets).sum().item()
+
+
+def test_without_autograd_no_gradient_is_written(monkeypatch):
+    """An evaluation (no_grad): the same loss and sums as with autograd, and no gradient buffer at all."""
+    logits, targets, weight = _inputs((3, 40, 117), torch.float32, True, seed=7)
+    with_grad, without = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
+    want = cross_entropy(logits.clone().requires_grad_(), targets, weight, with_grad)
+    shapes = []
+    empty = ce_mod._empty
+    monkeypatch.setattr(ce_mod, "_empty", lambda shape, dtype, device: (shapes.append(tuple(shape)),
+                                                                        empty(shape, dtype, device))[1])
+    with torch.no_grad():
+        got = cross_entropy(logits.clone().requires_grad_(), targets, weight, without)
+    assert torch.equal(got, want.detach()) and torch.equal(without, with_grad)
+    assert tuple(logits.shape) not in shapes and shapes  # the partials and the loss, not the gradient
 
 
 def test_sums_accumulate():
@@ -207,16 +227,22 @@ def test_bad_arguments_raise_one_clear_error(args, match):
 
 
 def test_compile_specs_cover_every_dispatched_configuration(monkeypatch):
-    """Every (BLOCK_V, BLOCK_B, warps, weight, dtype) the launcher picks is one compile_specs() ships."""
+    """Every (BLOCK_V, BLOCK_B, warps, weight, gradient, dtype) the launcher picks is one compile_specs()
+    ships, and every pointer it passes has the shipped type (an absent weight or gradient included)."""
     spy = LaunchSpy(ce_mod._ce_fwd_kernel)
     monkeypatch.setattr(ce_mod, "_ce_fwd_kernel", spy)
     shipped = {(s.constexprs["BLOCK_V"], s.constexprs["BLOCK_B"], s.num_warps, s.constexprs["HAS_WEIGHT"],
-                s.signature["LOGITS"]) for s in ce_mod.compile_specs() if "BLOCK_V" in s.constexprs}
+                s.constexprs["STORE_GRAD"], s.signature["LOGITS"]) for s in ce_mod.compile_specs()
+               if "BLOCK_V" in s.constexprs}
     names = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
     for v in (1, 2, 17, 117, 128, 129, 2048, 2049, MAX_V):
         for dtype in names:
             for weighted in (False, True):
-                logits, targets, weight = _inputs((2, v), dtype, weighted, seed=v)
-                cross_entropy(logits, targets, weight)
-                _, kw = spy.calls[-1]
-                assert (kw["BLOCK_V"], kw["BLOCK_B"], kw["num_warps"], kw["HAS_WEIGHT"], names[dtype]) in shipped
+                for grad in (False, True):
+                    logits, targets, weight = _inputs((2, v), dtype, weighted, seed=v)
+                    cross_entropy(logits.requires_grad_(grad), targets, weight)
+                    args, kw = spy.calls[-1]
+                    assert (kw["BLOCK_V"], kw["BLOCK_B"], kw["num_warps"], kw["HAS_WEIGHT"], kw["STORE_GRAD"],
+                            names[dtype]) in shipped
+                    assert kw["STORE_GRAD"] == grad
+                    assert args[2].dtype == args[3].dtype == torch.float32  # WEIGHT, DLOGITS: *fp32

@@ -145,7 +145,7 @@ MUTANTS: list[Mutant] = [
        "d = w[:, None] * (e / s[:, None] - is_t.to(tl.float32))"),
       "cross_entropy: a row out (weight 0) with non-finite logits puts 0 x NaN into the gradient", [T_CE]),
     M("K19", "kernels", "kernels/fused_cross_entropy.py",
-      ("sums = SUMS + run * 3 + quad - 1", "sums = SUMS + run * 3 + 3 - quad"),
+      ("sums = SUMS + run * 3 + tl.maximum(quad - 1, 0)", "sums = SUMS + run * 3 + tl.maximum(3 - quad, 0)"),
       "cross_entropy: the sums row written in reverse (rows, correct, loss)", [T_CE]),
     M("K20", "kernels", "kernels/fused_cross_entropy.py",
       ("return (dlogits * g).to(ctx.dtype), None, None, None", "return dlogits.to(ctx.dtype), None, None, None"),

@@ -30,6 +30,9 @@ grokfast-train sweep --dataset modular --train-sizes 1200,1600,1800,2000,2400 --
 cp -r "$OUT/modular-p113-30k" "$OUT/modular-p113-100k"
 grokfast-train sweep --dataset modular --train-sizes 1200,1600,1800,2000,2400 --seeds 0,1,2 --steps 100000 \
   --eval-every 50 --jobs 1 --threads-per-run 1 --stop-after-generalising 1000 --out "$OUT/modular-p113-100k"
+#     and below it, 1,000 pairs from scratch, added to the same sweep
+grokfast-train sweep --dataset modular --train-sizes 1000 --seeds 0,1,2 --steps 100000 --eval-every 50 --jobs 1 \
+  --threads-per-run 1 --stop-after-generalising 1000 --out "$OUT/modular-p113-100k"
 # 2. model-wise: hidden 32 and 64 at four sizes (seed 0), added to the same sweep (hidden 128 is in it)
 grokfast-train sweep "${MOD[@]}" --hidden-sizes 32,64 --train-sizes 450,750,1200,2000 --seeds 0 \
   --out "$OUT/modular-samplewise"

@@ -17,7 +17,11 @@ import re
 import subprocess
 from typing import Any, Callable
 
+import torch
+
 ARCHS = (80, 90)
+# a tensor dtype as a CompileSpec signature names its pointer element type
+SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclasses.dataclass(frozen=True)

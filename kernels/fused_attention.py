@@ -543,7 +543,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # Shipped configurations, for ahead-of-time compilation (kernels._compile).
 # ----------------------------------------------------------------------------------------------
 
-_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _ARGS = {
     "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "D", "shift", "mask_len", "qk_scale"),
     "dkdv": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DK", "DV",
@@ -562,14 +561,14 @@ def compile_specs() -> list:
     rows (fwd, dq), both BLOCK_M classes of ``_block_config`` (Lq <= 16 and Lq > 16) where they
     differ. D itself is a runtime i32, so a padded spec covers every head size that pads to its
     BLOCK_D (D = 33..63 for BLOCK_D = 64)."""
-    from ._compile import CompileSpec
+    from ._compile import SIGNATURE_DTYPES, CompileSpec
 
     specs = []
     for block_d in _BLOCK_DS:
         for even_d in (True, False):
             shape = f"BLOCK_D={block_d}" + ("" if even_d else ",padded")
             for dtype in SUPPORTED_DTYPES:
-                t = _TRITON_DTYPE[dtype]
+                t = SIGNATURE_DTYPES[dtype]
                 specs.append(CompileSpec(
                     name=f"attn_bwd_preprocess[{shape},{t},BLOCK_M={_PRE_BLOCK_M}]", fn=_attn_bwd_preprocess,
                     signature={"O": f"*{t}", "DO": f"*{t}", "Delta": "*fp32", "Lq": "i32", "D": "i32",

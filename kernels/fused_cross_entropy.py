@@ -37,13 +37,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._compile import CompileSpec
+from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import check_dtype, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_V = 4096
 BLOCK_VS = tuple(2 ** k for k in range(4, 13))  # 16 ... 4096: every BLOCK_V the dispatcher can pick
-_TL_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _PARTS = 4  # per program: weighted loss, loss, correct, rows
 _REDUCE_BLOCK = 128  # partials the reduction reads at a time
 
@@ -207,7 +206,7 @@ def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, weight:
             # the mean's loss sum as mean x B (what the trainer's meter always added): one CE, not two
             total = (loss.detach().double() * t.shape[-1] if ce is None
                      else torch.where(live, ce, 0.0).double().sum(-1))  # each row's loss summed in fp64
-            sums += torch.stack([total.double(), hits.sum(-1).double(), live.sum(-1).double()], dim=-1)
+            sums += torch.stack([total, hits.sum(-1).double(), live.sum(-1).double()], dim=-1)
     return loss
 
 
@@ -231,7 +230,7 @@ def compile_specs() -> list[CompileSpec]:
     specs = []
     for block_v in BLOCK_VS:
         _, block_b, warps = _config(block_v)
-        for dtype, ty in _TL_DTYPES.items():
+        for dtype, ty in SIGNATURE_DTYPES.items():
             for has_weight in (False, True):
                 for store_grad in (True, False):
                     tag = (f"BLOCK_B={block_b},BLOCK_V={block_v},{ty}{',weight' if has_weight else ''}"

@@ -45,13 +45,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._compile import CompileSpec
+from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import check_dtype, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_N = 4096
 BLOCK_NS = tuple(2 ** k for k in range(5, 13))  # 32 ... 4096: every BLOCK_N the dispatcher can pick
-_TL_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 # num_warps per BLOCK_N, forward and backward: spill-free on sm_80 and sm_90 under Triton 3.6 (the GPU
@@ -330,7 +329,7 @@ def compile_specs() -> list[CompileSpec]:
     specs = []
     for block_n in BLOCK_NS:
         _, block_m, fwd_warps, bwd_warps = _config(block_n)
-        for dtype, ty in _TL_DTYPES.items():
+        for dtype, ty in SIGNATURE_DTYPES.items():
             for has_res in (False, True):
                 for packed in (False, True):
                     consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=has_res, PACKED=packed)

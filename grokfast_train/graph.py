@@ -3,7 +3,7 @@
 A step of these 1-layer models is a few hundred microseconds of GPU work or less, issued as dozens of
 kernel launches of a few microseconds of CPU time each; replaying a captured graph issues them all with
 one launch. What makes ``Run.train_step`` capturable was built before this module: the batch is drawn
-on the device (``sampler.next_indices``), the metrics are summed on the device (``IntervalMeter``),
+on the device (``sampler.draw``), the metrics are summed on the device (``IntervalMeter``),
 and ``kernels.FusedAdamW`` keeps its step counts and hyperparameters on the device. So a replay does
 exactly what an eager step does, on the same tensors -- the trajectory is the same, which is why a run
 may switch ``--cuda-graph`` on resume. (Same up to summation order where a kernel adds with atomics,

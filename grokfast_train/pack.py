@@ -151,7 +151,7 @@ class PackedRun:
         del solos
         # The training sets one after another; run r's subset row i is row base[r] + i.
         sizes = [t.train_x.shape[0] for t in tasks]
-        self.base = torch.tensor([sum(sizes[:r]) for r in range(R)], device=dev)[:, None]
+        self.base = torch.tensor([sum(sizes[:r]) for r in range(R)], device=dev)
         self.train_x = torch.cat([t.train_x for t in tasks]).to(dev)
         self.train_y = torch.cat([t.train_y for t in tasks]).to(dev)
         self.train_mask = None if first.train_mask is None else torch.cat([t.train_mask for t in tasks]).to(dev)
@@ -180,9 +180,8 @@ class PackedRun:
 
     # -- the step ----------------------------------------------------------------------------
     def train_step(self) -> None:
-        idx = self.sampler.next_indices() + self.base  # (R, width) rows of the concatenated training sets
-        x, y = self.train_x[idx], self.train_y[idx]
-        mask = None if self.train_mask is None else self.train_mask[idx]
+        # (R, width) rows of the concatenated training sets, one launch on CUDA
+        x, y, mask = self.sampler.draw(self.train_x, self.train_y, self.train_mask, self.base)
         (self._stacked_grads if self.stacked else self._run_by_run_grads)(x, y, mask)
         self.opt.step()
 

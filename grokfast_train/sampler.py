@@ -1,9 +1,10 @@
 """Batches drawn on the device, with every bit of per-step state in device tensors.
 
-``next_indices()`` is the part of a training step that picks the batch. It reads a fixed
-permutation buffer at a device-side offset and advances that offset in place, so it takes no
-host arguments and never synchronises: a CUDA graph that captures it draws a new batch at
-every replay. What needs the host -- drawing an epoch's permutation from the seeded CPU
+``draw(x, y, mask)`` is the part of a training step that picks the batch and gathers its rows. It
+reads a fixed permutation buffer at a device-side offset and advances that offset in place, so it
+takes no host arguments and never synchronises: a CUDA graph that captures it draws a new batch at
+every replay. On CUDA it is one launch (``kernels.draw_batch``); ``next_indices()`` is the same
+draw's indices alone. What needs the host -- drawing an epoch's permutation from the seeded CPU
 generator -- happens in ``prepare(step)``, which the loop calls between steps, outside any
 captured region, and which copies into the same buffer (its address never changes).
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+import kernels
+
 ORDERS = ("cyclic", "shuffle")
 
 
@@ -39,7 +42,10 @@ class EpochSampler:
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.perm = torch.arange(n, device=device)  # cyclic: the identity, for good
         self.offset = torch.zeros((), dtype=torch.long, device=device)  # where the next batch starts
-        self._lanes = torch.arange(self.batch_size, device=device)
+        # draw_batch's per-run arguments, as a pack of one
+        self._n, self._batch = (torch.tensor([v], device=device) for v in (n, self.batch_size))
+        self._counter = torch.zeros(1, dtype=torch.int32, device=device)  # the kernel's, left at 0
+        self._ids: torch.Tensor | None = None  # 0 .. n-1: next_indices' rows
 
     def prepare(self, step: int) -> None:
         """Host side, before the batch of step ``step + 1`` is drawn: start a shuffled epoch when one is due."""
@@ -56,11 +62,18 @@ class EpochSampler:
             return None
         return (step // self.batches_per_epoch + 1) * self.batches_per_epoch - step
 
+    def draw(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None):
+        """The next batch's rows of the training subset's (x, y, mask), offset advanced (device only)."""
+        # perm and offset as views: a pack re-points them into its own (R, n_max) and (R,) buffers
+        bx, by, bm = kernels.draw_batch(self.perm.view(1, -1), self.offset.view(1), self._n, self._batch,
+                                        self.batch_size, x, y, mask, counter=self._counter)
+        return bx[0], by[0], None if bm is None else bm[0]
+
     def next_indices(self) -> torch.Tensor:
-        """The next batch's indices into the training subset (device ops only)."""
-        idx = self.perm.index_select(0, (self.offset + self._lanes) % self.n)
-        self.offset.add_(self.batch_size).remainder_(self.n)
-        return idx
+        """The next batch's indices into the training subset: ``draw``'s rows of 0 .. n-1."""
+        if self._ids is None:
+            self._ids = torch.arange(self.n, device=self.device)
+        return self.draw(self._ids[:, None], self._ids)[1]
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "perm": self.perm.cpu(), "offset": int(self.offset), "order": self.order}
@@ -103,8 +116,9 @@ class PackSampler:
         self.batch = torch.tensor([s.batch_size for s in self.runs], device=device)
         self.n = torch.tensor([s.n for s in self.runs], device=device)
         self.width = max(s.batch_size for s in self.runs)
-        self._lanes = torch.arange(self.width, device=device)
-        self.valid = self._lanes < self.batch[:, None]  # (R, width)
+        self.valid = torch.arange(self.width, device=device) < self.batch[:, None]  # (R, width)
+        self._counter = torch.zeros(1, dtype=torch.int32, device=device)
+        self._ids: torch.Tensor | None = None
 
     def prepare(self, step: int) -> None:
         for s in self.runs:
@@ -116,8 +130,14 @@ class PackSampler:
             return None
         return min(s.steps_to_epoch(step) for s in self.runs)
 
+    def draw(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
+             base: torch.Tensor | None = None):
+        """Every run's next batch, (R, width, ...): run r's rows of (x, y, mask) start at ``base[r]`` (int64 (R,))."""
+        return kernels.draw_batch(self.perm, self.offset, self.n, self.batch, self.width, x, y, mask, base,
+                                  counter=self._counter)
+
     def next_indices(self) -> torch.Tensor:
-        """(R, width) indices into each run's training subset (device ops only)."""
-        idx = self.perm.gather(1, (self.offset[:, None] + self._lanes) % self.n[:, None])
-        self.offset.add_(self.batch).remainder_(self.n)
-        return idx
+        """(R, width) indices into each run's training subset: ``draw``'s rows of 0 .. n_max-1."""
+        if self._ids is None:
+            self._ids = torch.arange(self.perm.shape[1], device=self.perm.device)
+        return self.draw(self._ids[:, None], self._ids)[1]

@@ -99,9 +99,7 @@ class Run:
 
     def train_step(self) -> None:
         task = self.task
-        idx = self.sampler.next_indices()
-        x, y = task.train_x[idx], task.train_y[idx]
-        mask = None if task.train_mask is None else task.train_mask[idx]
+        x, y, mask = self.sampler.draw(task.train_x, task.train_y, task.train_mask)
         with self.autocast():
             logits = self.model(x, mask)
         loss = self.meter.loss(logits, y, self.cfg.backend)  # fp32 whatever the logits' dtype

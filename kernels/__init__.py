@@ -11,6 +11,7 @@ from .init import rescale_, scaled_init_, scaled_init_reference_
 from .fused_layer_norm import layer_norm, layer_norm_reference
 from .fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
 from .fused_cross_entropy import cross_entropy, cross_entropy_reference
+from .batch_draw import draw_batch, draw_batch_reference
 
 __all__ = [
     "attention", "attention_reference",
@@ -19,4 +20,5 @@ __all__ = [
     "layer_norm", "layer_norm_reference",
     "embedding_layer_norm", "embedding_layer_norm_reference",
     "cross_entropy", "cross_entropy_reference",
+    "draw_batch", "draw_batch_reference",
 ]

@@ -66,6 +66,7 @@ T_ADAMW = "tests/kernels/test_adamw.py"
 T_LN = "tests/kernels/test_layer_norm.py"
 T_EMB = "tests/kernels/test_fused_embedding.py"
 T_CE = "tests/kernels/test_cross_entropy.py"
+T_DRAW = "tests/kernels/test_batch_draw.py"
 T_INIT = "tests/kernels/test_init.py"
 T_INITREF = "tests/kernels/test_init_reference.py"
 T_MODELS = "tests/trainer/test_models.py"
@@ -163,6 +164,15 @@ MUTANTS: list[Mutant] = [
       ("dw, db = affine_part.view(2, runs, pos_blocks * chunks, n).sum(2)",
        "db, dw = affine_part.view(2, runs, pos_blocks * chunks, n).sum(2)"),
       "fused embedding backward: the LayerNorm's dweight and dbias swapped", [T_EMB]),
+    M("K25", "kernels", "kernels/batch_draw.py",
+      ("if ticket == R * blocks - 1:", "if ticket == 0:"),
+      "batch draw: the first program to finish advances the offsets, before the others have read them", [T_DRAW]),
+    M("K26", "kernels", "kernels/batch_draw.py",
+      ("        tl.store(COUNTER, 0)  # ready", "        pass  # ready"),
+      "batch draw: the ticket counter is not reset, so no later call advances the offsets", [T_DRAW]),
+    M("K27", "kernels", "kernels/batch_draw.py",
+      ("        rows += tl.load(BASE + run)", "        rows += 0"),
+      "batch draw: every run of a pack reads the first run's training set", [T_DRAW]),
     # -- models ----------------------------------------------------------------------------------
     M("MO1", "models", "grokfast_train/models/encoder.py",
       ("return self.head(torch.tanh(self.pooler(first)))", "return self.head(self.pooler(first))"),
@@ -209,8 +219,8 @@ MUTANTS: list[Mutant] = [
       ('"test_loss": test_loss_sum / n,', '"test_loss": train_loss,'),
       "run: test_loss row holds the train loss", [T_PLUMB, T_RUN]),
     # -- sampler ---------------------------------------------------------------------------------
-    M("S1", "sampler", "grokfast_train/sampler.py",
-      ("self.offset.add_(self.batch_size).remainder_(self.n)", "self.offset.add_(self.batch_size - 1).remainder_(self.n)"),
+    M("S1", "sampler", "kernels/batch_draw.py",
+      ("tl.store(OFFSET + rs, (o + step) % size, mask=live)", "tl.store(OFFSET + rs, (o + step - 1) % size, mask=live)"),
       "sampler: consecutive batches overlap by one example", [T_SAMPLER]),
     M("S2", "sampler", "grokfast_train/sampler.py",
       ('if self.order == "shuffle" and step % self.batches_per_epoch == 0:',
@@ -422,10 +432,13 @@ T_PADAMW = "tests/kernels/test_packed_adamw.py"
 
 # Packed runs: each bug would make a packed run differ from its solo run.
 PACK_MUTANTS: list[Mutant] = [
-    M("P1", "pack", "grokfast_train/sampler.py",
-      ("idx = self.perm.gather(1, (self.offset[:, None] + self._lanes) % self.n[:, None])",
-       "idx = self.perm.gather(1, (self.offset[:, None] + self._lanes) % self.n.max())"),
-      "pack sampler: every run wraps at the largest subset's size", [T_PACK]),
+    M("P1", "pack", "kernels/batch_draw.py",
+      ("    n = tl.load(N + run)\n", "    n = tl.load(N + 0)\n"),
+      "pack sampler: every run wraps at the first run's subset size", [T_PACK]),
+    M("P1b", "pack", "kernels/batch_draw.py",
+      ("rows = perm.gather(1, (offset[:, None] + lanes) % n[:, None])",
+       "rows = perm.gather(1, (offset[:, None] + lanes) % n.max())"),
+      "the draw's reference (the CPU path): every run wraps at the largest subset's size", [T_DRAW]),
     M("P2", "pack", "grokfast_train/pack.py",
       ("self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()",
        "self.weights = (self.sampler.valid / self.sampler.width).float()"),

@@ -106,6 +106,39 @@ def test_embedding_layer_norm_matches_reference():
         torch.testing.assert_close(a, b, atol=1e-3 * max(1, b.abs().max().item()), rtol=1e-4)
 
 
+@pytest.mark.parametrize("length,width", [(7, 2873), (256, 4096)])
+def test_draw_batch_matches_reference_over_many_calls_and_graph_replays(length, width):
+    # thousands of programs race for the last ticket: no program may read an offset after it moved,
+    # and the counter must be back at 0 for every next call (eager, then replayed from a graph)
+    g = torch.Generator().manual_seed(4)
+    sizes = [3000, 2873, 4100]
+    perm = torch.stack([torch.cat([torch.randperm(n, generator=g), torch.zeros(4100 - n, dtype=torch.long)])
+                        for n in sizes]).cuda()
+    x = torch.randint(0, 30000, (sum(sizes), length), generator=g).cuda()
+    y = torch.randint(0, 2, (sum(sizes),), generator=g).cuda()
+    mask = (torch.rand(sum(sizes), length, generator=g) > 0.3).cuda()
+    n, batch = torch.tensor(sizes).cuda(), torch.tensor([width, 1000, 333]).cuda()
+    base = torch.tensor([0, sizes[0], sizes[0] + sizes[1]]).cuda()
+    o_kernel, o_ref = torch.tensor([5, 2872, 0]).cuda(), torch.tensor([5, 2872, 0]).cuda()
+    counter = torch.zeros(1, dtype=torch.int32, device="cuda")
+
+    def check():
+        want = kernels.draw_batch_reference(perm, o_ref, n, batch, width, x, y, mask, base)
+        for a, b in zip(out, want):
+            assert torch.equal(a, b)
+        assert torch.equal(o_kernel, o_ref) and counter.item() == 0
+
+    for _ in range(20):
+        out = kernels.draw_batch(perm, o_kernel, n, batch, width, x, y, mask, base, counter)
+        check()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernels.draw_batch(perm, o_kernel, n, batch, width, x, y, mask, base, counter)
+    for _ in range(20):
+        graph.replay()
+        check()
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Embedding(1000, 64), torch.nn.Linear(64, 64), torch.nn.LayerNorm(64),

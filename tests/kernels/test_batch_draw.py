@@ -90,9 +90,10 @@ def test_one_launch_per_draw_and_the_reference_agrees(monkeypatch):
     spy = LaunchSpy(draw_mod._draw_kernel)
     monkeypatch.setattr(draw_mod, "_draw_kernel", spy)
     g = torch.Generator().manual_seed(5)
-    perm = torch.stack([torch.randperm(7, generator=g), torch.randperm(7, generator=g)])
-    x, y = torch.randint(0, 99, (14, 6), generator=g), torch.randint(0, 9, (14,), generator=g)
-    args = (torch.tensor([7, 7]), torch.tensor([3, 2]), 3, x, y, None, torch.tensor([0, 7]))
+    perm = torch.stack([torch.cat([torch.randperm(7, generator=g), torch.zeros(2, dtype=torch.long)]),
+                        torch.randperm(9, generator=g)])
+    x, y = torch.randint(0, 99, (16, 6), generator=g), torch.randint(0, 9, (16,), generator=g)
+    args = (torch.tensor([7, 9]), torch.tensor([3, 2]), 3, x, y, None, torch.tensor([0, 7]))
     o_kernel, o_ref = torch.tensor([2, 6]), torch.tensor([2, 6])
     counter = torch.zeros(1, dtype=torch.int32)
     for _ in range(3):

@@ -3,11 +3,33 @@
 A training loop checks the flag between steps (so a checkpoint is never half a step); a sweep
 checks it between runs (so nothing new starts). Flags nest: a Ctrl-C taken by a run's flag is passed
 on to the sweep's when the run's ends, even if the run then finished normally (it was at its end).
+
+A sweep's worker process holds a Ctrl-C that finds no flag up (``hold_interrupts``): it is idle, or its
+run has not started its loop yet; every flag it raises afterwards starts set, so that run checkpoints
+at its first host point and stops.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+from typing import Callable
+
+
+_held = False  # a SIGINT came while no StopFlag was up (hold_interrupts)
+
+
+def hold_interrupts(orphaned: Callable[[], bool] = lambda: False) -> None:
+    """From now on a SIGINT outside any StopFlag is held for every later one (a sweep's worker process);
+    or, when ``orphaned()`` (the process this one works for has died), it ends this process at once:
+    no flag is up, so nothing is training, and no one is left to report to."""
+    def hold(signum, frame) -> None:
+        global _held
+        if orphaned():
+            os._exit(130)
+        _held = True
+
+    signal.signal(signal.SIGINT, hold)
 
 
 class StopFlag:
@@ -21,6 +43,7 @@ class StopFlag:
         self.set = True
 
     def __enter__(self):
+        self.set = _held
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler

@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,7 +43,7 @@ from . import resources, rundir
 from .checkpoint import CHECKPOINT, save_json
 from .config import Config, legacy_value, resolve
 from .errors import GrokfastError, RunLocked, UsageError, word_or_int
-from .interrupt import StopFlag
+from .interrupt import StopFlag, hold_interrupts
 from .metrics import generalised_for, landmarks_text
 
 SWEEP_FILE = "sweep.json"
@@ -394,11 +395,11 @@ def _run_local(units: list[list[dict]], threads: int, jobs: int, stop: StopFlag)
 
     # Never more tasks handed out than workers: after a Ctrl-C nothing new starts.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init) as pool, _sigint_forwarded_to_workers():
+                             initializer=_worker_init, initargs=(os.getpid(),)) as pool, _sigint_forwarded_to_workers():
         pending, queue = set(), list(units)
         while queue or pending:
             while queue and len(pending) < jobs and not stop.set:
-                pending.add(pool.submit(train_unit, queue.pop(0), threads))
+                pending.add(pool.submit(_train_unit_in_worker, queue.pop(0), threads, os.getpid()))
             if not pending:
                 return
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -406,12 +407,38 @@ def _run_local(units: list[list[dict]], threads: int, jobs: int, stop: StopFlag)
                 yield future.result()
 
 
-def _worker_init() -> None:
+def _worker_init(sweep_pid: int) -> None:
     """A worker process leaves the sweep's process group, so that every Ctrl-C reaches it once, through
     the sweep (``_sigint_forwarded_to_workers``), whether it came from a terminal (the whole group) or
-    was sent to the sweep's pid alone; an idle worker ignores it, a training Run handles it."""
+    was sent to the sweep's pid alone; a training Run handles it, an idle worker holds it (nothing new
+    is handed out after a Ctrl-C anyway). If the sweep dies, however it dies (a SIGKILL, an OOM kill),
+    the worker takes a SIGINT too: a training run checkpoints and stops, and the worker exits, rather than
+    training on for no one, holding its run directory's lock and its share of the machine."""
     os.setpgrp()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hold_interrupts(orphaned=lambda: os.getppid() != sweep_pid)
+    _sigint_when_parent_dies(sweep_pid)
+
+
+def _train_unit_in_worker(cfg_dicts: list[dict[str, Any]], threads: int | None, sweep_pid: int) -> list[dict]:
+    results = train_unit(cfg_dicts, threads)
+    if os.getppid() != sweep_pid:  # the sweep died while this trained: its run has checkpointed; no one waits
+        os._exit(130)
+    return results
+
+
+def _sigint_when_parent_dies(parent_pid: int) -> None:
+    """Linux's parent-death signal (prctl PR_SET_PDEATHSIG); elsewhere nothing (the worker then notices
+    only when it next talks to the dead sweep, after its run)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 @contextlib.contextmanager

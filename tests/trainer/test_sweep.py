@@ -193,6 +193,52 @@ def test_a_sigint_to_a_parallel_sweep_stops_its_running_runs(tmp_path):
     assert len(metrics(out / NAMES[1])) > stopped_at and metrics(tmp_path / "solo") == metrics(out / NAMES[1])
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie is not: an orphan waits there until whoever adopted it reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
+    """SIGKILL to the sweep (no handler runs): its workers take a SIGINT from the kernel, so their runs
+    checkpoint and stop and free their run directories, rather than training on for no one."""
+    from grokfast_train.rundir import lock_holder
+
+    out = tmp_path / "s"
+    args = [sys.executable, "-m", "grokfast_train.cli", "sweep", *TINY, *GRID, "--out", str(out), "--jobs", "2"]
+    args[args.index("30")] = str(10 ** 7)  # never done by itself
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    running = [out / name for name in NAMES[:2]]
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while not all((d / "metrics.jsonl").exists() and len((d / "metrics.jsonl").read_text().splitlines()) >= 2
+                      for d in running):
+            assert child.poll() is None and time.time() < deadline, child.communicate()
+            time.sleep(0.05)
+        workers = [int(lock_holder(d)) for d in running]
+        child.kill()
+        child.wait()
+        deadline = time.time() + 60
+        while any(_alive(pid) for pid in workers):
+            assert time.time() < deadline, "the workers of a killed sweep are still there"
+            time.sleep(0.1)
+        assert all(lock_holder(d) is None for d in running)
+        for d in running:  # stopped as by a Ctrl-C: checkpointed, resumable
+            assert "interrupted at step" in (d / "train.log").read_text()
+            assert (d / "checkpoint.pt").exists() and not (d / "summary.json").exists()
+        child.stdout.close(), child.stderr.close()
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_ray_executor_gives_the_same_runs(finished, tmp_path):
     """A real local Ray instance, each run a task: the runs equal the local executor's (two of them,
     to keep Ray's start-up the main cost)."""

@@ -38,6 +38,7 @@ from .errors import RunError, UsageError
 from .loggers import open_loggers
 from .metrics import landmarks_text, summarize
 from .models import build_model, ops, resolve_backend
+from .models.deferred import deferred
 from .models.runs import bind_run, run_state, stack_states
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
@@ -189,11 +190,12 @@ class PackedRun:
         """Every run's gradient from one stacked forward and backward; each run's loss sum, correct count and
         batch size added to its row of ``sums`` by the loss."""
         self.opt.zero_grad()
-        with self.autocast():
-            logits = self.model(x, mask)  # (R, width, classes)
-        # each run's mean over its own batch: its valid lanes, weighted 1 / its batch size
-        losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend)
-        losses.sum().backward()  # runs share no weight: each gets the gradient of its own loss
+        with deferred(on=self.cfg.backend == "triton"):  # weight gradients in one launch (models/deferred.py)
+            with self.autocast():
+                logits = self.model(x, mask)  # (R, width, classes)
+            # each run's mean over its own batch: its valid lanes, weighted 1 / its batch size
+            losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend)
+            losses.sum().backward()  # runs share no weight: each gets the gradient of its own loss
 
     def _run_by_run_grads(self, x, y, mask) -> None:
         """The same, one live run at a time on its own batch (its valid lanes, a prefix): its solo step's

@@ -27,6 +27,7 @@ from .loggers import open_loggers
 from .metrics import (IntervalMeter, first_step, generalised_for, landmarks_text, summarize, weight_norm,
                       weight_norm_tensor)
 from .models import build_model, ops, resolve_backend
+from .models.deferred import deferred
 from .optim import build_optimizer
 from .progress import Reporter, format_eval
 from .sampler import EpochSampler
@@ -100,11 +101,13 @@ class Run:
     def train_step(self) -> None:
         task = self.task
         x, y, mask = self.sampler.draw(task.train_x, task.train_y, task.train_mask)
-        with self.autocast():
-            logits = self.model(x, mask)
-        loss = self.meter.loss(logits, y, self.cfg.backend)  # fp32 whatever the logits' dtype
-        self.opt.zero_grad()
-        loss.backward()
+        # triton: the linear layers' weight gradients, all in one launch after the backward (models/deferred.py)
+        with deferred(on=self.cfg.backend == "triton"):
+            with self.autocast():
+                logits = self.model(x, mask)
+            loss = self.meter.loss(logits, y, self.cfg.backend)  # fp32 whatever the logits' dtype
+            self.opt.zero_grad()
+            loss.backward()
         if self.grad_filter is not None:
             self.grad_filter.apply_()
         self.opt.step()

@@ -12,6 +12,7 @@ from .fused_layer_norm import layer_norm, layer_norm_reference
 from .fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
 from .fused_cross_entropy import cross_entropy, cross_entropy_reference
 from .batch_draw import draw_batch, draw_batch_reference
+from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_reference
 
 __all__ = [
     "attention", "attention_reference",
@@ -21,4 +22,5 @@ __all__ = [
     "embedding_layer_norm", "embedding_layer_norm_reference",
     "cross_entropy", "cross_entropy_reference",
     "draw_batch", "draw_batch_reference",
+    "WeightGrad", "linear_weight_grads", "linear_weight_grads_reference",
 ]

@@ -30,3 +30,15 @@ def check_dtype(name: str, t: torch.Tensor, supported: tuple[torch.dtype, ...]) 
     if t.dtype not in supported:
         names = ", ".join(str(d).removeprefix("torch.") for d in supported)
         raise ValueError(f"{name} has dtype {str(t.dtype).removeprefix('torch.')}; supported: {names}")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for fp32 operands, following PyTorch's fp32-matmul switch."""
+    if dtype != torch.float32:
+        return "tf32"  # ignored for 16-bit operands
+    matmul = torch.backends.cuda.matmul
+    try:
+        tf32 = matmul.allow_tf32
+    except RuntimeError:  # torch >= 2.9 refuses the legacy read after the new API was used
+        tf32 = getattr(matmul, "fp32_precision", "ieee") == "tf32"
+    return "tf32" if tf32 else "tf32x3"

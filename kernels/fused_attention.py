@@ -55,6 +55,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from ._dispatch import INTERPRET, check_dtype, use_triton
+from ._dispatch import dot_precision as _dot_precision  # (a module name: the tests patch it)
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 128
@@ -412,18 +413,6 @@ def _block_config(kernel: str, block_d: int, even_d: bool, mode: str, lq: int) -
             block_m, warps = 16, 4
             stages = 1 if (mode, kernel) == ("tf32x3", "dq") else stages
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision for fp32 operands, following PyTorch's fp32-matmul switch."""
-    if dtype != torch.float32:
-        return "tf32"  # ignored for 16-bit operands
-    matmul = torch.backends.cuda.matmul
-    try:
-        tf32 = matmul.allow_tf32
-    except RuntimeError:  # torch >= 2.9 refuses the legacy read after the new API was used
-        tf32 = getattr(matmul, "fp32_precision", "ieee") == "tf32"
-    return "tf32" if tf32 else "tf32x3"
 
 
 def _launch(kind: str, grid, *args, d: int, lq: int, dtype: torch.dtype, precision: str) -> None:

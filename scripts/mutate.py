@@ -67,6 +67,8 @@ T_LN = "tests/kernels/test_layer_norm.py"
 T_EMB = "tests/kernels/test_fused_embedding.py"
 T_CE = "tests/kernels/test_cross_entropy.py"
 T_DRAW = "tests/kernels/test_batch_draw.py"
+T_WG = "tests/kernels/test_weight_grads.py"
+T_DEF = "tests/trainer/test_deferred.py"
 T_INIT = "tests/kernels/test_init.py"
 T_INITREF = "tests/kernels/test_init_reference.py"
 T_MODELS = "tests/trainer/test_models.py"
@@ -173,6 +175,25 @@ MUTANTS: list[Mutant] = [
     M("K27", "kernels", "kernels/batch_draw.py",
       ("        rows += tl.load(BASE + run)", "        rows += 0"),
       "batch draw: every run of a pack reads the first run's training set", [T_DRAW]),
+    M("K28", "kernels", "kernels/weight_grads.py",
+      ("p = tl.where(pid >= tl.load(META + i * 12 + 10), i, p)", "p = tl.where(pid > tl.load(META + i * 12 + 10), i, p)"),
+      "weight grads: a layer's first program computes the layer before it", [T_WG]),
+    M("K29", "kernels", "kernels/weight_grads.py",
+      ("        if tile_k == 0:", "        if True:"),
+      "weight grads: every column of tiles adds the bias, not the first alone", [T_WG]),
+    M("K30", "kernels", "kernels/weight_grads.py",
+      ("    accumulate = (flags & 2) != 0", "    accumulate = False"),
+      "weight grads: a gradient already there is overwritten, not added to", [T_WG]),
+    M("D1", "models", "grokfast_train/models/deferred.py",
+      ("                add = any(p.grad is not None for p in params)", "                add = False"),
+      "deferred linear: the tied head's gradient replaces the embedding's", [T_DEF]),
+    M("D2", "models", "grokfast_train/models/deferred.py",
+      ("            wave = next((w for w in waves if all(item[2] is not other[2] for other in w)), None)",
+       "            wave = waves[0] if waves else None"),
+      "deferred linear: a weight used twice written by two programs of one launch", [T_DEF]),
+    M("D3", "models", "grokfast_train/models/deferred.py",
+      ("        ctx.pending.items.append((x2, dy2, *ctx.params))", "        ctx.pending.items.append((x2, dy2, ctx.params[0], None))"),
+      "deferred linear: the bias gradient is dropped", [T_DEF]),
     # -- models ----------------------------------------------------------------------------------
     M("MO1", "models", "grokfast_train/models/encoder.py",
       ("return self.head(torch.tanh(self.pooler(first)))", "return self.head(self.pooler(first))"),

@@ -45,11 +45,20 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     # the loss, its gradient and the meter: the fused pair, then one product by the incoming gradient
     assert solo["triton._ce_fwd_kernel"] == solo["triton._ce_reduce_kernel"] == 1
     assert not {"aten._log_softmax", "aten.nll_loss_forward", "aten.argmax", "aten.stack"} & solo.keys()
+    # the batch: one draw (indices, rows, offset) -- no index arithmetic, gathers or offset updates
+    assert solo["triton._draw_kernel"] == 1
+    assert not {"aten.index", "aten.index_select", "aten.remainder", "aten.remainder_"} & solo.keys()
+    # every linear layer's weight and bias gradient (and the tied head's) in one launch: the backward's
+    # products are the input gradients alone, one per layer (7 forward, 7 backward), and no bias is summed
+    # apart (the sums left: the two LayerNorms' partials and the position table's gradient)
+    assert solo["triton._weight_grad_kernel"] == 1
+    assert solo["aten.mm"] + solo["aten.addmm"] == 7 + 7 and solo["aten.sum"] == 3
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["aten.bmm"] > 0 and pack["aten.baddbmm"] > 0  # one batched product for all runs
     assert pack["aten.addmm"] == 0  # not R products per layer (the CPU's per-run path)
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
     assert pack["triton._ce_fwd_kernel"] == pack["triton._ce_reduce_kernel"] == 1  # every run's loss at once
+    assert pack["triton._draw_kernel"] == pack["triton._weight_grad_kernel"] == 1
     # and the switches are put back
     from grokfast_train.models import runs
     from grokfast_train.models.embedding_sum import EmbeddingSum

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .deferred import Linear
 from .embedding_sum import EmbeddingSum
 from .runs import RunLayerNorm, RunLinear
 
@@ -33,7 +34,7 @@ class Block(nn.Module):
         self.heads, self.causal, self.gelu = heads, causal, gelu  # gelu: "none" (erf) | "tanh"
         self.backend = ops.check_backend(backend)
         if runs is None:
-            linear, norm = nn.Linear, lambda n: nn.LayerNorm(n, eps=ln_eps)
+            linear, norm = Linear, lambda n: nn.LayerNorm(n, eps=ln_eps)
         else:
             linear, norm = (lambda i, o: RunLinear(runs, i, o)), (lambda n: RunLayerNorm(runs, n, ln_eps))
         # separate q/k/v projections: the readout-only path projects queries at one row only

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import deferred
+
 
 class RunLinear(nn.Module):
     """R linear layers: x (R, ..., in) -> (R, ..., out), run r through weight[r] (out, in) and bias[r]."""
@@ -27,6 +29,8 @@ class RunLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(runs, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if deferred.active():
+            return deferred.linear(x, self.weight, self.bias)
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         if one_launch(x):
             y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))
@@ -194,6 +198,8 @@ def leading_rows(table: torch.Tensor, n: int) -> torch.Tensor:
 
 def tied_head(h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Logits against an embedding table (a tied LM head): h (..., C) -> (..., V)."""
+    if deferred.active():
+        return deferred.linear(h, table)
     if table.dim() == 2:
         return nn.functional.linear(h, table)
     t = table.transpose(-1, -2)  # (R, C, V)

@@ -139,6 +139,29 @@ def test_draw_batch_matches_reference_over_many_calls_and_graph_replays(length, 
         check()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_weight_grads_match_reference_at_the_step_shapes(dtype):
+    # the modular step's layers (q/o/head at 512 readout rows, k/v at 3,072 positions, the FFN), the
+    # IMDB head's 2 classes, and a pack's (R, N, K) layer; fp32 runs tf32x3 on tensor cores
+    g = torch.Generator(device="cuda").manual_seed(5)
+    shapes = [(None, 3072, 128, 128), (None, 512, 128, 512), (None, 512, 512, 128), (None, 512, 128, 117),
+              (None, 128, 128, 2), (4, 512, 128, 128)]
+    problems, want = [], []
+    for i, (runs, m, k, n) in enumerate(shapes):
+        lead = () if runs is None else (runs,)
+        x = torch.randn(*lead, m, k, device="cuda", generator=g).to(dtype)
+        dy = torch.randn(*lead, m, n, device="cuda", generator=g).to(dtype)
+        dw, db = torch.randn(*lead, n, k, device="cuda", generator=g), torch.randn(*lead, n, device="cuda", generator=g)
+        problems.append(kernels.WeightGrad(x, dy, dw, None if i == 3 else db, i % 2 == 1))
+        want.append(kernels.WeightGrad(x.double(), dy.double(), dw.double(), None if i == 3 else db.double(), i % 2 == 1))
+    kernels.linear_weight_grads_reference(want)
+    kernels.linear_weight_grads(problems)
+    for got, ref in zip(problems, want):
+        for a, b in ((got.dw, ref.dw), (got.db, ref.db)):
+            if b is not None:
+                assert (a.double() - b).abs().max().item() <= 5e-5 * max(1.0, b.abs().max().item())
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Embedding(1000, 64), torch.nn.Linear(64, 64), torch.nn.LayerNorm(64),

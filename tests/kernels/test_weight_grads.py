@@ -1,0 +1,92 @@
+"""kernels.weight_grads: the Triton kernel (under the interpreter) against dyᵀ x and Σ dy in float64.
+
+Error: max |kernel - reference| / max(1, max |reference|), for dw and db. The interpreter computes fp32
+dots exactly (whatever the precision mode) and bf16 products are exact in fp32, so both dtypes are held
+to fp32 summation-order error."""
+
+import importlib
+
+import pytest
+import torch
+
+from kernels.weight_grads import MAX_PROBLEMS, WeightGrad, linear_weight_grads, linear_weight_grads_reference
+from tests.kernels.launch_spy import LaunchSpy
+
+wg_mod = importlib.import_module("kernels.weight_grads")
+TOL = 1e-5
+
+
+def _problem(g, runs, m, k, n, bias, accumulate, dtype=torch.float32, pad=3):
+    lead = () if runs is None else (runs,)
+    x = torch.randn(*lead, m, k + pad, generator=g).to(dtype)[..., :k]  # rows of a larger stride
+    dy = torch.randn(*lead, m, n, generator=g).to(dtype)
+    dw = torch.randn(*lead, n, k, generator=g)
+    db = torch.randn(*lead, n, generator=g) if bias else None
+    return WeightGrad(x, dy, dw, db, accumulate)
+
+
+def _check(problems):
+    want = [WeightGrad(q.x.double(), q.dy.double(), q.dw.double(), None if q.db is None else q.db.double(),
+                       q.accumulate) for q in problems]
+    linear_weight_grads_reference(want)
+    linear_weight_grads(problems)
+    for i, (got, ref) in enumerate(zip(problems, want)):
+        for name, a, b in (("dw", got.dw, ref.dw), ("db", got.db, ref.db)):
+            if b is None:
+                continue
+            err = (a.double() - b).abs().max().item() / max(1.0, b.abs().max().item())
+            assert err <= TOL, f"problem {i} {name}: error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_step_of_odd_layers_in_one_launch(dtype, monkeypatch):
+    spy = LaunchSpy(wg_mod._weight_grad_kernel)
+    monkeypatch.setattr(wg_mod, "_weight_grad_kernel", spy)
+    g = torch.Generator().manual_seed(0)
+    problems = [_problem(g, None, 70, 40, 37, True, False, dtype),  # more rows than one block, ragged tiles
+                _problem(g, None, 5, 40, 2, True, True, dtype),  # a two-class head, added to a gradient
+                _problem(g, None, 33, 20, 33, False, False, dtype),  # no bias
+                _problem(g, 3, 19, 24, 17, True, False, dtype),  # a pack's layer: one (N, K) per run
+                _problem(g, 2, 40, 48, 40, False, True, dtype)]
+    _check(problems)
+    assert len(spy.calls) == 1
+
+
+def test_more_layers_than_one_launch_takes():
+    g = torch.Generator().manual_seed(1)
+    _check([_problem(g, None, 9 + i, 16, 18, i % 2 == 0, i % 3 == 0) for i in range(MAX_PROBLEMS + 3)])
+
+
+def test_every_problem_count_finds_its_programs():
+    # P problems of different sizes: each program must find its own problem in the table
+    g = torch.Generator().manual_seed(2)
+    for p in range(1, MAX_PROBLEMS + 1):
+        _check([_problem(g, None if i % 2 else 2, 3 + 7 * i, 16 + 8 * (i % 3), 5 + 11 * i, True, False)
+                for i in range(p)])
+
+
+def test_a_pack_gradient_into_strided_views_of_one_buffer():
+    # PackedAdamW's layout: a run's (N, K) block is contiguous, runs are apart by more than N·K
+    g = torch.Generator().manual_seed(3)
+    runs, m, k, n = 3, 21, 40, 19  # two column tiles: the bias is added once, by the first
+    flat = torch.randn(runs, n * k + n + 5, generator=g)
+    dw = flat[:, :n * k].view(runs, n, k)
+    db = flat[:, n * k:n * k + n]
+    x, dy = torch.randn(runs, m, k, generator=g), torch.randn(runs, m, n, generator=g)
+    untouched = flat[:, -5:].clone()
+    _check([WeightGrad(x, dy, dw, db, True)])
+    assert torch.equal(flat[:, -5:], untouched)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(dy=torch.zeros(6, 3, dtype=torch.bfloat16)), "of one dtype"),
+    (dict(dw=torch.zeros(3, 4, dtype=torch.float64)), "dw must be float32 (3, 4)"),
+    (dict(dw=torch.zeros(4, 3)), "dw must be float32 (3, 4)"),
+    (dict(db=torch.zeros(4)), "db must be float32 (3,)"),
+    (dict(x=torch.zeros(4, 6).t()), "contiguous rows"),
+])
+def test_bad_problems_get_one_clear_error(bad, message):
+    q = dict(x=torch.zeros(6, 4), dy=torch.zeros(6, 3), dw=torch.zeros(3, 4), db=None)
+    q.update(bad)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        linear_weight_grads([WeightGrad(**q)])

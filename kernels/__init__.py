@@ -13,6 +13,7 @@ from .fused_embedding import embedding_layer_norm, embedding_layer_norm_referenc
 from .fused_cross_entropy import cross_entropy, cross_entropy_reference
 from .batch_draw import draw_batch, draw_batch_reference
 from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_reference
+from .token_embedding import token_position_embedding, token_position_embedding_reference
 
 __all__ = [
     "attention", "attention_reference",
@@ -23,4 +24,5 @@ __all__ = [
     "cross_entropy", "cross_entropy_reference",
     "draw_batch", "draw_batch_reference",
     "WeightGrad", "linear_weight_grads", "linear_weight_grads_reference",
+    "token_position_embedding", "token_position_embedding_reference",
 ]

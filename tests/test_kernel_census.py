@@ -37,8 +37,10 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     solo = census.step_census("modular", "triton", 1, str(tmp_path / "solo"), **SMALL)
     assert solo["triton._fused_adamw_kernel"] == 1  # one optimiser launch for every parameter
     assert solo["triton._layer_norm_fwd_kernel"] == solo["triton._layer_norm_bwd_kernel"] == 2
-    # one gather of the token table and its backward; the CPU's table projection gathers from three more
-    assert solo["aten.embedding"] == solo["aten.embedding_dense_backward"] == 1
+    # the token and position rows: one kernel each way (no gather + add, no embedding_dense_backward, no
+    # sum and slice_backward for the positions); the CPU's table projection would gather from three more
+    assert solo["triton._embed_fwd_kernel"] == solo["triton._embed_bwd_kernel"] == 1
+    assert not {"aten.embedding", "aten.embedding_dense_backward"} & solo.keys()
     # no copies: not of the meter's slices onto themselves (`sums[i] += x` assigns back through
     # __setitem__), nor of gradients into the optimiser's views (FusedAdamW gathers them in one op)
     assert solo["aten.copy_"] == 0 and solo["aten._foreach_copy_"] == 1
@@ -50,15 +52,16 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     assert not {"aten.index", "aten.index_select", "aten.remainder", "aten.remainder_"} & solo.keys()
     # every linear layer's weight and bias gradient (and the tied head's) in one launch: the backward's
     # products are the input gradients alone, one per layer (7 forward, 7 backward), and no bias is summed
-    # apart (the sums left: the two LayerNorms' partials and the position table's gradient)
+    # apart (the sums left: the two LayerNorms' partials)
     assert solo["triton._weight_grad_kernel"] == 1
-    assert solo["aten.mm"] + solo["aten.addmm"] == 7 + 7 and solo["aten.sum"] == 3
+    assert solo["aten.mm"] + solo["aten.addmm"] == 7 + 7 and solo["aten.sum"] == 2
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["aten.bmm"] > 0 and pack["aten.baddbmm"] > 0  # one batched product for all runs
     assert pack["aten.addmm"] == 0  # not R products per layer (the CPU's per-run path)
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
     assert pack["triton._ce_fwd_kernel"] == pack["triton._ce_reduce_kernel"] == 1  # every run's loss at once
     assert pack["triton._draw_kernel"] == pack["triton._weight_grad_kernel"] == 1
+    assert pack["triton._embed_fwd_kernel"] == pack["triton._embed_bwd_kernel"] == 1
     # and the switches are put back
     from grokfast_train.models import runs
     from grokfast_train.models.embedding_sum import EmbeddingSum

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import ops
 from .block import Block
 from .embedding_sum import EmbeddingSum
 from .runs import RunEmbedding, leading_rows, tied_head
@@ -34,6 +35,7 @@ class Decoder(nn.Module):
         self.max_len = max_len
         self.readout_pos = readout_pos  # default for forward(); negative counts from the end
         self.readout_only = readout_only  # False: run everything everywhere, then pick readout_pos
+        self.backend = ops.check_backend(backend)
         embedding = nn.Embedding if runs is None else lambda n, c: RunEmbedding(runs, n, c)
         self.tok_emb = embedding(vocab_size, hidden)
         self.pos_emb = embedding(max_len, hidden)
@@ -50,7 +52,7 @@ class Decoder(nn.Module):
         if query_pos is not None and EmbeddingSum.worth_it(x, self.tok_emb.weight):
             h = EmbeddingSum(x, self.tok_emb.weight, pos)  # the first layer projects the tables, not B·L rows
         else:  # (forward_all, query_pos None, stays the plain computation the tests compare against)
-            h = self.tok_emb(x) + pos
+            h = ops.token_position_embedding(x, self.tok_emb, self.pos_emb, self.backend)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, query_pos=query_pos if i == last else None)

@@ -92,6 +92,18 @@ def embeddings(x: torch.Tensor, word: nn.Embedding, pos: nn.Embedding, type_: nn
     return layer_norm(word(x) + type_.weight[0] + pos.weight[:x.shape[1]], ln, backend=backend)
 
 
+def token_position_embedding(x: torch.Tensor, tok: nn.Module, pos: nn.Module, backend: str = "torch") -> torch.Tensor:
+    """GPT's input ``tok[x] + pos[:L]``: one kernel each way under triton (``kernels.token_position_embedding``,
+    a deterministic backward without the sort that ``embedding_dense_backward`` does past 3,072 ids), for
+    tables of up to its ``MAX_V`` rows in all; PyTorch's gather and add otherwise. A pack's tables are
+    (R, V, C) and (R, P, C), its ids (R, B, L)."""
+    if backend == "triton":
+        te = importlib.import_module("kernels.token_embedding")
+        if tok.weight.shape[-2] + pos.weight.shape[-2] <= te.MAX_V and tok.weight.shape[-1] <= te.MAX_C:
+            return te.token_position_embedding(x, tok.weight, pos.weight)
+    return tok(x) + leading_rows(pos.weight, x.shape[-1])
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
                   sums: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
     """Per run ``sum_b weight[b] * CE(logits[b], targets[b])`` (default: the batch mean), and with ``sums``

@@ -1,0 +1,213 @@
+"""A decoder's input, ``tok[ids] + pos[:L]``, and a deterministic backward for small vocabularies:
+``token_position_embedding(ids, tok, pos)``.
+
+GPT's input is the token row plus the position row. In PyTorch that is a gather and an add, and the
+backward three more: ``embedding_dense_backward`` for the token table (past 3,072 ids on CUDA it sorts
+the ids first, in several kernels; the modular task's full batch has ~17,000), a sum over the batch for
+the positions, and ``slice_backward`` to put those in a table of ``max_len`` rows. Here it is one
+launch each way:
+
+- forward: each program gathers a block of rows' token and position rows and adds them;
+- backward: each program owns a (BLOCK_V, BLOCK_D) block of one table's gradient -- token rows, or
+  position rows -- and walks every id of the batch: ``d += onehot(ids == v)ᵀ dx`` on the tensor cores
+  (for positions the "ids" are the rows' positions). A position row past L gets 0. No atomics and no
+  sort: every element is written by one program, in a fixed order, so a step repeats to the bit.
+
+The one-hot product costs (V + max_len) / BLOCK_V programs' walks over the batch, which is what the
+modular task's 117 tokens afford and a 30,522-word vocabulary does not: ``MAX_V`` caps the tables
+(the trainer keeps PyTorch's ops past it).
+
+Arguments: ``ids`` int64 (B, L) in [0, V) (not checked on the device), ``tok`` (V, C) and ``pos``
+(P, C) float32, L <= P; or, for R packed runs, ids (R, B, L), tok (R, V, C), pos (R, P, C), each run
+reading its own tables (the run axis of any stride, rows contiguous: ``PackedAdamW``'s views). Returns
+(B, L, C) / (R, B, L, C) float32, differentiable in both tables.
+
+CUDA tensors run Triton; CPU tensors run ``token_position_embedding_reference`` (or Triton under
+``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._compile import CompileSpec
+from ._dispatch import check_dtype, dot_precision, use_triton
+
+MAX_V = 2048  # rows of tok + pos the one-hot backward takes
+MAX_C = 1024
+_BLOCK_V, _BLOCK_N = 16, 64  # backward: table rows per program, ids per step of its walk
+_FWD_TILE = 2048  # forward: rows x padded C per program
+
+
+def _block_d(c: int) -> int:
+    return max(16, min(64, triton.next_power_of_2(c)))
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Every output buffer the kernels fill comes from here (tests poison it to catch unwritten memory)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@triton.jit
+def _embed_fwd_kernel(IDS, TOK, POS, OUT, n_rows, L, C, ids_rs, ids_bs, tok_rs, pos_rs, blocks,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    run = (pid // blocks).to(tl.int64)
+    rows = (pid % blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_C)
+    ok = (rows < n_rows)[:, None] & (cols < C)[None, :]
+    ids = tl.load(IDS + run * ids_rs + (rows // L).to(tl.int64) * ids_bs + rows % L, mask=rows < n_rows,
+                  other=0)
+    t = tl.load(TOK + run * tok_rs + ids[:, None] * C + cols[None, :], mask=ok, other=0.0)
+    p = tl.load(POS + run * pos_rs + (rows % L)[:, None] * C + cols[None, :], mask=ok, other=0.0)
+    tl.store(OUT + (run * n_rows + rows)[:, None] * C + cols[None, :], t + p, mask=ok)
+
+
+@triton.jit
+def _embed_bwd_kernel(IDS, DX, DTOK, DPOS, n_rows, L, C, V, P, ids_rs, ids_bs, tok_blocks, d_blocks,
+                      BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr):
+    run = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(0) // d_blocks
+    cols = (tl.program_id(0) % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    is_tok = blk < tok_blocks
+    first = tl.where(is_tok, blk, blk - tok_blocks) * BLOCK_V
+    table_rows = first + tl.arange(0, BLOCK_V)
+    # a position block past L has nothing to gather: its walk is empty and it stores zeros
+    walk = tl.where(is_tok | (first < L), n_rows, 0)
+    acc = tl.zeros([BLOCK_V, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, walk, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        live = rows < n_rows
+        if is_tok:
+            key = tl.load(IDS + run * ids_rs + (rows // L).to(tl.int64) * ids_bs + rows % L, mask=live, other=-1)
+        else:
+            key = tl.where(live, rows % L, -1).to(tl.int64)
+        onehot = (key[None, :] == table_rows[:, None]).to(tl.float32)
+        dx = tl.load(DX + (run * n_rows + rows)[:, None] * C + cols[None, :], mask=live[:, None] & (cols < C)[None, :],
+                     other=0.0)
+        acc = tl.dot(onehot, dx, acc, input_precision=DOT_PRECISION)
+    if is_tok:
+        tl.store(DTOK + (run * V + table_rows)[:, None] * C + cols[None, :], acc,
+                 mask=(table_rows < V)[:, None] & (cols < C)[None, :])
+    else:
+        tl.store(DPOS + (run * P + table_rows)[:, None] * C + cols[None, :], acc,
+                 mask=(table_rows < P)[:, None] & (cols < C)[None, :])
+
+
+def _runs(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 3 else t.unsqueeze(0)
+
+
+def _id_strides(ids: torch.Tensor) -> tuple[int, int]:
+    """(run stride, sequence stride) of (B, L) or (R, B, L) ids whose rows are contiguous (a decoder's
+    ids are a slice of the task's longer rows: read in place, not copied)."""
+    return (0 if ids.dim() == 2 else ids.stride(0)), ids.stride(-2)
+
+
+def _forward(ids, tok, pos):
+    tok3, pos3 = _runs(tok), _runs(pos)
+    runs, n_rows, c, length = tok3.shape[0], ids.shape[-2] * ids.shape[-1], tok.shape[-1], ids.shape[-1]
+    block_c = triton.next_power_of_2(c)
+    block_r = max(1, _FWD_TILE // block_c)
+    out = _empty((*ids.shape, c), torch.float32, ids.device)
+    blocks = triton.cdiv(n_rows, block_r)
+    if runs * blocks:
+        _embed_fwd_kernel[(runs * blocks,)](ids, tok3, pos3, out, n_rows, length, c, *_id_strides(ids),
+                                            tok3.stride(0), pos3.stride(0), blocks, BLOCK_R=block_r, BLOCK_C=block_c,
+                                            num_warps=4)
+    return out
+
+
+def _backward(ids, dx, tok_shape, pos_shape):
+    runs = 1 if len(tok_shape) == 2 else tok_shape[0]
+    v, c = tok_shape[-2:]
+    p = pos_shape[-2]
+    n_rows, length = ids.shape[-2] * ids.shape[-1], ids.shape[-1]
+    dtok = _empty(tok_shape, torch.float32, dx.device)
+    dpos = _empty(pos_shape, torch.float32, dx.device)
+    block_d = _block_d(c)
+    tok_blocks, d_blocks = triton.cdiv(v, _BLOCK_V), triton.cdiv(c, block_d)
+    grid = ((tok_blocks + triton.cdiv(p, _BLOCK_V)) * d_blocks, runs)
+    _embed_bwd_kernel[grid](ids, dx.float().contiguous(), dtok, dpos, n_rows, length, c, v, p, *_id_strides(ids),
+                            tok_blocks, d_blocks, BLOCK_V=_BLOCK_V, BLOCK_N=_BLOCK_N, BLOCK_D=block_d,
+                            DOT_PRECISION=dot_precision(torch.float32), num_warps=4)
+    return dtok, dpos
+
+
+class _EmbeddingFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, tok, pos):
+        ctx.save_for_backward(ids)
+        ctx.shapes = tok.shape, pos.shape
+        return _forward(ids, tok, pos)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dx):
+        (ids,) = ctx.saved_tensors
+        dtok, dpos = _backward(ids, dx, *ctx.shapes)
+        return None, dtok, dpos
+
+
+def token_position_embedding_reference(ids: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The executable spec, in PyTorch ops (differentiable by autograd)."""
+    length = ids.shape[-1]
+    if tok.dim() == 2:
+        return torch.nn.functional.embedding(ids, tok) + pos[:length]
+    rows = torch.stack([torch.nn.functional.embedding(ids[r], tok[r]) for r in range(tok.shape[0])])
+    return rows + pos[:, None, :length]
+
+
+def _check(ids, tok, pos) -> None:
+    for name, t in (("tok", tok), ("pos", pos)):
+        check_dtype(f"token_position_embedding: {name}", t, (torch.float32,))
+        if t.dim() != tok.dim() or t.stride(-1) != 1 or t.stride(-2) != t.shape[-1]:
+            raise ValueError(f"token_position_embedding: {name} must be (V, C), or (R, V, C) for a pack, with "
+                             f"contiguous rows; got {tuple(t.shape)}")
+    if tok.dim() not in (2, 3) or ids.dim() != tok.dim() or ids.dtype != torch.int64 \
+            or (tok.dim() == 3 and (ids.shape[0] != tok.shape[0] or pos.shape[0] != tok.shape[0])):
+        raise ValueError(f"token_position_embedding: ids int64 (B, L) with tables (V, C), or (R, B, L) with (R, V, C);"
+                         f" got ids {ids.dtype} {tuple(ids.shape)}, tok {tuple(tok.shape)}, pos {tuple(pos.shape)}")
+    if ids.stride(-1) != 1 and ids.shape[-1] > 1:
+        raise ValueError("token_position_embedding: ids need contiguous rows (last stride 1)")
+    if pos.shape[-1] != tok.shape[-1] or ids.shape[-1] > pos.shape[-2]:
+        raise ValueError(f"token_position_embedding: pos {tuple(pos.shape)} must have tok's width and at least "
+                         f"{ids.shape[-1]} rows")
+    if tok.shape[-2] + pos.shape[-2] > MAX_V or tok.shape[-1] > MAX_C:
+        raise ValueError(f"token_position_embedding: tables of {tok.shape[-2]} + {pos.shape[-2]} rows x "
+                         f"{tok.shape[-1]} unsupported; supported: at most {MAX_V} rows in all, width <= {MAX_C}")
+
+
+def token_position_embedding(ids: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``tok[ids] + pos[:L]`` (per run for a pack), differentiable in both tables; see the module docstring."""
+    _check(ids, tok, pos)
+    if not use_triton(ids, tok, pos):
+        return token_position_embedding_reference(ids, tok, pos)
+    return _EmbeddingFn.apply(ids, tok, pos)
+
+
+def compile_specs() -> list[CompileSpec]:
+    """Every configuration the launchers can pick: forward per padded width; backward per D block and precision."""
+    specs = []
+    for k in range(0, 11):  # BLOCK_C 1 ... 1024 = MAX_C
+        block_c = 2 ** k
+        specs.append(CompileSpec(
+            name=f"token_embedding_fwd[BLOCK_C={block_c}]", fn=_embed_fwd_kernel,
+            signature=dict(IDS="*i64", TOK="*fp32", POS="*fp32", OUT="*fp32", n_rows="i32", L="i32", C="i32",
+                           ids_rs="i32", ids_bs="i32", tok_rs="i64", pos_rs="i64", blocks="i32",
+                           BLOCK_R="constexpr", BLOCK_C="constexpr"),
+            constexprs=dict(BLOCK_R=max(1, _FWD_TILE // block_c), BLOCK_C=block_c), num_warps=4))
+    for block_d in (16, 32, 64):
+        for precision in ("tf32x3", "tf32"):
+            specs.append(CompileSpec(
+                name=f"token_embedding_bwd[BLOCK_D={block_d},{precision}]", fn=_embed_bwd_kernel,
+                signature=dict(IDS="*i64", DX="*fp32", DTOK="*fp32", DPOS="*fp32", n_rows="i32", L="i32", C="i32",
+                               V="i32", P="i32", ids_rs="i32", ids_bs="i32", tok_blocks="i32", d_blocks="i32",
+                               BLOCK_V="constexpr",
+                               BLOCK_N="constexpr", BLOCK_D="constexpr", DOT_PRECISION="constexpr"),
+                constexprs=dict(BLOCK_V=_BLOCK_V, BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=precision),
+                num_warps=4, tensor_cores=True))
+    return specs

@@ -152,8 +152,10 @@ def test_linear_weight_grads_match_reference_at_the_step_shapes(dtype):
         x = torch.randn(*lead, m, k, device="cuda", generator=g).to(dtype)
         dy = torch.randn(*lead, m, n, device="cuda", generator=g).to(dtype)
         dw, db = torch.randn(*lead, n, k, device="cuda", generator=g), torch.randn(*lead, n, device="cuda", generator=g)
-        problems.append(kernels.WeightGrad(x, dy, dw, None if i == 3 else db, i % 2 == 1))
-        want.append(kernels.WeightGrad(x.double(), dy.double(), dw.double(), None if i == 3 else db.double(), i % 2 == 1))
+        db = None if i == 3 else db  # the tied head has no bias
+        problems.append(kernels.WeightGrad(x, dy, dw, db, i % 2 == 1))
+        want.append(kernels.WeightGrad(x.double(), dy.double(), dw.double(), None if db is None else db.double(),
+                                       i % 2 == 1))
     kernels.linear_weight_grads_reference(want)
     kernels.linear_weight_grads(problems)
     for got, ref in zip(problems, want):

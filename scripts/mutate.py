@@ -69,6 +69,7 @@ T_CE = "tests/kernels/test_cross_entropy.py"
 T_DRAW = "tests/kernels/test_batch_draw.py"
 T_WG = "tests/kernels/test_weight_grads.py"
 T_DEF = "tests/trainer/test_deferred.py"
+T_TEMB = "tests/kernels/test_token_embedding.py"
 T_INIT = "tests/kernels/test_init.py"
 T_INITREF = "tests/kernels/test_init_reference.py"
 T_MODELS = "tests/trainer/test_models.py"
@@ -184,6 +185,15 @@ MUTANTS: list[Mutant] = [
     M("K30", "kernels", "kernels/weight_grads.py",
       ("    accumulate = (flags & 2) != 0", "    accumulate = False"),
       "weight grads: a gradient already there is overwritten, not added to", [T_WG]),
+    M("K31", "kernels", "kernels/token_embedding.py",
+      ("    walk = tl.where(is_tok | (first < L), n_rows, 0)", "    walk = tl.where(is_tok, n_rows, 0)"),
+      "token embedding backward: the position rows get no gradient", [T_TEMB]),
+    M("K32", "kernels", "kernels/token_embedding.py",
+      ("(rows // L).to(tl.int64) * ids_bs + rows % L, mask=live", "(rows // L).to(tl.int64) * L + rows % L, mask=live"),
+      "token embedding backward: ids read as if contiguous (the decoder's are a slice)", [T_TEMB]),
+    M("K33", "kernels", "kernels/token_embedding.py",
+      ("    p = tl.load(POS + run * pos_rs + ", "    p = tl.load(POS + "),
+      "token embedding forward: every run of a pack reads the first run's position table", [T_TEMB]),
     M("DW1", "models", "grokfast_train/models/deferred.py",
       ("                add = any(p.grad is not None for p in params)", "                add = False"),
       "deferred linear: the tied head's gradient replaces the embedding's", [T_DEF]),

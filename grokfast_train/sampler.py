@@ -45,7 +45,7 @@ class EpochSampler:
         # draw_batch's per-run arguments, as a pack of one
         self._n, self._batch = (torch.tensor([v], device=device) for v in (n, self.batch_size))
         self._counter = torch.zeros(1, dtype=torch.int32, device=device)  # the kernel's, left at 0
-        self._ids: torch.Tensor | None = None  # 0 .. n-1: next_indices' rows
+        self._ids = torch.arange(n, device=device)  # next_indices' rows (made here, never inside a capture)
 
     def prepare(self, step: int) -> None:
         """Host side, before the batch of step ``step + 1`` is drawn: start a shuffled epoch when one is due."""
@@ -71,8 +71,6 @@ class EpochSampler:
 
     def next_indices(self) -> torch.Tensor:
         """The next batch's indices into the training subset: ``draw``'s rows of 0 .. n-1."""
-        if self._ids is None:
-            self._ids = torch.arange(self.n, device=self.device)
         return self.draw(self._ids[:, None], self._ids)[1]
 
     def state_dict(self) -> dict:
@@ -118,7 +116,7 @@ class PackSampler:
         self.width = max(s.batch_size for s in self.runs)
         self.valid = torch.arange(self.width, device=device) < self.batch[:, None]  # (R, width)
         self._counter = torch.zeros(1, dtype=torch.int32, device=device)
-        self._ids: torch.Tensor | None = None
+        self._ids = torch.arange(n_max, device=device)  # next_indices' rows
 
     def prepare(self, step: int) -> None:
         for s in self.runs:
@@ -138,6 +136,4 @@ class PackSampler:
 
     def next_indices(self) -> torch.Tensor:
         """(R, width) indices into each run's training subset: ``draw``'s rows of 0 .. n_max-1."""
-        if self._ids is None:
-            self._ids = torch.arange(self.perm.shape[1], device=self.perm.device)
         return self.draw(self._ids[:, None], self._ids)[1]

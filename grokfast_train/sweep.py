@@ -434,7 +434,8 @@ def _sigint_when_parent_dies(parent_pid: int) -> None:
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT) != 0:  # 1 = PR_SET_PDEATHSIG
+            return
     except (OSError, AttributeError):
         return
     if os.getppid() != parent_pid:  # it died before the prctl took effect

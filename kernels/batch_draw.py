@@ -17,7 +17,8 @@ the permutation gather, the offset's add and remainder, and the row gathers of t
 Arguments: ``perm`` int64 (R, P), run r's order in ``perm[r, :n[r]]``; ``offset``, ``n``, ``batch``
 int64 (R,) on the same device (``offset`` is advanced in place); ``width``, a host int, the lanes
 drawn per run (lanes past a run's batch are drawn all the same, modulo n: a pack's padding, weighed 0
-by its loss); ``x`` (N, L) and ``y`` (N,) int64 and ``mask`` (N, L) bool, the rows (contiguous);
+by its loss); ``x`` (N, L) and ``y`` (N,) int64 and ``mask`` (N, L) bool, the rows (contiguous; rows of
+more than ``MAX_L`` tokens take the reference's PyTorch ops);
 ``base`` optional int64 (R,), run r's first row in them (a pack's concatenated training sets);
 ``counter`` int32 (1,), zero, owned by the caller and left zero (CUDA only; the reference ignores it).
 Returns (x (R, width, L), y (R, width), mask (R, width, L) or None). Indices are not checked on the
@@ -36,7 +37,7 @@ from ._compile import CompileSpec
 from ._dispatch import use_triton
 
 _TILE = 512  # elements of a row block a program copies (rows x padded row length)
-MAX_L = 1024  # longest row (a program copies at least one whole row)
+MAX_L = 1024  # longest row the kernel takes (a program copies at least one whole row); longer: the reference
 _BLOCK_R = 128  # offsets the last program advances at a time
 _WARPS = 8  # spill-free for every tile on sm_80 and sm_90 under Triton 3.6 and 3.9 (4 warps spilled 8-16 B at some)
 
@@ -57,8 +58,8 @@ def _draw_kernel(PERM, OFFSET, N, BATCH, BASE, X, Y, M, OUT_X, OUT_Y, OUT_M, COU
                  R, width, L, perm_stride, blocks,
                  HAS_MASK: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
                  BLOCK_R: tl.constexpr):
-    run = tl.program_id(0)
-    lanes = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    run = tl.program_id(1)
+    lanes = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     ok = lanes < width
     n = tl.load(N + run)
     j = (tl.load(OFFSET + run) + lanes) % n
@@ -77,7 +78,9 @@ def _draw_kernel(PERM, OFFSET, N, BATCH, BASE, X, Y, M, OUT_X, OUT_Y, OUT_M, COU
     tl.store(OUT_Y + out_rows, tl.load(Y + rows, mask=ok), mask=ok)
 
     # The last program to finish advances every run's offset: its ticket, acquire-release, comes after
-    # every other program's ticket, and each of those after that program's read of its offset.
+    # every other program's ticket, and each of those after that program's read of its offset. One thread
+    # takes a program's ticket, so the barrier first: every warp of the program has read its offset.
+    tl.debug_barrier()
     ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")
     if ticket == R * blocks - 1:
         for r0 in range(0, R, BLOCK_R):
@@ -110,8 +113,8 @@ def _check(perm, offset, n, batch, width, x, y, mask, base, counter) -> None:
     if x.dim() != 2 or x.dtype != torch.int64 or y.dtype != torch.int64 or tuple(y.shape) != x.shape[:1]:
         raise ValueError(f"draw_batch: x must be int64 (N, L) and y int64 (N,); got {x.dtype} {tuple(x.shape)}, "
                          f"{y.dtype} {tuple(y.shape)}")
-    if not 1 <= x.shape[1] <= MAX_L:
-        raise ValueError(f"draw_batch: rows of {x.shape[1]} tokens unsupported; supported: 1 to {MAX_L}")
+    if x.shape[1] < 1 or perm.stride(1) != 1:
+        raise ValueError("draw_batch: rows of at least one token, and perm's rows contiguous")
     if mask is not None and (mask.dtype != torch.bool or mask.shape != x.shape):
         raise ValueError(f"draw_batch: mask must be bool {tuple(x.shape)}; got {mask.dtype} {tuple(mask.shape)}")
     if width < 0:
@@ -124,7 +127,7 @@ def draw_batch(perm: torch.Tensor, offset: torch.Tensor, n: torch.Tensor, batch:
     """Each run's next ``width`` rows of (x, y, mask), as (R, width, ...) tensors; ``offset`` advanced in place.
     See the module docstring."""
     _check(perm, offset, n, batch, width, x, y, mask, base, counter)
-    if not use_triton(perm, offset, n, batch, x, y, mask, base):
+    if not use_triton(perm, offset, n, batch, x, y, mask, base) or x.shape[1] > MAX_L:  # (longer rows: torch's ops)
         return draw_batch_reference(perm, offset, n, batch, width, x, y, mask, base)
     if counter is None or counter.dtype != torch.int32 or counter.numel() != 1 or counter.device != perm.device:
         raise ValueError("draw_batch: the Triton path needs counter, a zeroed int32 (1,) tensor on the device")
@@ -137,7 +140,7 @@ def draw_batch(perm: torch.Tensor, offset: torch.Tensor, n: torch.Tensor, batch:
     blocks = triton.cdiv(width, block_b)
     if runs and blocks:
         m = None if mask is None else mask.contiguous().view(torch.uint8)
-        _draw_kernel[(runs, blocks)](
+        _draw_kernel[(blocks, runs)](
             perm, offset, n, batch, offset if base is None else base, x, y, x if m is None else m,
             out_x, out_y, out_x if out_m is None else out_m.view(torch.uint8), counter,
             runs, width, length, perm.stride(0), blocks,

@@ -4,7 +4,7 @@ Autograd computes a linear layer's backward as three kernels: ``dx = dy W`` (whi
 waits for), ``dW = dyᵀ x`` and ``db = Σ dy`` (which nothing in the backward waits for). In a small
 model's step every one of them is a launch too short to hide, and the weight gradients of all the
 layers are independent of each other. So the trainer's linear layers can leave theirs for later
-(``grokfast_train/models/ops.py``, ``DeferredWeightGrads``): the backward computes the ``dx`` chain
+(``grokfast_train/models/deferred.py``, ``deferred()``): the backward computes the ``dx`` chain
 alone, and then this kernel computes every layer's ``dW`` and ``db`` at once. A program owns one
 (BLOCK_N, BLOCK_K) tile of one layer's (one run's) ``dW``: it walks the M rows, ``acc += dyᵀ x`` on the
 tensor cores, and the programs of a layer's first column of tiles also sum ``dy`` for ``db``. Every
@@ -174,12 +174,21 @@ _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 def _table(rows: list[int], device: torch.device) -> torch.Tensor:
     key = (device, tuple(rows))
-    if key not in _TABLES:
-        host = torch.tensor(rows, dtype=torch.int64)
-        if device.type == "cuda":  # page-locked: an asynchronous copy, which a CUDA graph capture may hold
-            host = host.pin_memory()
-        _TABLES[key] = host, host.to(device, non_blocking=True)
-    return _TABLES[key][1]
+    if key in _TABLES:
+        return _TABLES[key][1]
+    host = torch.tensor(rows, dtype=torch.int64)
+    if device.type == "cuda":  # page-locked: an asynchronous copy, which a CUDA graph capture may hold
+        host = host.pin_memory()
+    table = host, host.to(device, non_blocking=True)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # a captured copy fills the table only when the graph replays: the graph's alone, never shared
+        _CAPTURED.append(table)
+    else:
+        _TABLES[key] = table
+    return table[1]
+
+
+_CAPTURED: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 
 def _check(q: WeightGrad) -> None:

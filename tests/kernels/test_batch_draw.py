@@ -63,7 +63,7 @@ def _case(sizes, batches, width, length, with_mask, with_base, seed, calls=3):
 
 @pytest.mark.parametrize("length", [1, 3, 7, 64, 129])
 def test_one_run_matches_the_draw_by_hand(length):
-    # 129: one row per program at most (BLOCK_L 256), so several programs and the last one's ticket
+    # 129: two rows per program (BLOCK_L 256), so several programs and the last one's ticket
     _case([11], [4], 4, length, with_mask=False, with_base=False, seed=length)
 
 
@@ -80,6 +80,13 @@ def test_many_programs_per_run_advance_each_offset_once():
 
 def test_the_longest_rows():
     _case([3], [2], 2, MAX_L, with_mask=True, with_base=False, seed=3, calls=2)
+
+
+def test_rows_longer_than_the_kernel_takes_go_through_the_reference(monkeypatch):
+    spy = LaunchSpy(draw_mod._draw_kernel)
+    monkeypatch.setattr(draw_mod, "_draw_kernel", spy)
+    _case([5], [2], 2, MAX_L + 1, with_mask=True, with_base=False, seed=6, calls=2)
+    assert not spy.calls
 
 
 def test_nothing_drawn_still_advances_the_offsets():
@@ -107,7 +114,7 @@ def test_one_launch_per_draw_and_the_reference_agrees(monkeypatch):
 @pytest.mark.parametrize("bad, message", [
     (dict(perm=torch.zeros(4, dtype=torch.long)), "perm must be int64 (R, P)"),
     (dict(offset=torch.zeros(2, dtype=torch.int32)), "offset must be a contiguous int64 (1,)"),
-    (dict(x=torch.zeros(3, 2000, dtype=torch.long), y=torch.zeros(3, dtype=torch.long)), "rows of 2000 tokens"),
+    (dict(perm=torch.zeros(3, 2, dtype=torch.long).t()[:1]), "perm's rows contiguous"),
     (dict(mask=torch.zeros(3, 5, dtype=torch.uint8)), "mask must be bool"),
     (dict(counter=torch.zeros(1, dtype=torch.int64)), "needs counter"),
 ])

@@ -201,6 +201,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal, and /proc")
 def test_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
     """SIGKILL to the sweep (no handler runs): its workers take a SIGINT from the kernel, so their runs
     checkpoint and stop and free their run directories, rather than training on for no one."""

@@ -6,7 +6,9 @@ on to the sweep's when the run's ends, even if the run then finished normally (i
 
 A sweep's worker process holds a Ctrl-C that finds no flag up (``hold_interrupts``): it is idle, or its
 run has not started its loop yet; every flag it raises afterwards starts set, so that run checkpoints
-at its first host point and stops.
+at its first host point and stops. Its sweep's death comes as SIGTERM (``stop_on_sigterm``), which only
+ever asks for the graceful stop, however often it comes: the kernel has been seen to send it twice, and
+a second Ctrl-C's "stop now" would abandon the checkpoint being written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Callable
 
 
 _held = False  # a SIGINT came while no StopFlag was up (hold_interrupts)
+_up: list["StopFlag"] = []  # the flags up now, innermost last
 
 
 def hold_interrupts(orphaned: Callable[[], bool] = lambda: False) -> None:
@@ -32,6 +35,17 @@ def hold_interrupts(orphaned: Callable[[], bool] = lambda: False) -> None:
     signal.signal(signal.SIGINT, hold)
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM asks the innermost flag up for a graceful stop (never "stop now", however often it
+    comes), or, with no flag up (nothing training), ends this process at once."""
+    def stop(signum, frame) -> None:
+        if not _up:
+            os._exit(143)
+        _up[-1].set = True
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 class StopFlag:
     def __init__(self):
         self.set = False
@@ -44,6 +58,7 @@ class StopFlag:
 
     def __enter__(self):
         self.set = _held
+        _up.append(self)
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
@@ -51,6 +66,7 @@ class StopFlag:
         return self
 
     def __exit__(self, *exc):
+        _up.remove(self)
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             outer = getattr(self._previous, "__self__", None)

@@ -43,7 +43,7 @@ from . import resources, rundir
 from .checkpoint import CHECKPOINT, save_json
 from .config import Config, legacy_value, resolve
 from .errors import GrokfastError, RunLocked, UsageError, word_or_int
-from .interrupt import StopFlag, hold_interrupts
+from .interrupt import StopFlag, hold_interrupts, stop_on_sigterm
 from .metrics import generalised_for, landmarks_text
 
 SWEEP_FILE = "sweep.json"
@@ -412,34 +412,37 @@ def _worker_init(sweep_pid: int) -> None:
     the sweep (``_sigint_forwarded_to_workers``), whether it came from a terminal (the whole group) or
     was sent to the sweep's pid alone; a training Run handles it, an idle worker holds it (nothing new
     is handed out after a Ctrl-C anyway). If the sweep dies, however it dies (a SIGKILL, an OOM kill),
-    the worker takes a SIGINT too: a training run checkpoints and stops, and the worker exits, rather than
+    the worker takes a SIGTERM: a training run checkpoints and stops, and the worker exits, rather than
     training on for no one, holding its run directory's lock and its share of the machine."""
     os.setpgrp()
     hold_interrupts(orphaned=lambda: os.getppid() != sweep_pid)
-    _sigint_when_parent_dies(sweep_pid)
+    stop_on_sigterm()
+    _signal_when_parent_dies(sweep_pid)
 
 
 def _train_unit_in_worker(cfg_dicts: list[dict[str, Any]], threads: int | None, sweep_pid: int) -> list[dict]:
-    results = train_unit(cfg_dicts, threads)
-    if os.getppid() != sweep_pid:  # the sweep died while this trained: its run has checkpointed; no one waits
-        os._exit(130)
-    return results
+    try:
+        return train_unit(cfg_dicts, threads)
+    finally:
+        if os.getppid() != sweep_pid:  # the sweep died while this trained (or failed): no one waits for it
+            os._exit(130)
 
 
-def _sigint_when_parent_dies(parent_pid: int) -> None:
-    """Linux's parent-death signal (prctl PR_SET_PDEATHSIG); elsewhere nothing (the worker then notices
-    only when it next talks to the dead sweep, after its run)."""
+def _signal_when_parent_dies(parent_pid: int) -> None:
+    """SIGTERM by Linux's parent-death signal (prctl PR_SET_PDEATHSIG); elsewhere nothing (the worker then
+    notices only when it next talks to the dead sweep, after its run). Seen under load: the signal can come
+    twice, so its handler (``stop_on_sigterm``) never escalates."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
     try:
-        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT) != 0:  # 1 = PR_SET_PDEATHSIG
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0:  # 1 = PR_SET_PDEATHSIG
             return
     except (OSError, AttributeError):
         return
     if os.getppid() != parent_pid:  # it died before the prctl took effect
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager

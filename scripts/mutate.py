@@ -382,7 +382,7 @@ SWEEP_REPORT_MUTANTS: list[Mutant] = [
       "sweep --jobs N: a SIGINT to the sweep no longer reaches its running runs",
       [T_SWEEP + "::test_a_sigint_to_a_parallel_sweep_stops_its_running_runs"]),
     M("SW10", "sweep", "grokfast_train/sweep.py",
-      ("    _sigint_when_parent_dies(sweep_pid)\n", "    pass\n"),
+      ("    _signal_when_parent_dies(sweep_pid)\n", "    pass\n"),
       "sweep --jobs N: the workers of a SIGKILLed sweep train on for no one",
       [T_SWEEP + "::test_workers_of_a_killed_sweep_checkpoint_and_stop"]),
     M("SW7", "sweep", "grokfast_train/sweep.py",

@@ -210,7 +210,10 @@ def test_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
     out = tmp_path / "s"
     args = [sys.executable, "-m", "grokfast_train.cli", "sweep", *TINY, *GRID, "--out", str(out), "--jobs", "2"]
     args[args.index("30")] = str(10 ** 7)  # never done by itself
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # Output to a file, not a pipe: the workers inherit it, and a pipe no one drains after the kill would
+    # fill and block them mid-write (no signal can then stop them cleanly)
+    output = (tmp_path / "sweep.out").open("w")
+    child = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     running = [out / name for name in NAMES[:2]]
     workers = []
@@ -218,7 +221,7 @@ def test_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
         deadline = time.time() + 120
         while not all((d / "metrics.jsonl").exists() and len((d / "metrics.jsonl").read_text().splitlines()) >= 2
                       for d in running):
-            assert child.poll() is None and time.time() < deadline, child.communicate()
+            assert child.poll() is None and time.time() < deadline, (tmp_path / "sweep.out").read_text()
             time.sleep(0.05)
         workers = [int(lock_holder(d)) for d in running]
         child.kill()
@@ -231,8 +234,8 @@ def test_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
         for d in running:  # stopped as by a Ctrl-C: checkpointed, resumable
             assert "interrupted at step" in (d / "train.log").read_text()
             assert (d / "checkpoint.pt").exists() and not (d / "summary.json").exists()
-        child.stdout.close(), child.stderr.close()
     finally:
+        output.close()
         for pid in workers:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Callable
 
 
 _held = False  # a SIGINT came while no StopFlag was up (hold_interrupts)
 _up: list["StopFlag"] = []  # the flags up now, innermost last
 
 
-def hold_interrupts(orphaned: Callable[[], bool] = lambda: False) -> None:
-    """From now on a SIGINT outside any StopFlag is held for every later one (a sweep's worker process);
-    or, when ``orphaned()`` (the process this one works for has died), it ends this process at once:
-    no flag is up, so nothing is training, and no one is left to report to."""
+def hold_interrupts() -> None:
+    """From now on a SIGINT outside any StopFlag is held for every later one (a sweep's worker process)."""
     def hold(signum, frame) -> None:
         global _held
-        if orphaned():
-            os._exit(130)
         _held = True
 
     signal.signal(signal.SIGINT, hold)

@@ -415,7 +415,7 @@ def _worker_init(sweep_pid: int) -> None:
     the worker takes a SIGTERM: a training run checkpoints and stops, and the worker exits, rather than
     training on for no one, holding its run directory's lock and its share of the machine."""
     os.setpgrp()
-    hold_interrupts(orphaned=lambda: os.getppid() != sweep_pid)
+    hold_interrupts()
     stop_on_sigterm()
     _signal_when_parent_dies(sweep_pid)
 

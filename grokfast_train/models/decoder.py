@@ -48,9 +48,9 @@ class Decoder(nn.Module):
         L = x.shape[-1]
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
-        pos = leading_rows(self.pos_emb.weight, L)
         if query_pos is not None and EmbeddingSum.worth_it(x, self.tok_emb.weight):
-            h = EmbeddingSum(x, self.tok_emb.weight, pos)  # the first layer projects the tables, not B·L rows
+            # the first layer projects the tables, not B·L rows
+            h = EmbeddingSum(x, self.tok_emb.weight, leading_rows(self.pos_emb.weight, L))
         else:  # (forward_all, query_pos None, stays the plain computation the tests compare against)
             h = ops.token_position_embedding(x, self.tok_emb, self.pos_emb, self.backend)
         last = len(self.layers) - 1

@@ -126,4 +126,4 @@ class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) that defers its weight gradient inside ``deferred()``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias) if _active else super().forward(x)
+        return linear(x, self.weight, self.bias) if active() else super().forward(x)

@@ -14,6 +14,7 @@ from .fused_cross_entropy import cross_entropy, cross_entropy_reference
 from .batch_draw import draw_batch, draw_batch_reference
 from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_reference
 from .token_embedding import token_position_embedding, token_position_embedding_reference
+from .matmul import matmul, matmul_gelu_grad, matmul_gelu_grad_reference, matmul_reference
 
 __all__ = [
     "attention", "attention_reference",
@@ -25,4 +26,5 @@ __all__ = [
     "draw_batch", "draw_batch_reference",
     "WeightGrad", "linear_weight_grads", "linear_weight_grads_reference",
     "token_position_embedding", "token_position_embedding_reference",
+    "matmul", "matmul_reference", "matmul_gelu_grad", "matmul_gelu_grad_reference",
 ]

@@ -123,7 +123,7 @@ def all_specs() -> list[CompileSpec]:
 
     specs: list[CompileSpec] = []
     for module in ("fused_attention", "adamw", "init", "fused_layer_norm", "fused_embedding",
-                   "fused_cross_entropy", "batch_draw", "weight_grads", "token_embedding"):
+                   "fused_cross_entropy", "batch_draw", "weight_grads", "token_embedding", "matmul"):
         mod = importlib.import_module(f"kernels.{module}")
         if hasattr(mod, "compile_specs"):
             specs.extend(mod.compile_specs())

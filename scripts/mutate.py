@@ -69,6 +69,7 @@ T_CE = "tests/kernels/test_cross_entropy.py"
 T_DRAW = "tests/kernels/test_batch_draw.py"
 T_WG = "tests/kernels/test_weight_grads.py"
 T_DEF = "tests/trainer/test_deferred.py"
+T_MM = "tests/kernels/test_matmul.py"
 T_TEMB = "tests/kernels/test_token_embedding.py"
 T_INIT = "tests/kernels/test_init.py"
 T_INITREF = "tests/kernels/test_init_reference.py"
@@ -194,6 +195,23 @@ MUTANTS: list[Mutant] = [
     M("K33", "kernels", "kernels/token_embedding.py",
       ("    p = tl.load(POS + run * pos_rs + ", "    p = tl.load(POS + "),
       "token embedding forward: every run of a pack reads the first run's position table", [T_TEMB]),
+    M("K34", "kernels", "kernels/matmul.py",
+      ("        acc += tl.load(BIAS + run * bias_rs + offs_n", "        acc += tl.load(BIAS + offs_n"),
+      "matmul: every run of a pack adds the first run's bias", [T_MM]),
+    M("K35", "kernels", "kernels/matmul.py",
+      ("        b = tl.load(B + k[:, None] * b_ks, mask=(k < K)[:, None] & n_ok[None, :], other=0.0)",
+       "        b = tl.load(B + k[:, None] * b_ks, mask=n_ok[None, :], other=0.0)"),
+      "matmul: the ragged last K block reads past the operand", [T_MM]),
+    M("K36", "kernels", "kernels/matmul.py",
+      ("        g = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * x * x)",
+       "        g = 0.5 * (1.0 + t)"),
+      "matmul: GELU'(tanh form) drops its second term", [T_MM]),
+    M("K37", "kernels", "kernels/matmul.py",
+      ("                tl.store(DPRE + rows, a, mask=a_mask)", "                tl.store(DPRE + rows, a * 0.5, mask=a_mask)"),
+      "matmul_gelu_grad: the weight gradient's dy is not the one dx was computed from", [T_MM]),
+    M("DW4", "models", "grokfast_train/models/deferred.py",
+      ("            dx, dy2 = kernels.matmul_gelu_grad(dy2, pre, w, ctx.gelu)", "            dx, _ = kernels.matmul_gelu_grad(dy2, pre, w, ctx.gelu)"),
+      "deferred linear: the FFN's first weight gradient taken before GELU's gradient", [T_DEF]),
     M("DW1", "models", "grokfast_train/models/deferred.py",
       ("                add = any(p.grad is not None for p in params)", "                add = False"),
       "deferred linear: the tied head's gradient replaces the embedding's", [T_DEF]),

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import deferred, ops
 from .deferred import Linear
 from .embedding_sum import EmbeddingSum
 from .runs import RunLayerNorm, RunLinear
@@ -70,8 +70,15 @@ class Block(nn.Module):
         if isinstance(xq, EmbeddingSum):
             xq = xq.dense()  # the residual: at the query's row alone when there is a query_pos
         h = ops.layer_norm(a, self.ln1, residual=xq, backend=self.backend)
-        f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))
+        f = self.fc2(_gelu_layer(self.fc1, h, self.gelu))
         return ops.layer_norm(f, self.ln2, residual=h, backend=self.backend)
+
+
+def _gelu_layer(linear: nn.Module, x: torch.Tensor, form: str) -> torch.Tensor:
+    """``GELU(linear(x))``: one launch each way when the layer defers (the triton backend's ``matmul``)."""
+    if deferred.active():
+        return deferred.linear(x, linear.weight, linear.bias, gelu=form)
+    return F.gelu(linear(x), approximate=form)
 
 
 def _positions(x: torch.Tensor | EmbeddingSum, start: int, stop: int) -> torch.Tensor | EmbeddingSum:

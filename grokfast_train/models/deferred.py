@@ -15,7 +15,8 @@ product and an add); the numbers are the same sums in another order.
         loss.backward()
     # every parameter's .grad is complete here
 
-Under bf16 autocast a layer computes in bf16, as ``F.linear`` does there, and its weight gradient lands
+The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
+launch). Under bf16 autocast a layer computes in bf16, as ``F.linear`` does there, and its weight gradient lands
 in fp32 in the fp32 parameter's ``.grad``.
 """
 
@@ -25,7 +26,6 @@ import contextlib
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 _active: list["_Pending"] = []
@@ -86,40 +86,48 @@ def deferred(on: bool = True) -> Iterator[None]:
     pending.flush()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x Wᵀ + b`` for W (N, K), or a pack's (R, N, K) with x (R, ..., K); deferring inside ``deferred()``."""
-    return _DeferredLinear.apply(x, weight, bias, _active[-1])
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           gelu: str | None = None) -> torch.Tensor:
+    """``x Wᵀ + b`` for W (N, K), or a pack's (R, N, K) with x (R, ..., K); deferring inside ``deferred()``.
+    ``gelu`` ("none" or "tanh", F.gelu's ``approximate``): ``GELU(x Wᵀ + b)``, the GELU fused into the
+    product's launch and its gradient into the input gradient's."""
+    return _DeferredLinear.apply(x, weight, bias, _active[-1], gelu)
 
 
 class _DeferredLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, pending):
+    def forward(ctx, x, weight, bias, pending, gelu):
+        import kernels  # (here, not at the top: the torch backend never imports Triton)
+
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         runs = weight.dim() == 3
         x2 = (x.reshape(x.shape[0], -1, x.shape[-1]) if runs else x.reshape(-1, x.shape[-1])).to(dtype)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
-        if runs:
-            y = torch.bmm(x2, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x2, w.transpose(1, 2))
-        else:
-            y = F.linear(x2, w, b)
-        ctx.save_for_backward(x2, w)
-        ctx.params, ctx.pending, ctx.x_shape, ctx.x_dtype = (weight, bias), pending, x.shape, x.dtype
+        y = kernels.matmul(x2, w.transpose(-1, -2), b, gelu)  # the tensor cores, a pack in one launch
+        y, pre = (y, None) if gelu is None else y
+        ctx.save_for_backward(x2, w, pre)
+        ctx.params, ctx.pending, ctx.x_shape, ctx.x_dtype, ctx.gelu = (weight, bias), pending, x.shape, x.dtype, gelu
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x2, w = ctx.saved_tensors
+        import kernels
+
+        x2, w, pre = ctx.saved_tensors
         dy2 = dy.reshape(*x2.shape[:-1], dy.shape[-1])
         if dy2.stride(-1) != 1:
             dy2 = dy2.contiguous()
         dy2 = dy2.to(w.dtype)
+        if ctx.gelu is None:
+            dx = kernels.matmul(dy2, w) if ctx.needs_input_grad[0] else None
+        else:  # the product's gradient, dy GELU'(pre), comes from the same launch as dx
+            dx, dy2 = kernels.matmul_gelu_grad(dy2, pre, w, ctx.gelu)
         ctx.pending.items.append((x2, dy2, *ctx.params))
-        dx = None
         if ctx.needs_input_grad[0]:
-            dx = (torch.bmm(dy2, w) if w.dim() == 3 else dy2 @ w).view(ctx.x_shape).to(ctx.x_dtype)
-        return dx, None, None, None
+            dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
+        return dx, None, None, None, None
 
 
 class Linear(nn.Linear):

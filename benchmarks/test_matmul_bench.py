@@ -1,0 +1,69 @@
+"""``kernels.matmul`` (fp32 in tf32x3 on the tensor cores) against PyTorch's products, at the step's shapes.
+
+The products the trainer's linear layers run, forward (``x Wᵀ + b``): the key/value projections of
+every position and the FFN's first layer at the readout rows, for the modular task (512 sequences of 6
+tokens, hidden 128, FFN 512) solo and as a pack of 64 runs, and the IMDB key/value projection
+(128 × 256 tokens). Competitors: ``kernels.matmul``; PyTorch fp32 with TF32 off (its default, the paper's
+setting: CUDA cores); PyTorch with TF32 on (tensor cores, 10-bit mantissas: not the same numbers).
+Each timed call ends with ``torch.cuda.synchronize()``.
+
+Run: ``pytest benchmarks/test_matmul_bench.py``. Skipped without a CUDA device.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.matmul import matmul
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+# name -> (runs or None, rows, in features, out features)
+SHAPES = {
+    "modular-kv": (None, 512 * 6, 128, 128),
+    "modular-fc1": (None, 512, 128, 512),
+    "modular-pack64-kv": (64, 512 * 6, 128, 128),
+    "modular-pack64-fc1": (64, 512, 128, 512),
+    "imdb-kv": (None, 128 * 256, 128, 128),
+}
+
+
+def _torch(tf32: bool):
+    def product(x, wt, b):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            return torch.addmm(b, x, wt) if x.dim() == 2 else torch.baddbmm(b.unsqueeze(1), x, wt)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = False
+    return product
+
+
+IMPLS = {"triton-tf32x3": matmul, "torch-fp32": _torch(False), "torch-tf32": _torch(True)}
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_linear_forward_product(benchmark, shape, impl):
+    import triton
+
+    runs, m, k, n = SHAPES[shape]
+    lead = () if runs is None else (runs,)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(*lead, m, k, device="cuda", generator=g)
+    w = torch.randn(*lead, n, k, device="cuda", generator=g)
+    b = torch.randn(*lead, n, device="cuda", generator=g)
+    fn = IMPLS[impl]
+    benchmark.group = f"linear forward {shape} ({'' if runs is None else f'{runs} x '}{m} x {k} -> {n}) fp32"
+    benchmark.extra_info.update(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                                triton=triton.__version__, impl=impl, shape=shape,
+                                gflop=2 * (runs or 1) * m * k * n / 1e9)
+
+    def step():
+        fn(x, w.transpose(-1, -2), b)
+        torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    benchmark(step)

@@ -1,0 +1,234 @@
+"""The linear layers' products on the tensor cores, one launch for a whole pack: ``matmul(a, b, bias=None)``.
+
+``c = a @ b (+ bias)`` for ``a`` (M, K) and ``b`` (K, N), or a pack's ``a`` (R, M, K) and ``b`` (R, K, N):
+R products in one launch. A linear layer's forward is ``matmul(x, Wᵀ, b)`` and its input gradient
+``matmul(dy, W)``; both read ``W`` where it is (``Wᵀ`` is a strided view), so no operand is copied.
+
+Why not cuBLAS: the paper's setting is fp32, and PyTorch's fp32 products (TF32 off, its default) run
+on the CUDA cores. A pack's run-step is mostly such products (BENCHMARKS.md, the H200's modular pack:
+~90 µs per run, ~13 TFLOP/s). Here fp32 operands follow PyTorch's fp32-matmul switch, as the attention
+and weight-gradient kernels do: "tf32x3" (each operand split into a TF32 high part and remainder,
+three MMAs: about fp32's accuracy, on the tensor cores) unless TF32 is allowed. bf16 operands (autocast)
+multiply directly. The accumulator is fp32; ``c`` has ``a``'s dtype and is contiguous.
+
+A program owns one (BLOCK_M, BLOCK_N) tile of one run's ``c`` and walks K; every element is written by
+one program, no atomics. The bias (fp32 or ``a``'s dtype; (N,) or (R, N), any run stride) is added to
+the fp32 accumulator before the one rounding.
+
+CUDA tensors run Triton; CPU tensors run ``matmul_reference`` (or Triton under ``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._compile import SIGNATURE_DTYPES, CompileSpec
+from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand mode: spill-free for sm_80 and sm_90 under
+# Triton 3.6 and 3.9 (``python -m kernels._compile``). Not yet timed on a GPU. tf32x3 holds each operand
+# split in two: at 4 warps Triton 3.9's sm_80 build spilled 8 B. GELU's gradient on the way in (every
+# mode) spilled up to 248 B at these tiles double-buffered, 8 B at 8 warps single-buffered (Triton 3.6):
+# it takes half the depth.
+_TILES = {"tf32x3": (64, 64, 32, 8, 2), "tf32": (64, 64, 32, 4, 2), "16bit": (64, 64, 32, 4, 2)}
+_GELU_GRAD_TILES = (64, 64, 16, 8, 1)
+_MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which holds the runs
+
+
+@triton.jit
+def _tanh(u):
+    t = tl.exp(-2.0 * tl.abs(u))  # in (0, 1]: no overflow either side
+    r = (1.0 - t) / (1.0 + t)
+    return tl.where(u < 0, -r, r)
+
+
+@triton.jit
+def _gelu(x, ACT: tl.constexpr):
+    """GELU of fp32 x: ACT 1 is the exact (erf) form, 2 the tanh approximation (F.gelu's "none", "tanh")."""
+    if ACT == 1:
+        y = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    else:
+        y = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    return y
+
+
+@triton.jit
+def _gelu_grad(x, ACT: tl.constexpr):
+    """d GELU / dx of fp32 x, the form picked as in ``_gelu``."""
+    if ACT == 1:
+        g = 0.5 * (1.0 + tl.erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * tl.exp(-0.5 * x * x)
+    else:
+        t = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+        g = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * x * x)
+    return g
+
+
+@triton.jit
+def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, M, N, K, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
+                   HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # ACT_OUT (a layer followed by GELU): C gets GELU(a @ b + bias) and PRE (M, N) the product itself.
+    # ACT_IN (that layer's input gradient): PRE is the forward's (M, K) product, contiguous; A's tiles
+    # are multiplied by GELU'(PRE) on the way in, and the first column of programs also writes them to
+    # DPRE (M, K), the gradient the layer's weight gradient needs.
+    pid, run = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tile_n = pid % tiles_n
+    offs_m = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    A += run * a_rs + offs_m.to(tl.int64)[:, None] * a_ms
+    B += run * b_rs + offs_n.to(tl.int64)[None, :] * b_ns
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + ks
+        a_mask = m_ok[:, None] & (k < K)[None, :]
+        a = tl.load(A + k[None, :] * a_ks, mask=a_mask, other=0.0)
+        if ACT_IN:
+            rows = run * M * K + offs_m.to(tl.int64)[:, None] * K + k[None, :]
+            da = a.to(tl.float32) * _gelu_grad(tl.load(PRE + rows, mask=a_mask, other=0.0).to(tl.float32), ACT_IN)
+            a = da.to(A.dtype.element_ty)
+            if tile_n == 0:  # the weight gradient's dy, written once
+                tl.store(DPRE + rows, a, mask=a_mask)
+        b = tl.load(B + k[:, None] * b_ks, mask=(k < K)[:, None] & n_ok[None, :], other=0.0)
+        if UPCAST:  # the interpreter's bf16 dot multiplies bit patterns; bf16 products are exact in fp32
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + run * bias_rs + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = run * M * N + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    ok = m_ok[:, None] & n_ok[None, :]
+    if ACT_OUT:
+        pre = acc.to(C.dtype.element_ty)
+        tl.store(PRE + out, pre, mask=ok)
+        acc = _gelu(pre.to(tl.float32), ACT_OUT)  # of the rounded product: GELU(linear(x)), composed
+    tl.store(C + out, acc.to(C.dtype.element_ty), mask=ok)
+
+
+def _mode(dtype: torch.dtype) -> str:
+    return dot_precision(dtype) if dtype == torch.float32 else "16bit"
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
+    check_dtype("matmul: a", a, SUPPORTED_DTYPES)
+    if a.dim() not in (2, 3) or b.dim() != a.dim() or b.dtype != a.dtype or a.shape[-1] != b.shape[-2] \
+            or a.shape[:-2] != b.shape[:-2]:
+        raise ValueError(f"matmul: a (M, K) / (R, M, K) and b (K, N) / (R, K, N) of one dtype; got "
+                         f"{tuple(a.shape)} {a.dtype}, {tuple(b.shape)} {b.dtype}")
+    if bias is not None:
+        want = (*a.shape[:-2], b.shape[-1])
+        if tuple(bias.shape) != want or bias.dtype not in (torch.float32, a.dtype):
+            raise ValueError(f"matmul: bias must be {want}, float32 or {a.dtype}; got {tuple(bias.shape)} "
+                             f"{bias.dtype}")
+
+
+_ACT = {None: 0, "none": 1, "tanh": 2}  # F.gelu's ``approximate`` -> the kernel's code
+
+
+def _check_gelu(gelu: str | None) -> None:
+    if gelu not in _ACT:
+        raise ValueError(f"matmul: gelu must be None, 'none' (erf) or 'tanh' (F.gelu's approximate); got {gelu!r}")
+
+
+def matmul_reference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None):
+    """The executable spec: ``a @ b (+ bias)`` in PyTorch ops, in a's dtype; with ``gelu``,
+    ``(F.gelu(c, approximate=gelu), c)``."""
+    if bias is None:
+        c = torch.matmul(a, b)
+    elif a.dim() == 2:
+        c = torch.addmm(bias.to(a.dtype), a, b)
+    else:
+        c = torch.baddbmm(bias.to(a.dtype).unsqueeze(1), a, b)
+    return c if gelu is None else (F.gelu(c, approximate=gelu), c)
+
+
+def matmul_gelu_grad_reference(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str):
+    """The executable spec of ``matmul_gelu_grad``: ``dpre = dy * GELU'(pre)`` (autograd's
+    ``gelu_backward``), then ``(dpre @ b, dpre)``."""
+    dpre = torch.ops.aten.gelu_backward(dy, pre, approximate=gelu)
+    return torch.matmul(dpre, b), dpre
+
+
+def _launch(a, b, bias, c, pre, dpre, act_out, act_in) -> None:
+    runs = 1 if a.dim() == 2 else a.shape[0]
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    if runs > _MAX_GRID_Y:
+        raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y}")
+    mode = _mode(a.dtype)
+    block_m, block_n, block_k, warps, stages = _GELU_GRAD_TILES if act_in else _TILES[mode]
+    a_rs, a_ms, a_ks = (0, *a.stride()) if a.dim() == 2 else a.stride()
+    b_rs, b_ks, b_ns = (0, *b.stride()) if b.dim() == 2 else b.stride()
+    if bias is not None and bias.stride(-1) != 1:
+        bias = bias.contiguous()
+    bias_rs = 0 if bias is None or bias.dim() == 1 else bias.stride(0)
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), runs)
+    _matmul_kernel[grid](a, b, c if bias is None else bias, c, c if pre is None else pre, c if dpre is None else dpre,
+                         m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
+                         HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, BLOCK_M=block_m, BLOCK_N=block_n,
+                         BLOCK_K=block_k, DOT_PRECISION="tf32" if mode == "16bit" else mode,
+                         UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None):
+    """``a @ b (+ bias)``, per run for 3-D operands; see the module docstring. With ``gelu`` ("none" or
+    "tanh", as F.gelu's ``approximate``): ``(GELU(c), c)`` from one launch, c kept for the backward."""
+    _check(a, b, bias)
+    _check_gelu(gelu)
+    if not use_triton(a, b, bias) or a.numel() == 0 or b.numel() == 0:  # (nothing to multiply: PyTorch's answer)
+        return matmul_reference(a, b, bias, gelu)
+    shape = (*a.shape[:-1], b.shape[-1])
+    c = torch.empty(shape, dtype=a.dtype, device=a.device)
+    pre = None if gelu is None else torch.empty(shape, dtype=a.dtype, device=a.device)
+    _launch(a, b, bias, c, pre, None, _ACT[gelu], 0)
+    return c if gelu is None else (c, pre)
+
+
+def matmul_gelu_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str):
+    """The input gradient of a linear layer followed by GELU: ``dpre = dy * GELU'(pre)`` and ``dpre @ b``,
+    in one launch. ``pre`` is the product ``matmul(..., gelu=gelu)`` returned, ``b`` the layer's weight
+    (N, K) or (R, N, K). Returns ``(dpre @ b, dpre)``: dpre is what the layer's weight gradient needs."""
+    _check(dy, b, None)
+    _check_gelu(gelu)
+    if gelu is None or pre.shape != dy.shape or pre.dtype != dy.dtype:
+        raise ValueError(f"matmul_gelu_grad: pre must have dy's shape and dtype {tuple(dy.shape)} {dy.dtype} and "
+                         f"gelu must be 'none' or 'tanh'; got {tuple(pre.shape)} {pre.dtype}, {gelu!r}")
+    if not use_triton(dy, pre, b) or dy.numel() == 0 or b.numel() == 0:
+        return matmul_gelu_grad_reference(dy, pre, b, gelu)
+    pre = pre.contiguous()
+    c = torch.empty((*dy.shape[:-1], b.shape[-1]), dtype=dy.dtype, device=dy.device)
+    dpre = torch.empty_like(pre)
+    _launch(dy, b, None, c, pre, dpre, 0, _ACT[gelu])
+    return c, dpre
+
+
+def compile_specs() -> list[CompileSpec]:
+    """Every configuration ``matmul`` and ``matmul_gelu_grad`` can launch: operand dtype (fp32 in both
+    precisions) x bias dtype x GELU after it (either form), or GELU's gradient before (either form)."""
+    specs = []
+    for dtype in SUPPORTED_DTYPES:
+        ty = SIGNATURE_DTYPES[dtype]
+        for mode in (("tf32x3", "tf32") if dtype == torch.float32 else ("16bit",)):
+            precision = "tf32" if mode == "16bit" else mode
+            biases = (None, "fp32") if dtype == torch.float32 else (None, "fp32", ty)
+            variants = [(bias, act, 0) for bias in biases for act in (0, 1, 2)] + [(None, 0, act) for act in (1, 2)]
+            for bias, act_out, act_in in variants:
+                block_m, block_n, block_k, warps, stages = _GELU_GRAD_TILES if act_in else _TILES[mode]
+                sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or ty}", C=f"*{ty}", PRE=f"*{ty}", DPRE=f"*{ty}",
+                           M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32", a_ks="i32", b_rs="i32", b_ks="i32",
+                           b_ns="i32", bias_rs="i32", HAS_BIAS="constexpr", ACT_OUT="constexpr", ACT_IN="constexpr",
+                           BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", DOT_PRECISION="constexpr",
+                           UPCAST="constexpr")
+                specs.append(CompileSpec(
+                    name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in}]", fn=_matmul_kernel,
+                    signature=sig, constexprs=dict(HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in,
+                                                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                                   DOT_PRECISION=precision, UPCAST=False),
+                    num_warps=warps, num_stages=stages, tensor_cores=True))
+    return specs

@@ -1,0 +1,160 @@
+"""kernels.matmul: the Triton kernel (under the interpreter) against ``a @ b + bias`` in float64.
+
+Error: max |kernel - reference| / max(1, max |reference|). The interpreter computes fp32 dots exactly
+(whatever the precision mode) and bf16 products are exact in fp32, so fp32 results are held to
+summation-order error; bf16 results are rounded once to bf16 (2^-8 relative)."""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import _dispatch
+from kernels.matmul import matmul, matmul_gelu_grad, matmul_reference
+from tests.kernels.launch_spy import LaunchSpy
+
+mm_mod = importlib.import_module("kernels.matmul")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 8e-3}
+
+pytestmark = pytest.mark.skipif(not _dispatch.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+
+
+def _err(got, want):
+    return (got.double() - want).abs().max().item() / max(1.0, want.abs().max().item())
+
+
+def _want(a, b, bias):
+    c = a.double() @ b.double()
+    return c if bias is None else c + bias.double().unsqueeze(-2)
+
+
+def _linear_operands(g, runs, m, k, n, dtype, pad=3):
+    """A layer's forward operands as the model passes them: x with rows of a larger stride, Wᵀ a view of
+    W (N, K) -- for a pack, of runs' blocks apart by more than N·K in one flat buffer (PackedAdamW's)."""
+    lead = () if runs is None else (runs,)
+    x = torch.randn(*lead, m, k + pad, generator=g).to(dtype)[..., :k]
+    if runs is None:
+        w = torch.randn(n, k, generator=g).to(dtype)
+    else:
+        w = torch.randn(runs, n * k + 7, generator=g).to(dtype)[:, :n * k].view(runs, n, k)
+    return x, w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs,m,k,n", [(None, 1, 1, 2), (None, 70, 40, 37), (None, 7, 33, 117), (3, 19, 24, 65),
+                                        (2, 130, 5, 3)])
+@pytest.mark.parametrize("bias", [None, "fp32", "same"])
+def test_forward_and_input_gradient_products(dtype, runs, m, k, n, bias):
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
+    x, w = _linear_operands(g, runs, m, k, n, dtype)
+    lead = () if runs is None else (runs,)
+    b = None if bias is None else torch.randn(*lead, n, generator=g).to(torch.float32 if bias == "fp32" else dtype)
+    y = matmul(x, w.transpose(-1, -2), b)  # the forward: x Wᵀ + b
+    assert y.dtype == dtype and y.shape == (*lead, m, n) and y.is_contiguous()
+    assert _err(y, _want(x, w.transpose(-1, -2), b)) <= TOL[dtype]
+    dy = torch.randn(*lead, m, n, generator=g).to(dtype)
+    dx = matmul(dy, w)  # the input gradient: dy W
+    assert _err(dx, _want(dy, w, None)) <= TOL[dtype]
+
+
+def _gelu64(x, form):
+    """GELU and its derivative in float64, written out (not torch's GELU: an independent check)."""
+    if form == "none":
+        cdf = 0.5 * (1 + torch.erf(x / 2 ** 0.5))
+        return x * cdf, cdf + x * torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5
+    k = (2 / torch.pi) ** 0.5
+    t = torch.tanh(k * (x + 0.044715 * x ** 3))
+    return 0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+
+
+@pytest.mark.parametrize("form", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs,m,k,n", [(None, 70, 40, 37), (3, 19, 24, 130)])
+def test_a_layer_followed_by_gelu_forward_and_input_gradient(form, dtype, runs, m, k, n, monkeypatch):
+    """The FFN's first layer: GELU(x Wᵀ + b) and the product from one launch; its input gradient
+    (dy · GELU'(pre)) W and dy · GELU'(pre) from one more. Outputs are NaN-poisoned: with n > 64 (two
+    column tiles of dx... here of the forward) every element must still be written, dpre exactly once."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(mm_mod.torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(mm_mod.torch, "empty_like", lambda *a, **kw: real_empty_like(*a, **kw).fill_(float("nan")))
+    g = torch.Generator().manual_seed(m + n)
+    x, w = _linear_operands(g, runs, m, k, n, dtype)
+    lead = () if runs is None else (runs,)
+    bias = torch.randn(*lead, n, generator=g)
+    y, pre = matmul(x, w.transpose(-1, -2), bias, gelu=form)
+    want_pre = _want(x, w.transpose(-1, -2), bias)
+    assert _err(pre, want_pre) <= TOL[dtype]
+    want_y, _ = _gelu64(pre.double(), form)  # GELU of the product as stored (rounded to dtype)
+    assert _err(y, want_y) <= TOL[dtype]
+
+    dy = torch.randn(*lead, m, n, generator=g).to(dtype)
+    w2 = torch.randn(*lead, n, 2 * k + 70, generator=g).to(dtype)  # dx two column tiles wide and more
+    dx, dpre = matmul_gelu_grad(dy, pre, w2, form)
+    _, slope = _gelu64(pre.double(), form)
+    want_dpre = dy.double() * slope
+    assert _err(dpre, want_dpre) <= TOL[dtype]
+    assert _err(dx, dpre.double() @ w2.double()) <= TOL[dtype]
+    assert _err(dx, want_dpre @ w2.double()) <= 2 * TOL[dtype]
+
+
+def test_gelu_forms_are_pytorchs():
+    g = torch.Generator().manual_seed(8)
+    x, w = torch.randn(9, 6, generator=g), torch.randn(5, 6, generator=g)
+    for form in ("none", "tanh"):
+        y, pre = matmul(x, w.t(), gelu=form)
+        torch.testing.assert_close(y, F.gelu(x @ w.t(), approximate=form), atol=1e-6, rtol=1e-5)
+        with pytest.raises(ValueError, match="gelu must be"):
+            matmul(x, w.t(), gelu="relu")
+
+
+def test_a_bias_with_a_run_stride_and_every_element_written(monkeypatch):
+    real_empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        return real_empty(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(mm_mod.torch, "empty", nan_empty)
+    g = torch.Generator().manual_seed(5)
+    runs, m, k, n = 3, 67, 35, 70  # ragged tiles on every axis
+    x, w = _linear_operands(g, runs, m, k, n, torch.float32)
+    flat = torch.randn(runs, n + 4, generator=g)
+    bias = flat[:, :n]  # run stride n + 4
+    y = matmul(x, w.transpose(-1, -2), bias)
+    assert not y.isnan().any()
+    assert _err(y, _want(x, w.transpose(-1, -2), bias)) <= TOL[torch.float32]
+
+
+def test_one_launch_for_a_whole_pack(monkeypatch):
+    spy = LaunchSpy(mm_mod._matmul_kernel)
+    monkeypatch.setattr(mm_mod, "_matmul_kernel", spy)
+    g = torch.Generator().manual_seed(6)
+    x, w = _linear_operands(g, 5, 9, 16, 20, torch.float32)
+    matmul(x, w.transpose(1, 2))
+    assert len(spy.calls) == 1
+
+
+def test_empty_and_zero_depth_products():
+    a, b = torch.randn(0, 4), torch.randn(4, 3)
+    assert matmul(a, b).shape == (0, 3)
+    a, b, bias = torch.randn(2, 5, 0), torch.randn(2, 0, 3), torch.randn(2, 3)
+    assert torch.equal(matmul(a, b, bias), bias.unsqueeze(1).expand(2, 5, 3))
+    assert torch.equal(matmul(a, b), torch.zeros(2, 5, 3))
+
+
+def test_reference_is_pytorch_linear():
+    g = torch.Generator().manual_seed(7)
+    x, w, b = torch.randn(6, 5, generator=g), torch.randn(4, 5, generator=g), torch.randn(4, generator=g)
+    torch.testing.assert_close(matmul_reference(x, w.t(), b), torch.nn.functional.linear(x, w, b))
+
+
+@pytest.mark.parametrize("a,b,bias,match", [
+    (torch.randn(3, 4), torch.randn(5, 2), None, "a \\(M, K\\)"),
+    (torch.randn(3, 4), torch.randn(4, 2).double(), None, "one dtype"),
+    (torch.randn(2, 3, 4), torch.randn(3, 4, 2), None, "a \\(M, K\\)"),
+    (torch.randn(3, 4), torch.randn(4, 2), torch.randn(3), "bias must be"),
+    (torch.randn(3, 4).half(), torch.randn(4, 2).half(), None, "supported: float32, bfloat16"),
+])
+def test_bad_operands_are_refused(a, b, bias, match):
+    with pytest.raises(ValueError, match=match):
+        matmul(a, b, bias)

@@ -164,6 +164,32 @@ def test_linear_weight_grads_match_reference_at_the_step_shapes(dtype):
                 assert (a.double() - b).abs().max().item() <= 5e-5 * max(1.0, b.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_matches_reference_at_the_step_shapes(dtype):
+    # the modular step's products (k/v at 3,072 positions, the FFN with its GELU, the tied head), a 64-run
+    # pack's k/v projection, and the IMDB k/v projection; fp32 runs tf32x3 on tensor cores
+    g = torch.Generator(device="cuda").manual_seed(6)
+    tol = 5e-5 if dtype == torch.float32 else 1e-2
+    for runs, m, k, n in [(None, 3072, 128, 128), (None, 512, 128, 512), (None, 512, 128, 117), (64, 3072, 128, 128),
+                          (None, 32768, 128, 128)]:
+        lead = () if runs is None else (runs,)
+        x = torch.randn(*lead, m, k, device="cuda", generator=g).to(dtype)
+        w = torch.randn(*lead, n, k, device="cuda", generator=g).to(dtype)
+        b = torch.randn(*lead, n, device="cuda", generator=g)
+        want = x.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2)
+        got = kernels.matmul(x, w.transpose(-1, -2), b)
+        assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, m, k, n)
+    x = torch.randn(512, 128, device="cuda", generator=g).to(dtype)
+    w1 = torch.randn(512, 128, device="cuda", generator=g).to(dtype)
+    h, pre = kernels.matmul(x, w1.t(), None, gelu="tanh")
+    dh = torch.randn(512, 512, device="cuda", generator=g).to(dtype)
+    dx, dpre = kernels.matmul_gelu_grad(dh, pre, w1, "tanh")
+    want_h, want_dpre = torch.nn.functional.gelu(pre.double(), approximate="tanh"), torch.ops.aten.gelu_backward(
+        dh.double(), pre.double(), approximate="tanh")
+    for got, want in ((h, want_h), (dpre, want_dpre), (dx, dpre.double() @ w1.double())):
+        assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
 @pytest.mark.parametrize("batch", [512, 2873])  # the modular batch, and the paper preset's full batch
 def test_token_position_embedding_matches_reference_and_repeats_to_the_bit(batch):
     g = torch.Generator(device="cuda").manual_seed(6)

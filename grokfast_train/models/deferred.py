@@ -125,8 +125,7 @@ class _DeferredLinear(torch.autograd.Function):
         else:  # the product's gradient, dy GELU'(pre), comes from the same launch as dx
             dx, dy2 = kernels.matmul_gelu_grad(dy2, pre, w, ctx.gelu)
         ctx.pending.items.append((x2, dy2, *ctx.params))
-        if ctx.needs_input_grad[0]:
-            dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
+        dx = dx.view(ctx.x_shape).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return dx, None, None, None, None
 
 

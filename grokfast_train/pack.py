@@ -163,6 +163,8 @@ class PackedRun:
                                    [m.cfg.seed for m in self.members], dev, cfg.order)
         self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()  # per-lane loss weights
         self.sums = torch.zeros(R, 3, dtype=torch.float64, device=dev)  # per run: loss sum, correct, examples
+        # the backward's seed, one per run's loss, made once (no sum of the losses, no fill for a seed)
+        self.seed = torch.ones(R, device=dev)
         self.active = list(range(R))
         self.step = 0
         self.runs_shape = (R,)
@@ -195,7 +197,7 @@ class PackedRun:
                 logits = self.model(x, mask)  # (R, width, classes)
             # each run's mean over its own batch: its valid lanes, weighted 1 / its batch size
             losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend)
-            losses.sum().backward()  # runs share no weight: each gets the gradient of its own loss
+            losses.backward(self.seed)  # runs share no weight: each gets the gradient of its own loss
 
     def _run_by_run_grads(self, x, y, mask) -> None:
         """The same, one live run at a time on its own batch (its valid lanes, a prefix): its solo step's

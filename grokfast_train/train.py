@@ -79,6 +79,8 @@ class Run:
         batch = n_train if cfg.batch_size == FULL_BATCH else cfg.batch_size
         self.sampler = EpochSampler(n_train, batch, cfg.seed, self.device, cfg.order)
         self.meter = IntervalMeter(self.device)
+        # the backward's seed, made once: loss.backward() would launch a fill for it every step
+        self.seed = torch.ones((), device=self.device)
         # The step and the evaluation: launched op by op, or replayed from captured CUDA graphs.
         if cfg.cuda_graph == "on":
             self.stepper = graph.GraphSteps(self)
@@ -107,7 +109,7 @@ class Run:
                 logits = self.model(x, mask)
             loss = self.meter.loss(logits, y, self.cfg.backend)  # fp32 whatever the logits' dtype
             self.opt.zero_grad()
-            loss.backward()
+            loss.backward(self.seed)
         if self.grad_filter is not None:
             self.grad_filter.apply_()
         self.opt.step()

@@ -57,9 +57,12 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     # the products are kernels.matmul, the FFN's GELU fused into its first layer each way
     assert solo["triton._matmul_kernel"] == 7 + 7
     assert not {"aten.mm", "aten.addmm", "aten.gelu", "aten.gelu_backward"} & solo.keys()
+    # the backward's seed is made once, not filled every step
+    assert "aten.ones_like" not in solo
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["triton._matmul_kernel"] == 7 + 7  # one launch per product for all runs
     assert not {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.gelu"} & pack.keys()
+    assert "aten.ones_like" not in pack and pack["aten.sum"] == 2  # one seed per run's loss, no sum of the losses
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
     assert pack["triton._ce_fwd_kernel"] == pack["triton._ce_reduce_kernel"] == 1  # every run's loss at once
     assert pack["triton._draw_kernel"] == pack["triton._weight_grad_kernel"] == 1

@@ -75,10 +75,10 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 
 @triton.jit
-def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps,
+def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, r_row_stride,
                            rows_per_run, tiles_per_run, w_run_stride, b_run_stride,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                           PACKED: tl.constexpr):
+                           PACKED: tl.constexpr, R_STRIDED: tl.constexpr):
     pid = tl.program_id(0)
     if PACKED:  # tiles_per_run programs per run; a tile never straddles two runs
         run = pid // tiles_per_run
@@ -98,7 +98,8 @@ def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps,
 
     z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        z += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+        r_offs = rows.to(tl.int64)[:, None] * r_row_stride + cols[None, :] if R_STRIDED else offs
+        z += tl.load(R + r_offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(z, axis=1) / N
     d = tl.where(mask, z - mean[:, None], 0.0)
     var = tl.sum(d * d, axis=1) / N
@@ -113,10 +114,10 @@ def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps,
 
 
 @triton.jit
-def _layer_norm_bwd_kernel(X, R, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, rows_per_program,
-                           rows_per_run, programs_per_run, w_run_stride,
+def _layer_norm_bwd_kernel(X, R, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, r_row_stride,
+                           rows_per_program, rows_per_run, programs_per_run, w_run_stride,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                           PACKED: tl.constexpr):
+                           PACKED: tl.constexpr, R_STRIDED: tl.constexpr):
     pid = tl.program_id(0)
     if PACKED:  # programs_per_run programs per run, each within its run: partials never mix runs
         run = pid // programs_per_run
@@ -140,7 +141,8 @@ def _layer_norm_bwd_kernel(X, R, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, 
         offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
         z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
-            z += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+            r_offs = rows.to(tl.int64)[:, None] * r_row_stride + cols[None, :] if R_STRIDED else offs
+            z += tl.load(R + r_offs, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
         rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
         xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
@@ -183,6 +185,18 @@ def _packed_affine_fp32(t, n, fill, device):
     return t, t.stride(0)
 
 
+# A residual's rows are read with their own stride (the last layer's residual is the readout row of each
+# sequence, a strided slice: no copy) from BLOCK_N 64 on. At BLOCK_N 32 Triton 3.9's sm_90 backward spilled
+# 8 B with the stride (fp32, packed), so narrow rows are copied contiguous as before.
+_MIN_STRIDED_BLOCK_N = 64
+
+
+def _residual_rows(r: torch.Tensor, block_n: int) -> torch.Tensor:
+    r2 = r.reshape(-1, r.shape[-1])
+    strided = block_n >= _MIN_STRIDED_BLOCK_N and (r2.stride(-1) == 1 or r2.shape[-1] == 1)
+    return r2 if strided else r2.contiguous()
+
+
 def _is_packed(weight, bias) -> bool:
     return any(t is not None and t.dim() == 2 for t in (weight, bias))
 
@@ -191,10 +205,10 @@ class _LayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps):
         n = x.shape[-1]
-        x2 = x.reshape(-1, n).contiguous()
-        r2 = None if residual is None else residual.reshape(-1, n).contiguous()
-        m = x2.shape[0]
         block_n, block_m, warps, _ = _config(n)
+        x2 = x.reshape(-1, n).contiguous()
+        r2 = None if residual is None else _residual_rows(residual, block_n)
+        m = x2.shape[0]
         packed = _is_packed(weight, bias)
         if packed:  # x is (R, ..., N): run r's rows are the contiguous rows [r * m / R, (r + 1) * m / R)
             runs = x.shape[0]
@@ -212,9 +226,10 @@ class _LayerNormFn(torch.autograd.Function):
         rstd = _empty((m,), torch.float32, x.device)
         if m > 0:
             _layer_norm_fwd_kernel[(grid,)](
-                x2, x2 if r2 is None else r2, w, b, y, mean, rstd, m, n, eps,
+                x2, x2 if r2 is None else r2, w, b, y, mean, rstd, m, n, eps, n if r2 is None else r2.stride(0),
                 rows_per_run if packed else 0, tiles_per_run, w_stride, b_stride,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed, num_warps=warps)
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
+                R_STRIDED=r2 is not None and block_n >= _MIN_STRIDED_BLOCK_N, num_warps=warps)
         ctx.save_for_backward(x2, r2, w, mean, rstd)
         ctx.packed, ctx.runs, ctx.w_stride = packed, runs, w_stride
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -246,9 +261,11 @@ class _LayerNormFn(torch.autograd.Function):
         if per_run > 0:
             packed = ctx.packed
             _layer_norm_bwd_kernel[(runs * per_run,)](
-                x2, x2 if r2 is None else r2, w, dy2, dx, mean, rstd, dw_part, db_part, m, n, rows_per_program,
+                x2, x2 if r2 is None else r2, w, dy2, dx, mean, rstd, dw_part, db_part, m, n,
+                n if r2 is None else r2.stride(0), rows_per_program,
                 rows_per_run if packed else 0, per_run if packed else 0, ctx.w_stride,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed, num_warps=warps)
+                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
+                R_STRIDED=r2 is not None and block_n >= _MIN_STRIDED_BLOCK_N, num_warps=warps)
         else:
             part.zero_()
         dx = dx.view(ctx.x_shape)
@@ -332,23 +349,26 @@ def compile_specs() -> list[CompileSpec]:
         for dtype, ty in SIGNATURE_DTYPES.items():
             for has_res in (False, True):
                 for packed in (False, True):
-                    consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=has_res, PACKED=packed)
+                    consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=has_res, PACKED=packed,
+                                  R_STRIDED=has_res and block_n >= _MIN_STRIDED_BLOCK_N)
                     tag = (f"BLOCK_M={block_m},BLOCK_N={block_n},{ty}{',residual' if has_res else ''}"
                            f"{',packed' if packed else ''}")
                     specs.append(CompileSpec(
                         name=f"layer_norm_fwd[{tag}]", fn=_layer_norm_fwd_kernel,
                         signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", B="*fp32", Y=f"*{ty}", MEAN="*fp32",
-                                       RSTD="*fp32", M="i32", N="i32", eps="fp32", rows_per_run="i32",
+                                       RSTD="*fp32", M="i32", N="i32", eps="fp32", r_row_stride="i32",
+                                       rows_per_run="i32",
                                        tiles_per_run="i32", w_run_stride="i32", b_run_stride="i32",
                                        BLOCK_M="constexpr", BLOCK_N="constexpr", HAS_RESIDUAL="constexpr",
-                                       PACKED="constexpr"),
+                                       PACKED="constexpr", R_STRIDED="constexpr"),
                         constexprs=consts, num_warps=fwd_warps))
                     specs.append(CompileSpec(
                         name=f"layer_norm_bwd[{tag}]", fn=_layer_norm_bwd_kernel,
                         signature=dict(X=f"*{ty}", R=f"*{ty}", W="*fp32", DY=f"*{ty}", DX=f"*{ty}", MEAN="*fp32",
                                        RSTD="*fp32", DW_PART="*fp32", DB_PART="*fp32", M="i32", N="i32",
-                                       rows_per_program="i32", rows_per_run="i32", programs_per_run="i32",
+                                       r_row_stride="i32", rows_per_program="i32", rows_per_run="i32",
+                                       programs_per_run="i32",
                                        w_run_stride="i32", BLOCK_M="constexpr", BLOCK_N="constexpr",
-                                       HAS_RESIDUAL="constexpr", PACKED="constexpr"),
+                                       HAS_RESIDUAL="constexpr", PACKED="constexpr", R_STRIDED="constexpr"),
                         constexprs=consts, num_warps=bwd_warps))
     return specs

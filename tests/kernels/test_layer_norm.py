@@ -298,6 +298,36 @@ def test_packed_fp32_weights_are_read_in_place(monkeypatch):
     assert args[2].data_ptr() == w.data_ptr() and args[-1] == 57 and kwargs["PACKED"]
 
 
+@pytest.mark.parametrize("runs,n,in_place", [(None, 40, True), (3, 40, True), (3, 20, False)])
+def test_a_residual_of_strided_rows_is_read_in_place(monkeypatch, runs, n, in_place):
+    """The last layer's residual is the readout row of each sequence, seqs[..., 4:5, :]: rows 6 rows apart.
+    Both kernels read it where it is (from BLOCK_N 64 on; narrower rows are copied) and get the numbers right."""
+    fwd, bwd = LaunchSpy(ln_mod._layer_norm_fwd_kernel), LaunchSpy(ln_mod._layer_norm_bwd_kernel)
+    monkeypatch.setattr(ln_mod, "_layer_norm_fwd_kernel", fwd)
+    monkeypatch.setattr(ln_mod, "_layer_norm_bwd_kernel", bwd)
+    g = torch.Generator().manual_seed(8)
+    lead = () if runs is None else (runs,)
+    seqs = torch.randn(*lead, 9, 6, n, generator=g).requires_grad_()
+    x = torch.randn(*lead, 9, 1, n, generator=g).requires_grad_()
+    w = (1 + 0.5 * torch.randn(*lead, n, generator=g)).requires_grad_()
+    b = (0.3 * torch.randn(*lead, n, generator=g)).requires_grad_()
+    dy = torch.randn(*lead, 9, 1, n, generator=g)
+    r = seqs[..., 4:5, :]
+    y = layer_norm(x, w, b, 1e-5, residual=r)
+    y.backward(dy)
+    for (args, _), kind in ((fwd.calls[0], "fwd"), (bwd.calls[0], "bwd")):
+        assert (args[1].data_ptr() == r.data_ptr()) == in_place, kind
+        strides = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+        assert (6 * n in strides) == in_place, f"{kind}: the residual's row stride"
+    leaves = (x, seqs, w, b)
+    want = [t.detach().double().requires_grad_() for t in leaves]
+    y64 = layer_norm_reference(want[0], want[2], want[3], 1e-5, residual=want[1][..., 4:5, :])
+    y64.backward(dy.double())
+    _close("y", y.detach(), y64.detach(), torch.float32)
+    for name, got, ref in zip(("dx", "dresidual", "dweight", "dbias"), leaves, want):
+        _close(name, got.grad, ref.grad, torch.float32)
+
+
 def test_packed_reference_is_a_layer_norm_per_run():
     g = torch.Generator().manual_seed(6)
     x, r = torch.randn(3, 4, 5, 33, generator=g, dtype=torch.float64), torch.randn(3, 4, 5, 33, generator=g,

@@ -179,15 +179,36 @@ def test_matmul_matches_reference_at_the_step_shapes(dtype):
         want = x.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2)
         got = kernels.matmul(x, w.transpose(-1, -2), b)
         assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, m, k, n)
-    x = torch.randn(512, 128, device="cuda", generator=g).to(dtype)
-    w1 = torch.randn(512, 128, device="cuda", generator=g).to(dtype)
-    h, pre = kernels.matmul(x, w1.t(), None, gelu="tanh")
-    dh = torch.randn(512, 512, device="cuda", generator=g).to(dtype)
-    dx, dpre = kernels.matmul_gelu_grad(dh, pre, w1, "tanh")
-    want_h, want_dpre = torch.nn.functional.gelu(pre.double(), approximate="tanh"), torch.ops.aten.gelu_backward(
-        dh.double(), pre.double(), approximate="tanh")
-    for got, want in ((h, want_h), (dpre, want_dpre), (dx, dpre.double() @ w1.double())):
-        assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+    # the FFN's first layer with its GELU, solo and as a 64-run pack (the modular readout rows), both forms
+    for runs, form in ((None, "tanh"), (64, "none")):
+        lead = () if runs is None else (runs,)
+        x = torch.randn(*lead, 512, 128, device="cuda", generator=g).to(dtype)
+        w1 = torch.randn(*lead, 512, 128, device="cuda", generator=g).to(dtype)
+        h, pre = kernels.matmul(x, w1.transpose(-1, -2), None, gelu=form)
+        dh = torch.randn(*lead, 512, 512, device="cuda", generator=g).to(dtype)
+        dx, dpre = kernels.matmul_gelu_grad(dh, pre, w1, form)
+        want_h = torch.nn.functional.gelu(pre.double(), approximate=form)
+        want_dpre = torch.ops.aten.gelu_backward(dh.double(), pre.double(), approximate=form)
+        for got, want in ((h, want_h), (dpre, want_dpre), (dx, dpre.double() @ w1.double())):
+            assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, form)
+
+
+def test_matmul_with_tf32_allowed_runs_its_tf32_tiles():
+    # TF32 on (10-bit mantissas): its own tiles and the GELU' prologue in that mode, against float64
+    g = torch.Generator(device="cuda").manual_seed(7)
+    x, w = torch.randn(3072, 128, device="cuda", generator=g), torch.randn(512, 128, device="cuda", generator=g)
+    dh = torch.randn(3072, 512, device="cuda", generator=g)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        h, pre = kernels.matmul(x, w.t(), None, gelu="tanh")
+        dx, dpre = kernels.matmul_gelu_grad(dh, pre, w, "tanh")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    want_pre = x.double() @ w.double().t()
+    assert (pre.double() - want_pre).abs().max().item() <= 5e-3 * want_pre.abs().max().item()
+    want_dx = dpre.double() @ w.double()
+    assert (dx.double() - want_dx).abs().max().item() <= 5e-3 * want_dx.abs().max().item()
 
 
 @pytest.mark.parametrize("batch", [512, 2873])  # the modular batch, and the paper preset's full batch

@@ -8,7 +8,8 @@
 #   `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval every 10
 #   steps), timed (its steady rate, if the cap stops it first);  7. the pack benchmarks
 #   (benchmarks/test_pack_bench.py: R runs packed vs the same R runs solo), JSON out, then the linear layers'
-#   products (benchmarks/test_matmul_bench.py: kernels.matmul vs PyTorch);  8. if time is left,
+#   products (benchmarks/test_matmul_bench.py: kernels.matmul vs PyTorch) and its candidate tiles
+#   (scripts/tune_matmul.py);  8. if time is left,
 #   a profile of a 64-run pack, the max-autotune compile rows, then the kernel benchmarks;  9. the tables,
 #   last: the step table (scripts/bench_table.py), then the pack table (scripts/pack_table.py).
 # The compile rows have their own pytest runs and JSON files: their warm-up compiles for a minute or
@@ -147,6 +148,8 @@ section "pack benchmarks" 65 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts
 section "matmul benchmarks" 30 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline \
   benchmarks/test_matmul_bench.py --benchmark-json="$out/bench-matmul.json" --benchmark-max-time=0.2 \
   --benchmark-columns=min,median,rounds
+# kernels.matmul's candidate tiles at the same shapes, spill-checked for this GPU, then timed (time left only)
+section "matmul tiles" 40 5 "$PY" scripts/tune_matmul.py
 # where a 64-run pack's ~90 us per run goes, and whether the table projection pays there (time left only)
 section "pack profile" 45 5 "$PY" scripts/step_profile.py --dataset modular --pack "$profile_pack" --steps "$profile_steps"
 if ((!rehearsal)); then

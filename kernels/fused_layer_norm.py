@@ -187,7 +187,8 @@ def _packed_affine_fp32(t, n, fill, device):
 
 # A residual's rows are read with their own stride (the last layer's residual is the readout row of each
 # sequence, a strided slice: no copy) from BLOCK_N 64 on. At BLOCK_N 32 Triton 3.9's sm_90 backward spilled
-# 8 B with the stride (fp32, packed), so narrow rows are copied contiguous as before.
+# 8 B (fp32, residual, packed) when x and the residual both took a runtime row stride, so narrow rows are
+# copied contiguous as before, and x always is.
 _MIN_STRIDED_BLOCK_N = 64
 
 

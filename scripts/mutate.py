@@ -237,7 +237,7 @@ MUTANTS: list[Mutant] = [
       ("+ tied_head(self.pos, linear.weight)", "+ linear(self.pos).unsqueeze(-3)"),
       "first layer from the tables: the bias added twice", [T_MODELS, T_EMBSUM]),
     M("MO2", "models", "grokfast_train/models/block.py",
-      ("f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))", "f = self.fc2(F.gelu(self.fc1(h)))"),
+      ("f = self.fc2(_gelu_layer(self.fc1, h, self.gelu))", "f = self.fc2(_gelu_layer(self.fc1, h, \"none\"))"),
       "block: exact GELU where GPT uses tanh", [T_MODELS]),
     M("MO3", "models", "grokfast_train/models/decoder.py",
       ("r = (self.readout_pos if readout_pos is None else readout_pos) % x.shape[-1]",

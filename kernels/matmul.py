@@ -15,6 +15,9 @@ A program owns one (BLOCK_M, BLOCK_N) tile of one run's ``c`` and walks K; every
 one program, no atomics. The bias (fp32 or ``a``'s dtype; (N,) or (R, N), any run stride) is added to
 the fp32 accumulator before the one rounding.
 
+``matmul(..., gelu="none"|"tanh")`` also applies the FFN's GELU in the same launch (returning the product
+too), and ``matmul_gelu_grad`` multiplies the incoming gradient by GELU' as it loads it (see kernels/README.md).
+
 CUDA tensors run Triton; CPU tensors run ``matmul_reference`` (or Triton under ``TRITON_INTERPRET=1``).
 """
 
@@ -116,6 +119,11 @@ def _mode(dtype: torch.dtype) -> str:
     return dot_precision(dtype) if dtype == torch.float32 else "16bit"
 
 
+def _config(mode: str, act_in: int) -> tuple[tuple[int, int, int, int, int], str]:
+    """The launch's tiles and tl.dot precision (the launcher and compile_specs share this one rule)."""
+    return (_GELU_GRAD_TILES if act_in else _TILES[mode]), ("tf32" if mode == "16bit" else mode)
+
+
 def _check(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
     check_dtype("matmul: a", a, SUPPORTED_DTYPES)
     if a.dim() not in (2, 3) or b.dim() != a.dim() or b.dtype != a.dtype or a.shape[-1] != b.shape[-2] \
@@ -161,8 +169,7 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in) -> None:
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     if runs > _MAX_GRID_Y:
         raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y}")
-    mode = _mode(a.dtype)
-    block_m, block_n, block_k, warps, stages = _GELU_GRAD_TILES if act_in else _TILES[mode]
+    (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in)
     a_rs, a_ms, a_ks = (0, *a.stride()) if a.dim() == 2 else a.stride()
     b_rs, b_ks, b_ns = (0, *b.stride()) if b.dim() == 2 else b.stride()
     if bias is not None and bias.stride(-1) != 1:
@@ -172,7 +179,7 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in) -> None:
     _matmul_kernel[grid](a, b, c if bias is None else bias, c, c if pre is None else pre, c if dpre is None else dpre,
                          m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
                          HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, BLOCK_M=block_m, BLOCK_N=block_n,
-                         BLOCK_K=block_k, DOT_PRECISION="tf32" if mode == "16bit" else mode,
+                         BLOCK_K=block_k, DOT_PRECISION=precision,
                          UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
 
 
@@ -215,11 +222,10 @@ def compile_specs() -> list[CompileSpec]:
     for dtype in SUPPORTED_DTYPES:
         ty = SIGNATURE_DTYPES[dtype]
         for mode in (("tf32x3", "tf32") if dtype == torch.float32 else ("16bit",)):
-            precision = "tf32" if mode == "16bit" else mode
             biases = (None, "fp32") if dtype == torch.float32 else (None, "fp32", ty)
             variants = [(bias, act, 0) for bias in biases for act in (0, 1, 2)] + [(None, 0, act) for act in (1, 2)]
             for bias, act_out, act_in in variants:
-                block_m, block_n, block_k, warps, stages = _GELU_GRAD_TILES if act_in else _TILES[mode]
+                (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in)
                 sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or ty}", C=f"*{ty}", PRE=f"*{ty}", DPRE=f"*{ty}",
                            M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32", a_ks="i32", b_rs="i32", b_ks="i32",
                            b_ns="i32", bias_rs="i32", HAS_BIAS="constexpr", ACT_OUT="constexpr", ACT_IN="constexpr",

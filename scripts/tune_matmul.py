@@ -34,7 +34,7 @@ CANDIDATES = [(32, 32, 32, 4, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2), (64, 6
 def spec_for(mode: str, tiles: tuple[int, int, int, int, int]):
     """The shipped forward spec (bias, no GELU) of ``mode`` with the candidate's tiles."""
     mm = importlib.import_module("kernels.matmul")
-    precision = "tf32" if mode == "16bit" else mode
+    _, precision = mm._config(mode, 0)
     ty = "bf16" if mode == "16bit" else "fp32"
     (spec,) = [s for s in mm.compile_specs()
                if s.name == f"matmul[{ty},{precision},bias=fp32,act_out=0,act_in=0]"]

@@ -192,9 +192,14 @@ def _packed_affine_fp32(t, n, fill, device):
 _MIN_STRIDED_BLOCK_N = 64
 
 
+def _r_strided(has_residual: bool, block_n: int) -> bool:
+    """Whether the kernels read the residual with its own row stride (the R_STRIDED constexpr)."""
+    return has_residual and block_n >= _MIN_STRIDED_BLOCK_N
+
+
 def _residual_rows(r: torch.Tensor, block_n: int) -> torch.Tensor:
     r2 = r.reshape(-1, r.shape[-1])
-    strided = block_n >= _MIN_STRIDED_BLOCK_N and (r2.stride(-1) == 1 or r2.shape[-1] == 1)
+    strided = _r_strided(True, block_n) and (r2.stride(-1) == 1 or r2.shape[-1] == 1)
     return r2 if strided else r2.contiguous()
 
 
@@ -230,7 +235,7 @@ class _LayerNormFn(torch.autograd.Function):
                 x2, x2 if r2 is None else r2, w, b, y, mean, rstd, m, n, eps, n if r2 is None else r2.stride(0),
                 rows_per_run if packed else 0, tiles_per_run, w_stride, b_stride,
                 BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
-                R_STRIDED=r2 is not None and block_n >= _MIN_STRIDED_BLOCK_N, num_warps=warps)
+                R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps)
         ctx.save_for_backward(x2, r2, w, mean, rstd)
         ctx.packed, ctx.runs, ctx.w_stride = packed, runs, w_stride
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -266,7 +271,7 @@ class _LayerNormFn(torch.autograd.Function):
                 n if r2 is None else r2.stride(0), rows_per_program,
                 rows_per_run if packed else 0, per_run if packed else 0, ctx.w_stride,
                 BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
-                R_STRIDED=r2 is not None and block_n >= _MIN_STRIDED_BLOCK_N, num_warps=warps)
+                R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps)
         else:
             part.zero_()
         dx = dx.view(ctx.x_shape)
@@ -351,7 +356,7 @@ def compile_specs() -> list[CompileSpec]:
             for has_res in (False, True):
                 for packed in (False, True):
                     consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=has_res, PACKED=packed,
-                                  R_STRIDED=has_res and block_n >= _MIN_STRIDED_BLOCK_N)
+                                  R_STRIDED=_r_strided(has_res, block_n))
                     tag = (f"BLOCK_M={block_m},BLOCK_N={block_n},{ty}{',residual' if has_res else ''}"
                            f"{',packed' if packed else ''}")
                     specs.append(CompileSpec(

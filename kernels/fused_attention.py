@@ -109,12 +109,16 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # ----------------------------------------------------------------------------------------------
 # Triton kernels.
 #
-# Tensors are contiguous: q, o, do, dq are (B*H, Lq, D), k, v, dk, dv are (B*H, Lk, D), lse and
-# delta are (B*H, Lq) fp32, the padding mask is (B, Lk) uint8. Program axis 0 is the (batch, head)
-# pair and axis 1 the row (or key) block: CUDA caps grid axes 1 and 2 at 65,535 but axis 0 at
-# 2**31 - 1, and B*H passes 65,535 at a batch of 16,384 with 4 heads, while the blocks number at
-# most cdiv(1024, 16) = 64. The pair's base offset is computed in int64 so that B*H*L*D may
-# exceed 2**31.
+# q, o, do, dq (the query side) share one layout and k, v, dk, dv (the key side) another, each
+# either contiguous (B, H, L, D) or with the heads interleaved in the rows, contiguous (B, L, H, D):
+# a model's projection viewed as heads, read and written in place (``_Layout``). Element (b, h, l, d)
+# of a side is at b * sb + h * sh + l * ROW + d, the strides sb, sh runtime numbers and the row
+# stride ROW a constexpr (D or H * D; a padded head's tensors are contiguous and use the runtime D).
+# lse and delta are (B*H, Lq) fp32, the padding mask is (B, Lk) uint8. Program axis 0 is the
+# (batch, head) pair and axis 1 the row (or key) block: CUDA caps grid axes 1 and 2 at 65,535 but
+# axis 0 at 2**31 - 1, and B*H passes 65,535 at a batch of 16,384 with 4 heads, while the blocks
+# number at most cdiv(1024, 16) = 64. The pair's base offsets are computed in int64 so that
+# B*H*L*D may exceed 2**31.
 #
 # The head size D is a runtime number; the tiles are BLOCK_D = max(16, next_pow2(D)) wide (tl.dot
 # and tl.arange need a power of two, tl.dot at least 16). When D < BLOCK_D every load and store of
@@ -158,23 +162,53 @@ def _tile_mask(row_ok, offs_d, D, EVEN_D: tl.constexpr):
 
 
 @triton.jit
+def _row_strides(D, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr):
+    """The row strides of the query side (Q, O, dO, dQ) and the key side (K, V, dK, dV): the constexprs
+    when D is not padded, else D (a padded head's tensors are contiguous (B, H, L, D))."""
+    if EVEN_D:
+        return Q_ROW, KV_ROW
+    else:
+        return D, D
+
+
+@triton.jit
+def _side_offset(bh, H, L, D, sb, sh, ROW: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Where (batch, head) pair bh (int64) starts on one side, in int64 (B*H*L*D may pass 2**31).
+    Contiguous (ROW 0: a padded head; or BLOCK_D) it is bh * L * D, the code these kernels had before
+    the interleaved layout existed: several tiles sit at the register limit, and computing it any other
+    way (from the stride sh, say) tipped some of them into 8-16 B spills on sm_80. Interleaved, the
+    pair is split in int32 (a 64-bit division costs registers)."""
+    if ROW == 0 or ROW == BLOCK_D:
+        off = bh * L * D
+    else:
+        pair = tl.program_id(0)
+        b = pair // H
+        off = b.to(tl.int64) * sb + (pair - b * H).to(tl.int64) * sh
+    return off
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, Mask, O, LSE,
-              H, Lq, Lk, D, shift, mask_len, qk_scale,
-              BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale,
+              BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    D = BLOCK_D if EVEN_D else D  # a constexpr row stride when nothing is padded (see above)
+    D = BLOCK_D if EVEN_D else D
+    q_row, kv_row = _row_strides(D, EVEN_D, Q_ROW, KV_ROW)
     bh = tl.program_id(0).to(tl.int64)
     start_m = tl.program_id(1) * BLOCK_M
-    Q += bh * Lq * D
-    O += bh * Lq * D
-    K += bh * Lk * D
-    V += bh * Lk * D
+    q_off = _side_offset(bh, H, Lq, D, q_sb, q_sh, Q_ROW, BLOCK_D)
+    kv_off = _side_offset(bh, H, Lk, D, kv_sb, kv_sh, KV_ROW, BLOCK_D)
+    Q += q_off
+    O += q_off
+    K += kv_off
+    V += kv_off
     LSE += bh * Lq
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
-    q_tile = offs_m[:, None] * D + offs_d[None, :]
+    q_tile = offs_m[:, None] * q_row + offs_d[None, :]
     q_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
     q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
 
@@ -189,7 +223,7 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Lk
-        kv_tile = offs_n[:, None] * D + offs_d[None, :]
+        kv_tile = offs_n[:, None] * kv_row + offs_d[None, :]
         kv_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
         k = tl.load(K + kv_tile, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_tile, mask=kv_mask, other=0.0)
@@ -214,21 +248,23 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
     # The store's offsets and mask are recomputed, not reused from the load: several tiles sit at
     # 255 registers, and keeping them live through the loop (or even naming a temporary here,
     # measured with Triton 3.9) tips them into spills. Check `python -m kernels._compile` after edits.
-    tl.store(O + offs_m[:, None] * D + offs_d[None, :], acc.to(O.dtype.element_ty),
+    tl.store(O + offs_m[:, None] * q_row + offs_d[None, :], acc.to(O.dtype.element_ty),
              mask=_tile_mask(m_ok, offs_d, D, EVEN_D))
     tl.store(LSE + offs_m, lse, mask=m_ok)
 
 
 @triton.jit
-def _attn_bwd_preprocess(O, DO, Delta, Lq, D,
-                         BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
+def _attn_bwd_preprocess(O, DO, Delta, H, Lq, D, q_sb, q_sh,
+                         BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, BLOCK_M: tl.constexpr):
     D = BLOCK_D if EVEN_D else D
+    q_row, _ = _row_strides(D, EVEN_D, Q_ROW, Q_ROW)
     bh = tl.program_id(0).to(tl.int64)
     start_m = tl.program_id(1) * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
-    ptrs = bh * Lq * D + offs_m[:, None] * D + offs_d[None, :]
+    q_off = _side_offset(bh, H, Lq, D, q_sb, q_sh, Q_ROW, BLOCK_D)
+    ptrs = q_off + offs_m[:, None] * q_row + offs_d[None, :]
     tile_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
     o = tl.load(O + ptrs, mask=tile_mask, other=0.0).to(tl.float32)
     do = tl.load(DO + ptrs, mask=tile_mask, other=0.0).to(tl.float32)
@@ -237,27 +273,31 @@ def _attn_bwd_preprocess(O, DO, Delta, Lq, D,
 
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
-                   H, Lq, Lk, D, shift, mask_len, qk_scale, sm_scale,
-                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale, sm_scale,
+                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # Works in the transposed orientation (keys along rows) so that dK and dV come out of the
     # matmuls in the (BLOCK_N, BLOCK_D) layout they are stored in.
     D = BLOCK_D if EVEN_D else D
+    q_row, kv_row = _row_strides(D, EVEN_D, Q_ROW, KV_ROW)
     bh = tl.program_id(0).to(tl.int64)
     start_n = tl.program_id(1) * BLOCK_N
-    Q += bh * Lq * D
-    DO += bh * Lq * D
-    K += bh * Lk * D
-    V += bh * Lk * D
-    DK += bh * Lk * D
-    DV += bh * Lk * D
+    q_off = _side_offset(bh, H, Lq, D, q_sb, q_sh, Q_ROW, BLOCK_D)
+    kv_off = _side_offset(bh, H, Lk, D, kv_sb, kv_sh, KV_ROW, BLOCK_D)
+    Q += q_off
+    DO += q_off
+    K += kv_off
+    V += kv_off
+    DK += kv_off
+    DV += kv_off
     LSE += bh * Lq
     Delta += bh * Lq
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < Lk
-    kv_tile = offs_n[:, None] * D + offs_d[None, :]
+    kv_tile = offs_n[:, None] * kv_row + offs_d[None, :]
     kv_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
     k = tl.load(K + kv_tile, mask=kv_mask, other=0.0)
     v = tl.load(V + kv_tile, mask=kv_mask, other=0.0)
@@ -271,7 +311,7 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
     for start_m in range(lo, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < Lq
-        q_tile = offs_m[:, None] * D + offs_d[None, :]
+        q_tile = offs_m[:, None] * q_row + offs_d[None, :]
         q_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
         q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
         do = tl.load(DO + q_tile, mask=q_mask, other=0.0)
@@ -286,7 +326,7 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
         dsT = pT * (dpT - delta[None, :])
         dk = _mma(dsT.to(q.dtype), q, dk, DOT_PRECISION, UPCAST)
 
-    ptrs = offs_n[:, None] * D + offs_d[None, :]  # recomputed, as in _attn_fwd
+    ptrs = offs_n[:, None] * kv_row + offs_d[None, :]  # recomputed, as in _attn_fwd
     st_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
     tl.store(DK + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=st_mask)
     tl.store(DV + ptrs, dv.to(DV.dtype.element_ty), mask=st_mask)
@@ -294,24 +334,28 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
 
 @triton.jit
 def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
-                 H, Lq, Lk, D, shift, mask_len, qk_scale, sm_scale,
-                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale, sm_scale,
+                 BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     D = BLOCK_D if EVEN_D else D
+    q_row, kv_row = _row_strides(D, EVEN_D, Q_ROW, KV_ROW)
     bh = tl.program_id(0).to(tl.int64)
     start_m = tl.program_id(1) * BLOCK_M
-    Q += bh * Lq * D
-    DO += bh * Lq * D
-    DQ += bh * Lq * D
-    K += bh * Lk * D
-    V += bh * Lk * D
+    q_off = _side_offset(bh, H, Lq, D, q_sb, q_sh, Q_ROW, BLOCK_D)
+    kv_off = _side_offset(bh, H, Lk, D, kv_sb, kv_sh, KV_ROW, BLOCK_D)
+    Q += q_off
+    DO += q_off
+    DQ += q_off
+    K += kv_off
+    V += kv_off
     LSE += bh * Lq
     Delta += bh * Lq
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
-    q_tile = offs_m[:, None] * D + offs_d[None, :]
+    q_tile = offs_m[:, None] * q_row + offs_d[None, :]
     q_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
     q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
     do = tl.load(DO + q_tile, mask=q_mask, other=0.0)
@@ -323,7 +367,7 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Lk
-        kv_tile = offs_n[:, None] * D + offs_d[None, :]
+        kv_tile = offs_n[:, None] * kv_row + offs_d[None, :]
         kv_mask = _tile_mask(n_ok, offs_d, D, EVEN_D)
         # dP before K is loaded: V is dead by then, which keeps the fp32 TF32x3 tiles (operands
         # split in two) at BLOCK_D = 128 from spilling.
@@ -338,7 +382,7 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
         ds = p * (dp - delta[:, None])
         dq = _mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST)
 
-    tl.store(DQ + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+    tl.store(DQ + offs_m[:, None] * q_row + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=_tile_mask(m_ok, offs_d, D, EVEN_D))  # recomputed, as in _attn_fwd
 
 
@@ -360,17 +404,20 @@ _TILES = {
     "16bit": {"fwd": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 32, 4, 2)},
               "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
               "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2)}},
-    "tf32": {"fwd": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2)},
+    "tf32": {"fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2)},
              "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
-             "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)}},
+             "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (32, 32, 4, 2), 128: (32, 16, 4, 2)}},
     "tf32x3": {"fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (16, 32, 4, 2)},
                "dkdv": {16: (32, 64, 4, 2), 32: (32, 16, 4, 2), 64: (32, 16, 4, 2), 128: (16, 16, 8, 2)},
-               "dq": {16: (64, 32, 4, 2), 32: (32, 16, 4, 1), 64: (32, 16, 4, 2), 128: (16, 16, 4, 1)}},
+               "dq": {16: (64, 16, 4, 2), 32: (32, 16, 4, 1), 64: (32, 16, 4, 2), 128: (16, 16, 4, 1)}},
 }
 # tl.dot needs M >= 16. One query (the last layer computes only the position the loss reads) or
 # a handful (modular arithmetic, L = 4..7) would waste most of a 64-row block: fwd and dq use 16
 # rows and 4 warps for Lq <= 16 (TF32x3 dq also single-buffers there, to stay spill-free).
 _SMALL_LQ = 16
+# ... with fewer keys per step where 16 rows at the big tile's BLOCK_N spilled 8 B (Triton 3.6, sm_80, once
+# the interleaved layout's offsets were in: scripts/attention_rows_check.py)
+_SMALL_BLOCK_N = {("tf32", "fwd", 128): 16}
 _PRE_BLOCK_M = 64
 # Padded head sizes (D < BLOCK_D) where the tile above spills (the runtime row stride and the
 # per-lane masks cost registers): (mode, kernel, BLOCK_D, Lq <= 16) -> (BLOCK_M, BLOCK_N,
@@ -412,14 +459,16 @@ def _block_config(kernel: str, block_d: int, even_d: bool, mode: str, lq: int) -
         if small:
             block_m, warps = 16, 4
             stages = 1 if (mode, kernel) == ("tf32x3", "dq") else stages
+            block_n = _SMALL_BLOCK_N.get((mode, kernel, block_d), block_n)
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
 
-def _launch(kind: str, grid, *args, d: int, lq: int, dtype: torch.dtype, precision: str) -> None:
+def _launch(kind: str, grid, *args, d: int, lq: int, dtype: torch.dtype, precision: str,
+            rows: tuple[int, int]) -> None:
     block_d = _block_d(d)
     cfg = _block_config(kind, block_d, d == block_d, _mode(dtype, precision), lq)
-    _KERNELS[kind][grid(cfg)](*args, BLOCK_D=block_d, EVEN_D=d == block_d, DOT_PRECISION=precision,
-                              UPCAST=INTERPRET and dtype == torch.bfloat16, **cfg)
+    _KERNELS[kind][grid(cfg)](*args, BLOCK_D=block_d, EVEN_D=d == block_d, Q_ROW=rows[0], KV_ROW=rows[1],
+                              DOT_PRECISION=precision, UPCAST=INTERPRET and dtype == torch.bfloat16, **cfg)
 
 
 _KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
@@ -430,10 +479,32 @@ _KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
 # ----------------------------------------------------------------------------------------------
 
 
+class _Layout:
+    """Where a side's tensors (q, o, do, dq or k, v, dk, dv) keep element (b, h, l, d): at
+    ``b * sb + h * sh + l * row + d``. Two layouts are read in place: contiguous (B, H, L, D), and the
+    heads interleaved in the rows, contiguous (B, L, H, D) -- a model's projection (B, L, H * D) viewed as
+    heads, which then needs no copy either way. A padded head (D < BLOCK_D) is always contiguous."""
+
+    def __init__(self, t: torch.Tensor):
+        B, H, L, D = t.shape
+        self.interleaved = (D == _block_d(D) and L > 1 and not t.is_contiguous()
+                            and t.transpose(1, 2).is_contiguous())
+        self.sb, self.sh, self.row = (L * H * D, D, H * D) if self.interleaved else (H * L * D, L * D, D)
+        if D != _block_d(D):
+            self.row = 0  # the kernels use the runtime D (see _row_strides)
+
+    def adopt(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in this layout: as it is when it already is, else copied."""
+        if not self.interleaved:
+            return t.contiguous()
+        return t if t.transpose(1, 2).is_contiguous() else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, causal, sm_scale):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        qs, ks = _Layout(q), _Layout(k)
+        q, k, v = qs.adopt(q), ks.adopt(k), ks.adopt(v)
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
         if key_padding_mask is None:
@@ -445,31 +516,34 @@ class _Attention(torch.autograd.Function):
         shift = (Lk - Lq) if causal else Lk
         precision = _dot_precision(q.dtype)
 
-        o = torch.empty_like(q)
+        o = torch.empty_like(q)  # (empty_like keeps a dense tensor's strides: q's layout)
         lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
+        strides = (qs.sb, qs.sh, ks.sb, ks.sh)
         _launch("fwd", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
-                q, k, v, mask, o, lse, H, Lq, Lk, D, shift, mask_len, sm_scale * _LOG2E,
-                d=D, lq=Lq, dtype=q.dtype, precision=precision)
+                q, k, v, mask, o, lse, H, Lq, Lk, D, *strides, shift, mask_len, sm_scale * _LOG2E,
+                d=D, lq=Lq, dtype=q.dtype, precision=precision, rows=(qs.row, ks.row))
 
         ctx.save_for_backward(q, k, v, o, lse, mask)
-        ctx.args = (shift, mask_len, sm_scale, precision)
+        ctx.args = (shift, mask_len, sm_scale, precision, qs, ks)
         return o
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse, mask = ctx.saved_tensors
-        shift, mask_len, sm_scale, precision = ctx.args
+        shift, mask_len, sm_scale, precision, qs, ks = ctx.args
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
-        do = do.contiguous()
+        do = qs.adopt(do)
 
         delta = torch.empty_like(lse)
+        block_d = _block_d(D)
         _attn_bwd_preprocess[(B * H, triton.cdiv(Lq, _PRE_BLOCK_M))](
-            o, do, delta, Lq, D, BLOCK_D=_block_d(D), EVEN_D=D == _block_d(D), BLOCK_M=_PRE_BLOCK_M)
+            o, do, delta, H, Lq, D, qs.sb, qs.sh, BLOCK_D=block_d, EVEN_D=D == block_d, Q_ROW=qs.row,
+            BLOCK_M=_PRE_BLOCK_M)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        common = (H, Lq, Lk, D, shift, mask_len, sm_scale * _LOG2E, sm_scale)
-        config = dict(d=D, lq=Lq, dtype=q.dtype, precision=precision)
+        common = (H, Lq, Lk, D, qs.sb, qs.sh, ks.sb, ks.sh, shift, mask_len, sm_scale * _LOG2E, sm_scale)
+        config = dict(d=D, lq=Lq, dtype=q.dtype, precision=precision, rows=(qs.row, ks.row))
         _launch("dkdv", lambda c: (B * H, triton.cdiv(Lk, c["BLOCK_N"])),
                 q, k, v, mask, do, lse, delta, dk, dv, *common, **config)
         _launch("dq", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
@@ -532,16 +606,28 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # Shipped configurations, for ahead-of-time compilation (kernels._compile).
 # ----------------------------------------------------------------------------------------------
 
+_STRIDES = ("q_sb", "q_sh", "kv_sb", "kv_sh")
 _ARGS = {
-    "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "D", "shift", "mask_len", "qk_scale"),
+    "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale"),
     "dkdv": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DK", "DV",
-             "H", "Lq", "Lk", "D", "shift", "mask_len", "qk_scale", "sm_scale"),
+             "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale", "sm_scale"),
     "dq": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DQ",
-           "H", "Lq", "Lk", "D", "shift", "mask_len", "qk_scale", "sm_scale"),
+           "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale", "sm_scale"),
 }
 # Triton types of the arguments that are not pointers of the input dtype.
 _ARG_TYPES = {"Mask": "*u8", "LSE": "*fp32", "Delta": "*fp32", "H": "i32", "Lq": "i32", "Lk": "i32",
-              "D": "i32", "shift": "i32", "mask_len": "i32", "qk_scale": "fp32", "sm_scale": "fp32"}
+              "D": "i32", "shift": "i32", "mask_len": "i32", "qk_scale": "fp32", "sm_scale": "fp32",
+              **{name: "i32" for name in _STRIDES}}
+
+
+def _spec_rows(block_d: int, even_d: bool) -> dict:
+    """The row-stride constexprs a spec is compiled with. A padded head's are unused (0). An even
+    head's are a number in the address arithmetic, so one value stands for all: the interleaved layout
+    of 4 heads, the paper's models'. scripts/attention_rows_check.py compiles every even spec at the
+    contiguous layout's value and a readout row's too, and finds them spill-free under Triton 3.6 and
+    3.9 (ptxas may use a few registers more or fewer)."""
+    row = 4 * block_d if even_d else 0
+    return {"Q_ROW": row, "KV_ROW": row}
 
 
 def compile_specs() -> list:
@@ -560,9 +646,11 @@ def compile_specs() -> list:
                 t = SIGNATURE_DTYPES[dtype]
                 specs.append(CompileSpec(
                     name=f"attn_bwd_preprocess[{shape},{t},BLOCK_M={_PRE_BLOCK_M}]", fn=_attn_bwd_preprocess,
-                    signature={"O": f"*{t}", "DO": f"*{t}", "Delta": "*fp32", "Lq": "i32", "D": "i32",
-                               "BLOCK_D": "constexpr", "EVEN_D": "constexpr", "BLOCK_M": "constexpr"},
-                    constexprs={"BLOCK_D": block_d, "EVEN_D": even_d, "BLOCK_M": _PRE_BLOCK_M}))
+                    signature={"O": f"*{t}", "DO": f"*{t}", "Delta": "*fp32", "H": "i32", "Lq": "i32",
+                               "D": "i32", "q_sb": "i32", "q_sh": "i32", "BLOCK_D": "constexpr",
+                               "EVEN_D": "constexpr", "Q_ROW": "constexpr", "BLOCK_M": "constexpr"},
+                    constexprs={"BLOCK_D": block_d, "EVEN_D": even_d,
+                                "Q_ROW": _spec_rows(block_d, even_d)["Q_ROW"], "BLOCK_M": _PRE_BLOCK_M}))
                 for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
                     label = f"{t}-{prec}" if dtype == torch.float32 else t
                     for kind, fn in _KERNELS.items():
@@ -579,7 +667,8 @@ def compile_specs() -> list:
 
 def _kernel_spec(CompileSpec, kind, fn, shape, t, label, prec, block_d, even_d, cfg):
     blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-    constexprs = {"BLOCK_D": block_d, "EVEN_D": even_d, "DOT_PRECISION": prec, "UPCAST": False, **blocks}
+    constexprs = {"BLOCK_D": block_d, "EVEN_D": even_d, **_spec_rows(block_d, even_d), "DOT_PRECISION": prec,
+                  "UPCAST": False, **blocks}
     signature = {a: _ARG_TYPES.get(a, f"*{t}") for a in _ARGS[kind]}
     signature.update({c: "constexpr" for c in constexprs})
     return CompileSpec(

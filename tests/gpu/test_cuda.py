@@ -38,6 +38,26 @@ def test_attention_matches_reference(dtype, B, H, Lq, Lk, D, causal):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,H,Lq,Lk,D,causal", [(128, 4, 256, 256, 32, False), (128, 4, 1, 256, 32, False),
+                                                (512, 4, 1, 7, 32, True), (3, 2, 70, 70, 64, True)])
+def test_attention_reads_heads_interleaved_in_the_rows(dtype, B, H, Lq, Lk, D, causal):
+    """q, k, v as the models make them -- (B, L, H * D) projections viewed as heads -- read in place,
+    the output and gradients written in that layout, and equal to the reference."""
+    g = torch.Generator(device="cuda").manual_seed(B + Lq)
+    q, k, v, do = (torch.randn(B, n, H, D, device="cuda", generator=g, dtype=dtype).transpose(1, 2)
+                   for n in (Lq, Lk, Lk, Lq))
+    outs = []
+    for fn in (kernels.attention, kernels.attention_reference):
+        qi, ki, vi = (t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in (q, k, v))
+        out = fn(qi, ki, vi, causal=causal)
+        out.backward(do)
+        outs.append([out, qi.grad, ki.grad, vi.grad])
+    assert outs[0][2].transpose(1, 2).is_contiguous()  # dk in k's layout
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *outs):
+        torch.testing.assert_close(a.float(), b.float(), atol=ATTN_TOL[dtype], rtol=ATTN_TOL[dtype], msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows,n", [(32768, 128), (7, 257), (1, 4096)])
 def test_layer_norm_matches_reference(dtype, rows, n):
     x, r = (torch.randn(rows, n, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))

@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils._python_dispatch
 
 from kernels import _dispatch
 from kernels.fused_attention import attention, attention_reference
@@ -259,6 +260,75 @@ def test_non_contiguous_inputs_and_custom_scale():
     assert not torch.allclose(out, attention(q, k, v))
 
 
+def _interleaved(t):
+    """t (B, H, L, D) as the view of a contiguous (B, L, H, D) tensor: a projection split into heads."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(t.requires_grad)
+
+
+class _CopyCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """The copies PyTorch makes (clone, copy_) outside the kernels (the interpreter's own, which move a
+    kernel's tensors in and out of numpy, are not counted)."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.copies, self.inside = [], 0
+        from triton.runtime import interpreter
+
+        run = interpreter.InterpretedFunction.run
+
+        def uncounted(fn, *args, **kwargs):
+            self.inside += 1
+            try:
+                return run(fn, *args, **kwargs)
+            finally:
+                self.inside -= 1
+
+        monkeypatch.setattr(interpreter.InterpretedFunction, "run", uncounted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside and func.overloadpacket.__name__ in ("clone", "copy_"):
+            self.copies.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("Lq,Lk,D,dtype,q_side,do_side,causal", [
+    (9, 9, 32, torch.float32, "interleaved", "interleaved", True),   # a full layer
+    (1, 7, 32, torch.float32, "interleaved", "interleaved", True),   # the readout row of a decoder
+    (1, 70, 16, torch.bfloat16, "contiguous", "interleaved", False),  # the readout row of an encoder
+    (19, 33, 64, torch.float32, "contiguous", "interleaved", False),  # mixed sides; dO must be copied
+    (19, 33, 16, torch.float32, "interleaved", "contiguous", True),   # dO must be copied
+    (5, 6, 20, torch.float32, "interleaved", "interleaved", False),   # padded head: copied contiguous
+])
+def test_heads_interleaved_in_the_rows_are_read_in_place(monkeypatch, Lq, Lk, D, dtype, q_side, do_side,
+                                                           causal):
+    """k, v (and q) as a model makes them, (B, L, H * D) rows viewed as heads: the kernels read them,
+    and write o and the gradients, in that layout -- no copy either way when D is a power of two >= 16
+    and dO arrives in q's layout -- and the values match the reference."""
+    B, H = 2, 3
+    q, k, v, mask, do = _inputs(80 + Lq, B, H, Lq, Lk, D, dtype, "random")
+    k, v = _interleaved(k), _interleaved(v)
+    if q_side == "interleaved":
+        q = _interleaved(q)
+    if do_side == "interleaved":
+        do = _interleaved(do)
+    even = D in (16, 32, 64, 128)
+    with _CopyCounter(monkeypatch) as counter:
+        out, grads = _run(attention, q, k, v, mask, causal, do)
+    ref, ref_grads = _run(attention_reference, q, k, v, mask, causal, do)
+    _assert_close(out, ref, dtype, "out")
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        _assert_close(g, rg, dtype, name)
+    if even and Lk > 1:
+        assert grads[1].transpose(1, 2).is_contiguous() and grads[2].transpose(1, 2).is_contiguous()
+    if even and Lq > 1 and q_side == "interleaved":
+        assert out.transpose(1, 2).is_contiguous() and grads[0].transpose(1, 2).is_contiguous()
+    copy_do = even and Lq > 1 and (q_side != do_side)
+    assert len(counter.copies) == (int(copy_do) if even else len(counter.copies)), counter.copies
+    if not even:
+        assert counter.copies  # a padded head's interleaved tensors are copied
+
+
 # -- Launch grids within CUDA's limits ---------------------------------------------------------------
 
 # CUDA's launch-grid limits (x, y, z). The interpreter enforces none of them, so the tests record
@@ -392,9 +462,10 @@ def test_fp32_dot_precision_follows_torch_tf32_switch():
 
 def test_compile_specs_cover_every_launch_configuration():
     """Every configuration the launcher can pick is one that compile_specs() ships (and so is
-    compiled for sm_80 and sm_90 by the compile test), and every kernel uses the tensor cores."""
+    compiled for sm_80 and sm_90 by the compile test), and every kernel uses the tensor cores. (An
+    even head's row strides are shipped at one value, _spec_rows: see there.)"""
     from kernels.fused_attention import (MAX_HEAD_DIM, SUPPORTED_DTYPES, _block_config, _block_d, _mode,
-                                         compile_specs)
+                                         _spec_rows, compile_specs)
 
     shipped = {(s.fn.__name__, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages)
                for s in compile_specs()}
@@ -407,6 +478,7 @@ def test_compile_specs_cover_every_launch_configuration():
                         block_d = _block_d(d)
                         cfg = _block_config(kind, block_d, d == block_d, _mode(dtype, prec), lq)
                         constexprs = {"BLOCK_D": block_d, "EVEN_D": d == block_d, "DOT_PRECISION": prec,
+                                      **_spec_rows(block_d, d == block_d),
                                       "UPCAST": False, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
                         key = ("_attn_" + ("bwd_" if kind != "fwd" else "") + kind,
                                tuple(sorted(constexprs.items())), cfg["num_warps"], cfg["num_stages"])

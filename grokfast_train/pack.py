@@ -164,7 +164,7 @@ class PackedRun:
         self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()  # per-lane loss weights
         self.sums = torch.zeros(R, 3, dtype=torch.float64, device=dev)  # per run: loss sum, correct, examples
         # the backward's seed, one per run's loss, made once (no sum of the losses, no fill for a seed)
-        self.seed = torch.ones(R, device=dev)
+        self.seed = kernels.unit_seed((R,), dev)
         self.active = list(range(R))
         self.step = 0
         self.runs_shape = (R,)

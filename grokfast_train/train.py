@@ -80,7 +80,7 @@ class Run:
         self.sampler = EpochSampler(n_train, batch, cfg.seed, self.device, cfg.order)
         self.meter = IntervalMeter(self.device)
         # the backward's seed, made once: loss.backward() would launch a fill for it every step
-        self.seed = torch.ones((), device=self.device)
+        self.seed = kernels.unit_seed((), self.device)  # (and the loss's backward skips its product by it)
         # The step and the evaluation: launched op by op, or replayed from captured CUDA graphs.
         if cfg.cuda_graph == "on":
             self.stepper = graph.GraphSteps(self)

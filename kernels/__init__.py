@@ -10,7 +10,7 @@ from .fused_attention import attention, attention_reference
 from .init import rescale_, scaled_init_, scaled_init_reference_
 from .fused_layer_norm import layer_norm, layer_norm_reference
 from .fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
-from .fused_cross_entropy import cross_entropy, cross_entropy_reference
+from .fused_cross_entropy import cross_entropy, cross_entropy_reference, unit_seed
 from .batch_draw import draw_batch, draw_batch_reference
 from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_reference
 from .token_embedding import token_position_embedding, token_position_embedding_reference
@@ -22,7 +22,7 @@ __all__ = [
     "scaled_init_", "scaled_init_reference_", "rescale_",
     "layer_norm", "layer_norm_reference",
     "embedding_layer_norm", "embedding_layer_norm_reference",
-    "cross_entropy", "cross_entropy_reference",
+    "cross_entropy", "cross_entropy_reference", "unit_seed",
     "draw_batch", "draw_batch_reference",
     "WeightGrad", "linear_weight_grads", "linear_weight_grads_reference",
     "token_position_embedding", "token_position_embedding_reference",

@@ -11,8 +11,10 @@ dozen launches on rows of 2 to a few hundred classes, each too small to hide its
 - a second launch (one program per run) reduces the partials in a fixed order -- deterministic, no
   atomics -- writes each run's loss and adds [loss sum, correct, rows] to ``sums`` (float64);
 - backward: the stored fp32 gradient times the incoming scalar, rounded to the logits' dtype (one
-  elementwise product, and a cast for bf16/fp16 logits). Without autograd (an evaluation under
-  ``no_grad``, or logits that need no gradient) the gradient is neither written nor allocated.
+  elementwise product, and a cast for bf16/fp16 logits). Seeded with ``unit_seed(...)`` (a ones tensor
+  that says so: the trainer's ``loss.backward(seed)``), the stored gradient is returned as it is: no
+  launch for fp32 logits, autograd's cast alone for 16-bit ones. Without autograd (an evaluation under ``no_grad``, or logits that need no gradient)
+  the gradient is neither written nor allocated.
 
 Arguments: ``logits`` (B, V) or (R, B, V) for R packed runs, fp32, bf16 or fp16, V from 1 to
 ``MAX_V``; ``targets`` int64 (B,) or (R, B) (a (B,) shared by every run), each in [0, V) (not checked
@@ -145,6 +147,17 @@ def _launch(logits, targets, weight, sums, store_grad: bool):
     return loss, dlogits
 
 
+_UNIT = "_cross_entropy_unit_seed"
+
+
+def unit_seed(shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """A ones tensor to seed ``loss.backward(seed)`` with, marked so that the loss's backward skips its
+    product by one. Made once and never written: the mark is the promise that it holds ones."""
+    seed = torch.ones(shape, device=device)
+    setattr(seed, _UNIT, True)
+    return seed
+
+
 class _CrossEntropyFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, weight, sums):
@@ -157,6 +170,8 @@ class _CrossEntropyFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dloss):
         (dlogits,) = ctx.saved_tensors
+        if getattr(dloss, _UNIT, False):  # times one: nothing to launch (autograd rounds a 16-bit input's)
+            return dlogits, None, None, None
         g = dloss.reshape(-1, *([1] * (dlogits.dim() - 1))) if dlogits.dim() == 3 else dloss
         # in fp32, then rounded once, as autograd rounds F.cross_entropy(logits.float())'s gradient
         return (dlogits * g).to(ctx.dtype), None, None, None

@@ -71,12 +71,26 @@ def counting() -> collections.Counter:
         finally:
             paused[0] -= 1
 
+    # the embedding's range check of the ids runs on CPU tensors only (on CUDA it would cost a host sync)
+    from kernels import fused_embedding
+
+    check = fused_embedding._check
+
+    def uncounted_check(*args, **kwargs):
+        paused[0] += 1
+        try:
+            return check(*args, **kwargs)
+        finally:
+            paused[0] -= 1
+
     interpreter.InterpretedFunction.run = counted_run
+    fused_embedding._check = uncounted_check
     try:
         with _AtenOps(counts, paused):
             yield counts
     finally:
         interpreter.InterpretedFunction.run = run
+        fused_embedding._check = check
 
 
 @contextlib.contextmanager
@@ -102,8 +116,9 @@ def _task(dataset: str):
 
     t = synthetic_task("imdb", 64)
     L = 64
-    t.train_x, t.train_mask, t.test_x, t.test_mask = (a[:, :L] for a in (t.train_x, t.train_mask, t.test_x,
-                                                                        t.test_mask))
+    # (contiguous, as a real task's are: the draw would copy strided rows first)
+    t.train_x, t.train_mask, t.test_x, t.test_mask = (a[:, :L].contiguous() for a in (t.train_x, t.train_mask,
+                                                                                     t.test_x, t.test_mask))
     return t
 
 

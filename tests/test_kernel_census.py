@@ -30,7 +30,9 @@ def test_a_triton_kernel_counts_once_and_its_insides_not_at_all():
     assert dict(counts) == {"triton._layer_norm_fwd_kernel": 1}
 
 
-SMALL = dict(p=7, frac=1.0, batch_size=16, hidden=16, heads=2, ffn=32)  # batch > vocab (11): the CPU would project tables
+SMALL = dict(p=7, frac=1.0, batch_size=16, hidden=64, heads=4, ffn=64)  # batch > vocab (11): the CPU would project tables;
+# heads of 16 and rows of 64, which the attention and LayerNorm kernels read in place (a padded head, or rows
+# narrower than 64, would be copied first)
 
 
 def test_a_step_is_counted_along_the_cuda_path(tmp_path):
@@ -57,12 +59,16 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     # the products are kernels.matmul, the FFN's GELU fused into its first layer each way
     assert solo["triton._matmul_kernel"] == 7 + 7
     assert not {"aten.mm", "aten.addmm", "aten.gelu", "aten.gelu_backward"} & solo.keys()
-    # the backward's seed is made once, not filled every step
-    assert "aten.ones_like" not in solo
+    # the backward's seed is made once, not filled every step, and the loss's backward takes it as one
+    assert "aten.ones_like" not in solo and "aten.mul" not in solo
+    # the attention kernels read the projections' heads where they are and write their gradients so:
+    # no copy into (B, H, L, D) and back
+    assert "aten.clone" not in solo
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["triton._matmul_kernel"] == 7 + 7  # one launch per product for all runs
     assert not {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.gelu"} & pack.keys()
     assert "aten.ones_like" not in pack and pack["aten.sum"] == 2  # one seed per run's loss, no sum of the losses
+    assert "aten.mul" not in pack and "aten.clone" not in pack
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
     assert pack["triton._ce_fwd_kernel"] == pack["triton._ce_reduce_kernel"] == 1  # every run's loss at once
     assert pack["triton._draw_kernel"] == pack["triton._weight_grad_kernel"] == 1

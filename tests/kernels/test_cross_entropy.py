@@ -246,3 +246,39 @@ def test_compile_specs_cover_every_dispatched_configuration(monkeypatch):
                             names[dtype]) in shipped
                     assert kw["STORE_GRAD"] == grad
                     assert args[2].dtype == args[3].dtype == torch.float32  # WEIGHT, DLOGITS: *fp32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs", [(), (3,)])
+def test_unit_seed_gives_the_gradient_of_a_ones_seed_without_a_product(dtype, runs):
+    """Seeded with ``unit_seed``, the backward returns what a plain ones seed gives -- the float64
+    reference's gradient -- and launches no product: nothing for fp32 logits, autograd's cast alone for bf16."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from kernels.fused_cross_entropy import unit_seed
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    logits, targets, weight = _inputs((*runs, 37, 11), dtype, True, seed=5)
+    x = logits.clone().requires_grad_()
+    seed = unit_seed(runs, "cpu")
+    loss = cross_entropy(x, targets, weight)
+    with Ops() as ops:
+        loss.backward(seed)
+    x64 = logits.double().requires_grad_()
+    cross_entropy_reference(x64, targets, weight).backward(torch.ones(runs, dtype=torch.float64))
+    assert x.grad.dtype == dtype
+    _close("dlogits", x.grad, x64.grad, TOLERANCE[dtype])
+    launched = [n for n in ops.names if n not in ("detach", "view", "_unsafe_view", "alias")]
+    assert launched == ([] if dtype == torch.float32 else ["_to_copy"]), launched
+    # a plain ones tensor (no mark) is multiplied as any gradient is, to the same result
+    y = logits.clone().requires_grad_()
+    cross_entropy(y, targets, weight).backward(torch.ones(runs))
+    assert torch.equal(x.grad, y.grad)

@@ -488,10 +488,10 @@ class _Layout:
 
     def __init__(self, t: torch.Tensor):
         B, H, L, D = t.shape
-        self.interleaved = (D == _block_d(D) and L > 1 and not t.is_contiguous()
-                            and t.transpose(1, 2).is_contiguous())
+        even = D == _block_d(D)
+        self.interleaved = even and L > 1 and not t.is_contiguous() and t.transpose(1, 2).is_contiguous()
         self.sb, self.sh, self.row = (L * H * D, D, H * D) if self.interleaved else (H * L * D, L * D, D)
-        if D != _block_d(D):
+        if not even:
             self.row = 0  # the kernels use the runtime D (see _row_strides)
 
     def adopt(self, t: torch.Tensor) -> torch.Tensor:

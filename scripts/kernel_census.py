@@ -59,32 +59,30 @@ def counting() -> collections.Counter:
     (the ATen ops the interpreter runs inside a kernel are not counted)."""
     from triton.runtime import interpreter
 
+    from kernels import fused_embedding
+
     counts: collections.Counter = collections.Counter()
     paused = [0]
-    run = interpreter.InterpretedFunction.run
+
+    def uncounted(fn):
+        """fn, with the ATen ops it runs left out of the count."""
+        def call(*args, **kwargs):
+            paused[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                paused[0] -= 1
+        return call
+
+    run, check = interpreter.InterpretedFunction.run, fused_embedding._check
 
     def counted_run(self, *args, **kwargs):
         counts["triton." + self.fn.__name__] += 1
-        paused[0] += 1
-        try:
-            return run(self, *args, **kwargs)
-        finally:
-            paused[0] -= 1
-
-    # the embedding's range check of the ids runs on CPU tensors only (on CUDA it would cost a host sync)
-    from kernels import fused_embedding
-
-    check = fused_embedding._check
-
-    def uncounted_check(*args, **kwargs):
-        paused[0] += 1
-        try:
-            return check(*args, **kwargs)
-        finally:
-            paused[0] -= 1
+        return uncounted(run)(self, *args, **kwargs)
 
     interpreter.InterpretedFunction.run = counted_run
-    fused_embedding._check = uncounted_check
+    # the embedding's range check of the ids runs on CPU tensors only (on CUDA it would cost a host sync)
+    fused_embedding._check = uncounted(check)
     try:
         with _AtenOps(counts, paused):
             yield counts

@@ -34,11 +34,12 @@ from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand mode: spill-free for sm_80 and sm_90 under
 # Triton 3.6 and 3.9 (``python -m kernels._compile``). Not yet timed on a GPU. tf32x3 holds each operand
-# split in two: at 4 warps Triton 3.9's sm_80 build spilled 8 B. GELU's gradient on the way in (every
-# mode) spilled up to 248 B at these tiles double-buffered, 8 B at 8 warps single-buffered (Triton 3.6):
-# it takes half the depth.
+# split in two: at 4 warps Triton 3.9's sm_80 build spilled 8 B. GELU's gradient on the way in spilled up
+# to 248 B at these tiles double-buffered; single-buffered at half the depth, with the addends and a float32
+# c of the fused input gradient, each 64 x 64 tile at 4 or 8 warps spilled 8-16 B in some mode under one
+# Triton or the other: these are the tiles that spilled in none.
 _TILES = {"tf32x3": (64, 64, 32, 8, 2), "tf32": (64, 64, 32, 4, 2), "16bit": (64, 64, 32, 4, 2)}
-_GELU_GRAD_TILES = (64, 64, 16, 8, 1)
+_GELU_GRAD_TILES = {"tf32x3": (64, 32, 16, 4, 1), "tf32": (32, 64, 16, 4, 1), "16bit": (32, 64, 16, 4, 1)}
 _MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which holds the runs
 
 
@@ -71,14 +72,17 @@ def _gelu_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, M, N, K, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
-                   HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr,
+def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, M, N, K, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
+                   c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms,
+                   HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr, ADDS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # ACT_OUT (a layer followed by GELU): C gets GELU(a @ b + bias) and PRE (M, N) the product itself.
     # ACT_IN (that layer's input gradient): PRE is the forward's (M, K) product, contiguous; A's tiles
     # are multiplied by GELU'(PRE) on the way in, and the first column of programs also writes them to
     # DPRE (M, K), the gradient the layer's weight gradient needs.
+    # ADDS: D1 (and D2) are added to the fp32 accumulator before the one rounding -- gradients that meet
+    # at one tensor; D1 may be C itself (C += a @ b), since each element is read and written by one program.
     pid, run = tl.program_id(0), tl.program_id(1).to(tl.int64)
     tiles_n = tl.cdiv(N, BLOCK_N)
     tile_n = pid % tiles_n
@@ -106,9 +110,15 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, M, N, K, a_rs, a_ms, a_ks, b_rs, b_
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(BIAS + run * bias_rs + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = run * M * N + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     ok = m_ok[:, None] & n_ok[None, :]
-    if ACT_OUT:
+    if ADDS >= 1:
+        acc += tl.load(D1 + run * d1_rs + offs_m.to(tl.int64)[:, None] * d1_ms + offs_n[None, :], mask=ok,
+                       other=0.0).to(tl.float32)
+    if ADDS >= 2:
+        acc += tl.load(D2 + run * d2_rs + offs_m.to(tl.int64)[:, None] * d2_ms + offs_n[None, :], mask=ok,
+                       other=0.0).to(tl.float32)
+    out = run * c_rs + offs_m.to(tl.int64)[:, None] * c_ms + offs_n[None, :]
+    if ACT_OUT:  # (C is contiguous here, and PRE has its shape)
         pre = acc.to(C.dtype.element_ty)
         tl.store(PRE + out, pre, mask=ok)
         acc = _gelu(pre.to(tl.float32), ACT_OUT)  # of the rounded product: GELU(linear(x)), composed
@@ -121,7 +131,7 @@ def _mode(dtype: torch.dtype) -> str:
 
 def _config(mode: str, act_in: int) -> tuple[tuple[int, int, int, int, int], str]:
     """The launch's tiles and tl.dot precision (the launcher and compile_specs share this one rule)."""
-    return (_GELU_GRAD_TILES if act_in else _TILES[mode]), ("tf32" if mode == "16bit" else mode)
+    return (_GELU_GRAD_TILES if act_in else _TILES)[mode], ("tf32" if mode == "16bit" else mode)
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -137,6 +147,21 @@ def _check(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
                              f"{bias.dtype}")
 
 
+def _check_out(a: torch.Tensor, b: torch.Tensor, add, out: torch.Tensor | None) -> tuple[tuple, torch.dtype]:
+    """``add`` as a tuple of at most two addends, and c's dtype: ``out``'s, else the addends', else a's. Every
+    one of them has c's shape, c's dtype (a's, or float32) and unit stride along its last axis (rows of any
+    stride)."""
+    add = (add,) if isinstance(add, torch.Tensor) else tuple(add)
+    shape, dtype = (*a.shape[:-1], b.shape[-1]), (out if out is not None else (*add, a)[0]).dtype
+    if len(add) > 2 or dtype not in (a.dtype, torch.float32) or any(
+            tuple(t.shape) != shape or t.dtype != dtype or (t.numel() > 1 and t.stride(-1) != 1)
+            for t in (*add, *([] if out is None else [out]))):
+        raise ValueError(f"matmul: out and up to two addends must be {shape}, {a.dtype} or float32 (one dtype), "
+                         f"with unit stride along the last axis; got "
+                         f"{[(tuple(t.shape), t.dtype, t.stride()) for t in (*add, *([] if out is None else [out]))]}")
+    return add, dtype
+
+
 _ACT = {None: 0, "none": 1, "tanh": 2}  # F.gelu's ``approximate`` -> the kernel's code
 
 
@@ -145,26 +170,45 @@ def _check_gelu(gelu: str | None) -> None:
         raise ValueError(f"matmul: gelu must be None, 'none' (erf) or 'tanh' (F.gelu's approximate); got {gelu!r}")
 
 
-def matmul_reference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None):
-    """The executable spec: ``a @ b (+ bias)`` in PyTorch ops, in a's dtype; with ``gelu``,
-    ``(F.gelu(c, approximate=gelu), c)``."""
+def _finish(c: torch.Tensor, add: tuple, out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The references' epilogue: ``c + Σ add`` in float32 when c's dtype is, written to ``out``."""
+    c = c.to(dtype)
+    for t in add:
+        c = c + t
+    return c if out is None else out.copy_(c)
+
+
+def matmul_reference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None,
+                     *, add=(), out: torch.Tensor | None = None):
+    """The executable spec: ``a @ b (+ bias) (+ Σ add)`` in PyTorch ops, in a's dtype (or ``out``'s); with
+    ``gelu``, ``(F.gelu(c, approximate=gelu), c)``."""
+    add, dtype = _check_out(a, b, add, out)
     if bias is None:
         c = torch.matmul(a, b)
     elif a.dim() == 2:
         c = torch.addmm(bias.to(a.dtype), a, b)
     else:
         c = torch.baddbmm(bias.to(a.dtype).unsqueeze(1), a, b)
-    return c if gelu is None else (F.gelu(c, approximate=gelu), c)
+    return _finish(c, add, out, dtype) if gelu is None else (F.gelu(c, approximate=gelu), c)
 
 
-def matmul_gelu_grad_reference(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str):
+def matmul_gelu_grad_reference(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str,
+                               *, add=(), out: torch.Tensor | None = None):
     """The executable spec of ``matmul_gelu_grad``: ``dpre = dy * GELU'(pre)`` (autograd's
-    ``gelu_backward``), then ``(dpre @ b, dpre)``."""
+    ``gelu_backward``), then ``(dpre @ b (+ Σ add), dpre)``."""
+    add, dtype = _check_out(dy, b, add, out)
     dpre = torch.ops.aten.gelu_backward(dy, pre, approximate=gelu)
-    return torch.matmul(dpre, b), dpre
+    return _finish(torch.matmul(dpre, b), add, out, dtype), dpre
 
 
-def _launch(a, b, bias, c, pre, dpre, act_out, act_in) -> None:
+def _strides(t: torch.Tensor | None) -> tuple[int, int]:
+    """(run stride, row stride) of an (M, N) or (R, M, N) operand; 0 for a missing one."""
+    if t is None:
+        return 0, 0
+    return (0, t.stride(0)) if t.dim() == 2 else (t.stride(0), t.stride(1))
+
+
+def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=()) -> None:
     runs = 1 if a.dim() == 2 else a.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     if runs > _MAX_GRID_Y:
@@ -175,66 +219,85 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in) -> None:
     if bias is not None and bias.stride(-1) != 1:
         bias = bias.contiguous()
     bias_rs = 0 if bias is None or bias.dim() == 1 else bias.stride(0)
+    d1, d2 = (*add, None, None)[:2]
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), runs)
     _matmul_kernel[grid](a, b, c if bias is None else bias, c, c if pre is None else pre, c if dpre is None else dpre,
-                         m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
-                         HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, BLOCK_M=block_m, BLOCK_N=block_n,
-                         BLOCK_K=block_k, DOT_PRECISION=precision,
+                         c if d1 is None else d1, c if d2 is None else d2,
+                         m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs, *_strides(c), *_strides(d1),
+                         *_strides(d2), HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, ADDS=len(add),
+                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
                          UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None):
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None,
+           *, add=(), out: torch.Tensor | None = None):
     """``a @ b (+ bias)``, per run for 3-D operands; see the module docstring. With ``gelu`` ("none" or
-    "tanh", as F.gelu's ``approximate``): ``(GELU(c), c)`` from one launch, c kept for the backward."""
+    "tanh", as F.gelu's ``approximate``): ``(GELU(c), c)`` from one launch, c kept for the backward.
+
+    ``add``: up to two tensors of c's shape added before the rounding, and ``out``: where c goes (its rows
+    may be strided, e.g. one position of a (B, L, C) gradient; it may also be an addend: ``c += a @ b``);
+    all in a's dtype or all float32 (then c is float32, as autocast's gradients of an fp32 stream are). Gradients that meet at one tensor, summed in the
+    product's launch; not with ``gelu``."""
     _check(a, b, bias)
     _check_gelu(gelu)
-    if not use_triton(a, b, bias) or a.numel() == 0 or b.numel() == 0:  # (nothing to multiply: PyTorch's answer)
-        return matmul_reference(a, b, bias, gelu)
+    add, dtype = _check_out(a, b, add, out)
+    if gelu is not None and (add or out is not None):
+        raise ValueError("matmul: add and out are for products without gelu")
+    if not use_triton(a, b, bias, *add, out) or a.numel() == 0 or b.numel() == 0:  # (nothing to multiply)
+        return matmul_reference(a, b, bias, gelu, add=add, out=out)
     shape = (*a.shape[:-1], b.shape[-1])
-    c = torch.empty(shape, dtype=a.dtype, device=a.device)
+    c = torch.empty(shape, dtype=dtype, device=a.device) if out is None else out
     pre = None if gelu is None else torch.empty(shape, dtype=a.dtype, device=a.device)
-    _launch(a, b, bias, c, pre, None, _ACT[gelu], 0)
+    _launch(a, b, bias, c, pre, None, _ACT[gelu], 0, add)
     return c if gelu is None else (c, pre)
 
 
-def matmul_gelu_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str):
+def matmul_gelu_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str,
+                     *, add=(), out: torch.Tensor | None = None):
     """The input gradient of a linear layer followed by GELU: ``dpre = dy * GELU'(pre)`` and ``dpre @ b``,
     in one launch. ``pre`` is the product ``matmul(..., gelu=gelu)`` returned, ``b`` the layer's weight
-    (N, K) or (R, N, K). Returns ``(dpre @ b, dpre)``: dpre is what the layer's weight gradient needs."""
+    (N, K) or (R, N, K). Returns ``(dpre @ b (+ Σ add), dpre)``: dpre is what the layer's weight gradient
+    needs. ``add`` and ``out`` as for ``matmul``."""
     _check(dy, b, None)
     _check_gelu(gelu)
+    add, dtype = _check_out(dy, b, add, out)
     if gelu is None or pre.shape != dy.shape or pre.dtype != dy.dtype:
         raise ValueError(f"matmul_gelu_grad: pre must have dy's shape and dtype {tuple(dy.shape)} {dy.dtype} and "
                          f"gelu must be 'none' or 'tanh'; got {tuple(pre.shape)} {pre.dtype}, {gelu!r}")
-    if not use_triton(dy, pre, b) or dy.numel() == 0 or b.numel() == 0:
-        return matmul_gelu_grad_reference(dy, pre, b, gelu)
+    if not use_triton(dy, pre, b, *add, out) or dy.numel() == 0 or b.numel() == 0:
+        return matmul_gelu_grad_reference(dy, pre, b, gelu, add=add, out=out)
     pre = pre.contiguous()
-    c = torch.empty((*dy.shape[:-1], b.shape[-1]), dtype=dy.dtype, device=dy.device)
+    c = torch.empty((*dy.shape[:-1], b.shape[-1]), dtype=dtype, device=dy.device) if out is None else out
     dpre = torch.empty_like(pre)
-    _launch(dy, b, None, c, pre, dpre, 0, _ACT[gelu])
+    _launch(dy, b, None, c, pre, dpre, 0, _ACT[gelu], add)
     return c, dpre
 
 
 def compile_specs() -> list[CompileSpec]:
-    """Every configuration ``matmul`` and ``matmul_gelu_grad`` can launch: operand dtype (fp32 in both
-    precisions) x bias dtype x GELU after it (either form), or GELU's gradient before (either form)."""
+    """Every configuration ``matmul`` and ``matmul_gelu_grad`` can launch: a forward (operand dtype, fp32 in
+    both precisions, x bias dtype x GELU after it or not), and an input gradient (GELU's gradient before it
+    or not x 0, 1 or 2 addends x c in the operands' dtype or float32)."""
     specs = []
     for dtype in SUPPORTED_DTYPES:
         ty = SIGNATURE_DTYPES[dtype]
         for mode in (("tf32x3", "tf32") if dtype == torch.float32 else ("16bit",)):
             biases = (None, "fp32") if dtype == torch.float32 else (None, "fp32", ty)
-            variants = [(bias, act, 0) for bias in biases for act in (0, 1, 2)] + [(None, 0, act) for act in (1, 2)]
-            for bias, act_out, act_in in variants:
+            variants = [(bias, act, 0, 0, ty) for bias in biases for act in (0, 1, 2) if bias or act]
+            variants += [(None, 0, act, adds, cty) for act in (0, 1, 2) for adds in (0, 1, 2)
+                         for cty in dict.fromkeys((ty, "fp32"))]
+            for bias, act_out, act_in, adds, cty in variants:
                 (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in)
-                sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or ty}", C=f"*{ty}", PRE=f"*{ty}", DPRE=f"*{ty}",
-                           M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32", a_ks="i32", b_rs="i32", b_ks="i32",
-                           b_ns="i32", bias_rs="i32", HAS_BIAS="constexpr", ACT_OUT="constexpr", ACT_IN="constexpr",
-                           BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", DOT_PRECISION="constexpr",
-                           UPCAST="constexpr")
+                sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or cty}", C=f"*{cty}", PRE=f"*{ty}", DPRE=f"*{ty}",
+                           D1=f"*{cty}", D2=f"*{cty}", M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32", a_ks="i32",
+                           b_rs="i32", b_ks="i32", b_ns="i32", bias_rs="i32", c_rs="i32", c_ms="i32", d1_rs="i32",
+                           d1_ms="i32", d2_rs="i32", d2_ms="i32", HAS_BIAS="constexpr", ACT_OUT="constexpr",
+                           ACT_IN="constexpr", ADDS="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr",
+                           BLOCK_K="constexpr", DOT_PRECISION="constexpr", UPCAST="constexpr")
                 specs.append(CompileSpec(
-                    name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in}]", fn=_matmul_kernel,
-                    signature=sig, constexprs=dict(HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in,
-                                                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                                   DOT_PRECISION=precision, UPCAST=False),
+                    name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in},adds={adds},c={cty}]",
+                    fn=_matmul_kernel, signature=sig,
+                    constexprs=dict(HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, ADDS=adds,
+                                    BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
+                                    UPCAST=False),
                     num_warps=warps, num_stages=stages, tensor_cores=True))
     return specs

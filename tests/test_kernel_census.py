@@ -64,11 +64,17 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     # the attention kernels read the projections' heads where they are and write their gradients so:
     # no copy into (B, H, L, D) and back
     assert "aten.clone" not in solo
+    # the gradients that meet at one tensor (the layer's input from q, k, v and the residual; the FFN's input
+    # from fc1 and its residual) are summed by the products that make them: no addition, no zero-filled
+    # slice backward for the readout row
+    summing = {"aten.add", "aten.add_", "aten.slice_backward", "aten.zeros", "aten.zero_", "aten.fill_"}
+    assert not summing & solo.keys()
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["triton._matmul_kernel"] == 7 + 7  # one launch per product for all runs
     assert not {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.gelu"} & pack.keys()
     assert "aten.ones_like" not in pack and pack["aten.sum"] == 2  # one seed per run's loss, no sum of the losses
     assert "aten.mul" not in pack and "aten.clone" not in pack
+    assert not {"aten.add", "aten.slice_backward"} & pack.keys()  # (the pack's zero_ and add_ are its optimiser's)
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
     assert pack["triton._ce_fwd_kernel"] == pack["triton._ce_reduce_kernel"] == 1  # every run's loss at once
     assert pack["triton._draw_kernel"] == pack["triton._weight_grad_kernel"] == 1

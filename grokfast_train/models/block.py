@@ -64,21 +64,22 @@ class Block(nn.Module):
             return t.reshape(-1, t.shape[-2], self.heads, C // self.heads).transpose(1, 2)
 
         mask = None if mask is None else mask.reshape(-1, mask.shape[-1])
-        a = ops.attention(heads(_project(self.q, xq)), heads(_project(self.k, x)), heads(_project(self.v, x)), mask,
-                          self.causal, self.backend)
+        if deferred.active() and isinstance(x, torch.Tensor):  # the gradients meeting at x summed as they are made
+            (q, k, v), xq = deferred.fan_out(x, [(self.q, query_pos, None), (self.k, None, None),
+                                                 (self.v, None, None)], query_pos)
+        else:
+            q, k, v = _project(self.q, xq), _project(self.k, x), _project(self.v, x)
+            if isinstance(xq, EmbeddingSum):
+                xq = xq.dense()  # the residual: at the query's row alone when there is a query_pos
+        a = ops.attention(heads(q), heads(k), heads(v), mask, self.causal, self.backend)
         a = self.o(a.transpose(1, 2).reshape(*lead, xq.shape[-2], C))
-        if isinstance(xq, EmbeddingSum):
-            xq = xq.dense()  # the residual: at the query's row alone when there is a query_pos
         h = ops.layer_norm(a, self.ln1, residual=xq, backend=self.backend)
-        f = self.fc2(_gelu_layer(self.fc1, h, self.gelu))
-        return ops.layer_norm(f, self.ln2, residual=h, backend=self.backend)
-
-
-def _gelu_layer(linear: nn.Module, x: torch.Tensor, form: str) -> torch.Tensor:
-    """``GELU(linear(x))``: one launch each way when the layer defers (the triton backend's ``matmul``)."""
-    if deferred.active():
-        return deferred.linear(x, linear.weight, linear.bias, gelu=form)
-    return F.gelu(linear(x), approximate=form)
+        if deferred.active():
+            (g,), h_res = deferred.fan_out(h, [(self.fc1, None, self.gelu)], None)
+            f = self.fc2(g)
+        else:
+            f, h_res = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu)), h
+        return ops.layer_norm(f, self.ln2, residual=h_res, backend=self.backend)
 
 
 def _positions(x: torch.Tensor | EmbeddingSum, start: int, stop: int) -> torch.Tensor | EmbeddingSum:

@@ -16,8 +16,10 @@ product and an add); the numbers are the same sums in another order.
     # every parameter's .grad is complete here
 
 The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
-launch). Under bf16 autocast a layer computes in bf16, as ``F.linear`` does there, and its weight gradient lands
-in fp32 in the fp32 parameter's ``.grad``.
+launch). Layers that read one input (q, k, v; the FFN's first layer) go through ``fan_out``, whose backward
+sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step).
+Under bf16 autocast a layer computes in bf16, as ``F.linear`` does there; its weight gradient lands in fp32
+in the fp32 parameter's ``.grad``, and its input gradient in fp32 straight from the product's accumulator.
 """
 
 from __future__ import annotations
@@ -86,47 +88,109 @@ def deferred(on: bool = True) -> Iterator[None]:
     pending.flush()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           gelu: str | None = None) -> torch.Tensor:
-    """``x Wᵀ + b`` for W (N, K), or a pack's (R, N, K) with x (R, ..., K); deferring inside ``deferred()``.
-    ``gelu`` ("none" or "tanh", F.gelu's ``approximate``): ``GELU(x Wᵀ + b)``, the GELU fused into the
-    product's launch and its gradient into the input gradient's."""
-    return _DeferredLinear.apply(x, weight, bias, _active[-1], gelu)
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x Wᵀ + b`` for W (N, K), or a pack's (R, N, K) with x (R, ..., K); deferring inside ``deferred()``."""
+    return _Linears.apply(x, _active[-1], ((None, None),), _NO_RESIDUAL, weight, bias)[0]
 
 
-class _DeferredLinear(torch.autograd.Function):
+def fan_out(x: torch.Tensor, layers: list[tuple[nn.Module, int | None, str | None]],
+            residual: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Several linear layers reading one input, which also goes on as a residual: the attention's q, k, v
+    projections, the FFN's first layer. Each layer is (module, position, gelu): position None reads every
+    position of x (..., L, C), an int p reads x[..., p:p+1, :] alone (the readout row); gelu None, or
+    "none"/"tanh" (F.gelu's ``approximate``) for ``GELU(x Wᵀ + b)``, fused into the product's launch each
+    way. ``residual``: the position(s) of x passed on, likewise. Returns the outputs and that view of x.
+
+    Why one function: the layers' input gradients and the residual's gradient all meet at x, and autograd
+    would sum them with an addition each (and a zero-filled slice backward for a row). Here the products
+    add into one gradient buffer as they write it (``kernels.matmul``'s ``add`` and ``out``): they cost
+    their launches alone."""
+    plan = tuple((pos, gelu) for _, pos, gelu in layers)
+    *outs, kept = _Linears.apply(x, _active[-1], plan, residual,
+                                 *(t for module, _, _ in layers for t in (module.weight, module.bias)))
+    return outs, kept
+
+
+_NO_RESIDUAL = "none"  # (``residual`` for a plain linear layer, whose input goes on nowhere else)
+
+
+def _rows(t: torch.Tensor, pos: int | None) -> torch.Tensor:
+    return t if pos is None else t[..., pos:pos + 1, :]
+
+
+class _Linears(torch.autograd.Function):
+    """Linear layers on one input x: outputs, then x's residual view unless ``_NO_RESIDUAL`` (see fan_out)."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, pending, gelu):
+    def forward(ctx, x, pending, plan, residual, *params):
         import kernels  # (here, not at the top: the torch backend never imports Triton)
 
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        runs = weight.dim() == 3
-        x2 = (x.reshape(x.shape[0], -1, x.shape[-1]) if runs else x.reshape(-1, x.shape[-1])).to(dtype)
-        w = weight.to(dtype)
-        b = None if bias is None else bias.to(dtype)
-        y = kernels.matmul(x2, w.transpose(-1, -2), b, gelu)  # the tensor cores, a pack in one launch
-        y, pre = (y, None) if gelu is None else y
-        ctx.save_for_backward(x2, w, pre)
-        ctx.params, ctx.pending, ctx.x_shape, ctx.x_dtype, ctx.gelu = (weight, bias), pending, x.shape, x.dtype, gelu
-        return y.view(*x.shape[:-1], y.shape[-1])
+        xc = x.to(dtype)  # under autocast, one cast of x serves every layer
+        runs = params[0].dim() == 3
+        outs, saved = [], [xc]
+        for (pos, gelu), weight, bias in zip(plan, params[0::2], params[1::2]):
+            xi = _rows(xc, pos)
+            w = weight.to(dtype)
+            y = kernels.matmul(_flat(xi, runs), w.transpose(-1, -2), None if bias is None else bias.to(dtype), gelu)
+            y, pre = (y, None) if gelu is None else y  # the tensor cores, a pack in one launch
+            saved += [w, pre]
+            outs.append(y.view(*xi.shape[:-1], y.shape[-1]))
+        ctx.save_for_backward(*saved)
+        ctx.plan, ctx.residual, ctx.pending, ctx.params, ctx.x_dtype = plan, residual, pending, params, x.dtype
+        if residual == _NO_RESIDUAL:
+            return tuple(outs)
+        kept = _rows(x, residual)
+        return (*outs, kept.view_as(kept))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
+    def backward(ctx, *grads):
         import kernels
 
-        x2, w, pre = ctx.saved_tensors
-        dy2 = dy.reshape(*x2.shape[:-1], dy.shape[-1])
-        if dy2.stride(-1) != 1:
-            dy2 = dy2.contiguous()
-        dy2 = dy2.to(w.dtype)
-        if ctx.gelu is None:
-            dx = kernels.matmul(dy2, w) if ctx.needs_input_grad[0] else None
-        else:  # the product's gradient, dy GELU'(pre), comes from the same launch as dx
-            dx, dy2 = kernels.matmul_gelu_grad(dy2, pre, w, ctx.gelu)
-        ctx.pending.items.append((x2, dy2, *ctx.params))
-        dx = dx.view(ctx.x_shape).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        return dx, None, None, None, None
+        xc, *saved = ctx.saved_tensors
+        plan, runs, want_dx = ctx.plan, ctx.params[0].dim() == 3, ctx.needs_input_grad[0]
+        g_res = None if ctx.residual == _NO_RESIDUAL else grads[-1]
+        if g_res is not None and g_res.dtype != ctx.x_dtype:
+            g_res = g_res.to(ctx.x_dtype)
+        dx = None
+        # every-position layers first (the first one writes dx whole), then the rows, which add into theirs
+        for i in sorted(range(len(plan)), key=lambda i: plan[i][0] is not None):
+            (pos, gelu), dy = plan[i], grads[i]
+            if dy is None:  # an output the loss does not read: no gradient, no weight gradient
+                continue
+            w, pre = saved[2 * i], saved[2 * i + 1]
+            dy2 = _flat(dy, runs)
+            if dy2.stride(-1) != 1:
+                dy2 = dy2.contiguous()
+            dy2 = dy2.to(w.dtype)
+            out, add = None, ()
+            if want_dx:
+                if dx is None:
+                    fresh = pos is None
+                    dx = torch.empty(xc.shape, dtype=ctx.x_dtype, device=xc.device) if fresh else \
+                        torch.zeros(xc.shape, dtype=ctx.x_dtype, device=xc.device)
+                out = _flat(_rows(dx, pos), runs)
+                add = () if fresh else (out,)
+                fresh = False
+                if g_res is not None and ctx.residual == pos:
+                    add, g_res = (*add, _flat(g_res, runs)), None
+            if gelu is None:
+                if want_dx:
+                    kernels.matmul(dy2, w, add=add, out=out)
+            else:  # the product's gradient, dy GELU'(pre), comes from the same launch
+                _, dy2 = kernels.matmul_gelu_grad(dy2, pre, w, gelu, add=add, out=out)
+            ctx.pending.items.append((_flat(_rows(xc, pos), runs), dy2, ctx.params[2 * i], ctx.params[2 * i + 1]))
+        if g_res is not None and want_dx:  # a residual whose rows no product wrote (no model makes one)
+            if dx is None:
+                dx = torch.zeros(xc.shape, dtype=ctx.x_dtype, device=xc.device)
+            _rows(dx, ctx.residual).add_(g_res)
+        return (dx, None, None, None, *([None] * len(ctx.params)))
+
+
+def _flat(t: torch.Tensor, runs: bool) -> torch.Tensor:
+    """(..., C) -> the product's operand: (rows, C), or a pack's (R, rows, C); a view where strides allow."""
+    return t.reshape(t.shape[0], -1, t.shape[-1]) if runs else t.reshape(-1, t.shape[-1])
 
 
 class Linear(nn.Linear):

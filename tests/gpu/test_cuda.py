@@ -213,6 +213,29 @@ def test_matmul_matches_reference_at_the_step_shapes(dtype):
             assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, form)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs", [None, 64])
+def test_matmul_adds_gradients_that_meet_in_place(dtype, runs):
+    # the modular step's input gradient (batch 512, 6 positions, hidden 128; a 64-run pack): dx = dk Wk,
+    # dx += dv Wv, dx[:, 5] += dq Wq + g -- bf16 operands into the fp32 gradient, as under autocast
+    g = torch.Generator(device="cuda").manual_seed(8)
+    lead = () if runs is None else (runs,)
+    tol = 5e-5 if dtype == torch.float32 else 1e-2
+    dk, dv = (torch.randn(*lead, 512 * 6, 128, device="cuda", generator=g).to(dtype) for _ in range(2))
+    dq = torch.randn(*lead, 512, 128, device="cuda", generator=g).to(dtype)
+    wk, wv, wq = (torch.randn(*lead, 128, 128, device="cuda", generator=g).to(dtype) for _ in range(3))
+    res = torch.randn(*lead, 512, 128, device="cuda", generator=g)
+    dx = torch.full((*lead, 512, 6, 128), float("nan"), device="cuda")
+    flat = dx.view(*lead, 512 * 6, 128)
+    kernels.matmul(dk, wk, out=flat)
+    kernels.matmul(dv, wv, add=flat, out=flat)
+    row = dx[..., 5, :]
+    kernels.matmul(dq, wq, add=(row, res), out=row)
+    want = (dk.double() @ wk.double() + dv.double() @ wv.double()).view(*lead, 512, 6, 128)
+    want[..., 5, :] += dq.double() @ wq.double() + res.double()
+    assert (dx.double() - want).abs().max().item() <= 2 * tol * max(1.0, want.abs().max().item())
+
+
 def test_matmul_with_tf32_allowed_runs_its_tf32_tiles():
     # TF32 on (10-bit mantissas): its own tiles and the GELU' prologue in that mode, against float64
     g = torch.Generator(device="cuda").manual_seed(7)

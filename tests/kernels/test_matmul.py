@@ -98,6 +98,59 @@ def test_a_layer_followed_by_gelu_forward_and_input_gradient(form, dtype, runs, 
     assert _err(dx, want_dpre @ w2.double()) <= 2 * TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype,out_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("runs,batch,length,k,n", [(None, 37, 5, 24, 70), (3, 9, 7, 33, 20)])
+@pytest.mark.parametrize("gelu", [None, "tanh"])
+def test_gradients_that_meet_are_added_into_a_strided_out(dtype, out_dtype, runs, batch, length, k, n, gelu):
+    """The backward of projections sharing an input: ``dx[:, r] += dq W + g`` (one position of a (B, L, C)
+    gradient, updated in place, plus a second addend), and ``dx = dk W + dv_part`` (a fresh out, one addend).
+    Every element of ``dx`` outside the row keeps its value; the sums are checked in float64."""
+    g = torch.Generator().manual_seed(batch * length + k + (gelu is None))
+    lead = () if runs is None else (runs,)
+    _, w = _linear_operands(g, runs, 1, n, k, dtype)  # a layer's weight (k outputs, n inputs): dx = dy W
+    dy = torch.randn(*lead, batch, k + 2, generator=g).to(dtype)[..., :k]  # strided rows, as a gradient may be
+    mult, want_dy = dy, dy.double()
+    kw = {}
+    if gelu is not None:
+        pre = torch.randn(*lead, batch, k, generator=g).to(dtype)
+        want_dy = dy.double() * _gelu64(pre.double(), gelu)[1]
+    dx = torch.randn(*lead, batch, length, n, generator=g).to(out_dtype)
+    before = dx.clone()
+    row = dx[..., length - 2, :]  # (…, B, C): rows length·C apart
+    extra = torch.randn(*lead, batch, n, generator=g).to(out_dtype)
+    if gelu is None:
+        got = matmul(mult, w, add=(row, extra), out=row)
+    else:
+        got, dpre = matmul_gelu_grad(mult, pre, w, gelu, add=(row, extra), out=row)
+        assert _err(dpre, want_dy) <= TOL[dtype]
+    assert got.data_ptr() == row.data_ptr() and got.dtype == out_dtype
+    want = before[..., length - 2, :].double() + extra.double() + want_dy @ w.double()
+    # bf16 operands into a float32 out: the one rounding is float32's, unless GELU' was rounded on the way in
+    tol = 2 * TOL[dtype if gelu is not None or out_dtype == dtype else torch.float32]
+    assert _err(dx[..., length - 2, :], want) <= tol
+    others = [i for i in range(length) if i != length - 2]
+    assert torch.equal(dx[..., others, :], before[..., others, :])
+
+    fresh = matmul(mult, w, add=extra) if gelu is None else matmul_gelu_grad(mult, pre, w, gelu, add=extra)[0]
+    assert fresh.dtype == out_dtype and fresh.is_contiguous()
+    assert _err(fresh, extra.double() + want_dy @ w.double()) <= 2 * TOL[dtype]
+
+
+def test_addends_and_out_are_checked():
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    with pytest.raises(ValueError, match="up to two addends"):
+        matmul(a, b, add=(torch.zeros(3, 5),) * 3)
+    with pytest.raises(ValueError, match="up to two addends"):
+        matmul(a, b, add=torch.zeros(3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="up to two addends"):
+        matmul(a, b, out=torch.zeros(5, 3).t())  # columns strided
+    with pytest.raises(ValueError, match="up to two addends"):
+        matmul(a.bfloat16(), b.bfloat16(), add=torch.zeros(3, 5), out=torch.zeros(3, 5, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="without gelu"):
+        matmul(a, b, gelu="tanh", add=torch.zeros(3, 5))
+
+
 def test_gelu_forms_are_pytorchs():
     g = torch.Generator().manual_seed(8)
     x, w = torch.randn(9, 6, generator=g), torch.randn(5, 6, generator=g)

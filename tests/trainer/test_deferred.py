@@ -22,12 +22,13 @@ def _grads(model, x, on, autocast=False):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _model(kind, runs=None):
+def _model(kind, runs=None, layers=1):
     torch.manual_seed(0)
     if kind == "decoder":
-        m = Decoder(20, hidden=32, heads=2, max_len=8, backend="triton", runs=runs)
+        m = Decoder(20, hidden=32, heads=2, max_len=8, backend="triton", runs=runs, n_layers=layers)
     else:
-        m = EncoderClassifier(50, hidden=32, heads=2, ffn=64, max_len=8, backend="triton", runs=runs)
+        m = EncoderClassifier(50, hidden=32, heads=2, ffn=64, max_len=8, backend="triton", runs=runs,
+                              n_layers=layers)
     for p in m.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return m
@@ -43,9 +44,11 @@ def _compare(model, x, autocast=False, tol=1e-5):
 
 
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])
-def test_a_model_gets_the_gradients_autograd_gives(kind):
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_model_gets_the_gradients_autograd_gives(kind, layers):
+    # 2 layers: the first reads every position (q, k, v and the residual whole), the last its readout row
     x = torch.randint(1, 20, (9, 6))
-    grads = _compare(_model(kind), x)
+    grads = _compare(_model(kind, layers=layers), x)
     assert "tok_emb.weight" in grads  # the decoder's tied head adds to the embedding's own gradient
 
 

@@ -37,7 +37,7 @@ def spec_for(mode: str, tiles: tuple[int, int, int, int, int]):
     _, precision = mm._config(mode, 0)
     ty = "bf16" if mode == "16bit" else "fp32"
     (spec,) = [s for s in mm.compile_specs()
-               if s.name == f"matmul[{ty},{precision},bias=fp32,act_out=0,act_in=0]"]
+               if s.name == f"matmul[{ty},{precision},bias=fp32,act_out=0,act_in=0,adds=0,c={ty}]"]
     block_m, block_n, block_k, warps, stages = tiles
     return dataclasses.replace(spec, constexprs=dict(spec.constexprs, BLOCK_M=block_m, BLOCK_N=block_n,
                                                      BLOCK_K=block_k), num_warps=warps, num_stages=stages)

@@ -232,7 +232,7 @@ MUTANTS: list[Mutant] = [
        "    out = run * c_rs + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]"),
       "matmul: a strided out written at the contiguous row stride", [T_MM]),
     M("DW5", "models", "grokfast_train/models/deferred.py",
-      ("                add = () if fresh else (out,)", "                add = ()"),
+      ("                add = () if whole else (out,)", "                add = ()"),
       "fan-out: the readout row's product overwrites the gradient the others wrote there", [T_DEF]),
     M("DW6", "models", "grokfast_train/models/deferred.py",
       ("                    add, g_res = (*add, _flat(g_res, runs)), None", "                    add, g_res = add, None"),

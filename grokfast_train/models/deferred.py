@@ -105,7 +105,9 @@ def fan_out(x: torch.Tensor, layers: list[tuple[nn.Module, int | None, str | Non
     would sum them with an addition each (and a zero-filled slice backward for a row). Here the products
     add into one gradient buffer as they write it (``kernels.matmul``'s ``add`` and ``out``): they cost
     their launches alone."""
-    plan = tuple((pos, gelu) for _, pos, gelu in layers)
+    L = x.shape[-2]
+    plan = tuple((None if pos is None else pos % L, gelu) for _, pos, gelu in layers)
+    residual = None if residual is None else residual % L
     *outs, kept = _Linears.apply(x, _active[-1], plan, residual,
                                  *(t for module, _, _ in layers for t in (module.weight, module.bias)))
     return outs, kept
@@ -137,6 +139,7 @@ class _Linears(torch.autograd.Function):
             saved += [w, pre]
             outs.append(y.view(*xi.shape[:-1], y.shape[-1]))
         ctx.save_for_backward(*saved)
+        ctx.set_materialize_grads(False)  # an output the loss does not read gets None, not zeros to multiply
         ctx.plan, ctx.residual, ctx.pending, ctx.params, ctx.x_dtype = plan, residual, pending, params, x.dtype
         if residual == _NO_RESIDUAL:
             return tuple(outs)
@@ -166,13 +169,11 @@ class _Linears(torch.autograd.Function):
             dy2 = dy2.to(w.dtype)
             out, add = None, ()
             if want_dx:
+                whole = dx is None and pos is None  # the first product writes dx whole; the others add to it
                 if dx is None:
-                    fresh = pos is None
-                    dx = torch.empty(xc.shape, dtype=ctx.x_dtype, device=xc.device) if fresh else \
-                        torch.zeros(xc.shape, dtype=ctx.x_dtype, device=xc.device)
+                    dx = (torch.empty if whole else torch.zeros)(xc.shape, dtype=ctx.x_dtype, device=xc.device)
                 out = _flat(_rows(dx, pos), runs)
-                add = () if fresh else (out,)
-                fresh = False
+                add = () if whole else (out,)
                 if g_res is not None and ctx.residual == pos:
                     add, g_res = (*add, _flat(g_res, runs)), None
             if gelu is None:

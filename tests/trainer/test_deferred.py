@@ -68,3 +68,62 @@ def test_bf16_autocast_gives_fp32_gradients_near_autograds(kind):
     # autograd rounds each bf16 product's result to bf16 (~4e-3); the kernel keeps its fp32 sums
     grads = _compare(_model(kind), torch.randint(1, 20, (9, 6)), autocast=True, tol=2e-2)
     assert all(g.dtype == torch.float32 for g in grads.values())
+
+
+def _linear64(x, w, b, gelu):
+    """Float64 ``GELU?(x Wᵀ + b)`` for a solo (N, K) or a pack's (R, N, K) weight, x (..., K) / (R, ..., K)."""
+    if w.dim() == 3:
+        y = torch.matmul(x, w.transpose(-1, -2).reshape(w.shape[0], *[1] * (x.dim() - 3), *w.shape[2:0:-1]))
+        y = y + b.reshape(b.shape[0], *[1] * (x.dim() - 2), b.shape[-1])
+    else:
+        y = x @ w.t() + b
+    return y if gelu is None else torch.nn.functional.gelu(y, approximate=gelu)
+
+
+@pytest.mark.parametrize("runs", [None, 2])
+@pytest.mark.parametrize("arrangement", [
+    ([(4, None), (None, None), (None, None)], 4),  # the last layer's q, k, v and its readout-row residual
+    ([(None, "none")], None),  # the FFN's first layer and its residual
+    ([(-1, None)], -1),  # rows only: the rest of dx is zero
+    ([(None, "tanh"), (1, None)], 3),  # a residual at a row no product reads alone
+    ([(2, None), (None, None)], None),  # a whole residual with a row layer
+    ([(None, None), (0, None)], 0),  # the second output unread: no gradient for it, none for its weights
+])
+def test_fan_out_sums_the_gradients_that_meet_at_its_input(arrangement, runs):
+    from grokfast_train.models.deferred import fan_out
+    from grokfast_train.models.runs import RunLinear
+
+    layers, residual = arrangement
+    g = torch.Generator().manual_seed(len(layers) * 10 + (residual or 0) + (runs or 0))
+    lead = () if runs is None else (runs,)
+    x = torch.randn(*lead, 5, 6, 16, generator=g, requires_grad=True)
+    modules = [torch.nn.Linear(16, 24) if runs is None else RunLinear(runs, 16, 24) for _ in layers]
+    for m in modules:
+        for p in m.parameters():
+            p.data.normal_(generator=g)
+    unread = arrangement == ([(None, None), (0, None)], 0)
+    seeds = [torch.randn(*lead, 5, 1 if pos is not None else 6, 24, generator=g) for pos, _ in layers]
+    seed_res = torch.randn(*lead, 5, 1 if residual is not None else 6, 16, generator=g)
+
+    with deferred():
+        outs, kept = fan_out(x, [(m, pos, gelu) for m, (pos, gelu) in zip(modules, layers)], residual)
+        loss = (kept * seed_res).sum() + sum((o * s).sum() for o, s in list(zip(outs, seeds))[:1 if unread else None])
+        loss.backward()
+    got = [x.grad] + [p.grad for m in modules for p in (m.weight, m.bias)]
+
+    x64 = x.detach().double().requires_grad_()
+    params64 = [[p.detach().double().requires_grad_() for p in (m.weight, m.bias)] for m in modules]
+
+    def rows(t, pos):
+        return t if pos is None else t[..., pos % 6:pos % 6 + 1, :]
+
+    outs64 = [_linear64(rows(x64, pos), w, b, gelu) for (pos, gelu), (w, b) in zip(layers, params64)]
+    loss64 = (rows(x64, residual) * seed_res.double()).sum() + sum(
+        (o * s.double()).sum() for o, s in list(zip(outs64, seeds))[:1 if unread else None])
+    loss64.backward()
+    want = [x64.grad] + [p.grad for ps in params64 for p in ps]
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None  # an unread output's layer gets no gradient
+            continue
+        assert (a.double() - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())

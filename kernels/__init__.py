@@ -8,23 +8,25 @@ from .adamw import FusedAdamW, adamw_reference_step
 from .packed_adamw import PackedAdamW
 from .fused_attention import attention, attention_reference
 from .init import rescale_, scaled_init_, scaled_init_reference_
-from .fused_layer_norm import layer_norm, layer_norm_reference
+from .fused_layer_norm import layer_norm, layer_norm_backward, layer_norm_backward_reference, layer_norm_reference
 from .fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
 from .fused_cross_entropy import cross_entropy, cross_entropy_reference, unit_seed
 from .batch_draw import draw_batch, draw_batch_reference
 from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_reference
 from .token_embedding import token_position_embedding, token_position_embedding_reference
-from .matmul import matmul, matmul_gelu_grad, matmul_gelu_grad_reference, matmul_reference
+from .matmul import (MAX_NORM_N, matmul, matmul_gelu_grad, matmul_gelu_grad_reference, matmul_layer_norm,
+                     matmul_layer_norm_reference, matmul_reference)
 
 __all__ = [
     "attention", "attention_reference",
     "FusedAdamW", "adamw_reference_step", "PackedAdamW",
     "scaled_init_", "scaled_init_reference_", "rescale_",
-    "layer_norm", "layer_norm_reference",
+    "layer_norm", "layer_norm_reference", "layer_norm_backward", "layer_norm_backward_reference",
     "embedding_layer_norm", "embedding_layer_norm_reference",
     "cross_entropy", "cross_entropy_reference", "unit_seed",
     "draw_batch", "draw_batch_reference",
     "WeightGrad", "linear_weight_grads", "linear_weight_grads_reference",
     "token_position_embedding", "token_position_embedding_reference",
     "matmul", "matmul_reference", "matmul_gelu_grad", "matmul_gelu_grad_reference",
+    "matmul_layer_norm", "matmul_layer_norm_reference", "MAX_NORM_N",
 ]

@@ -248,39 +248,77 @@ class _LayerNormFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x2, r2, w, mean, rstd = ctx.saved_tensors
-        m, n = x2.shape
-        runs = ctx.runs
-        rows_per_run = m // runs
-        dy2 = dy.reshape(-1, n).contiguous()
-        if dy2.dtype != x2.dtype:
-            dy2 = dy2.to(x2.dtype)
-        block_n, block_m, _, warps = _config(n)
-        tiles = triton.cdiv(rows_per_run, block_m)
-        per_run = _num_bwd_programs(x2.device, tiles, runs)
-        rows_per_program = block_m * triton.cdiv(tiles, per_run)
-        per_run = triton.cdiv(rows_per_run, rows_per_program) if rows_per_run > 0 else 0
-        dx = _empty((m, n), x2.dtype, x2.device)
-        # per run, per program partial sums: (R, programs per run, N) of dweight, then of dbias, in one
-        # buffer, so that one reduction (below) serves both
-        part = _empty((2, runs, max(per_run, 1), n), torch.float32, x2.device)
-        dw_part, db_part = part[0], part[1]
-        if per_run > 0:
-            packed = ctx.packed
-            _layer_norm_bwd_kernel[(runs * per_run,)](
-                x2, x2 if r2 is None else r2, w, dy2, dx, mean, rstd, dw_part, db_part, m, n,
-                n if r2 is None else r2.stride(0), rows_per_program,
-                rows_per_run if packed else 0, per_run if packed else 0, ctx.w_stride,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
-                R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps)
-        else:
-            part.zero_()
+        dx, dw, db = _backward(x2, r2, w, ctx.w_stride, mean, rstd, dy, ctx.runs, ctx.packed)
         dx = dx.view(ctx.x_shape)
-        shape = (runs, n) if ctx.packed else (n,)
-        sums = part.sum(2)  # (2, R, N): dweight and dbias per run
-        dw = sums[0].view(shape).to(ctx.wdtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
-        db = sums[1].view(shape).to(ctx.bdtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        dw = dw.to(ctx.wdtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
+        db = db.to(ctx.bdtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         dres = dx if r2 is not None and ctx.needs_input_grad[3] else None
         return dx if ctx.needs_input_grad[0] else None, dw, db, dres, None
+
+
+def layer_norm_backward(z: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                        dy: torch.Tensor):
+    """The backward of a LayerNorm whose forward ran elsewhere (``kernels.matmul_layer_norm``): its input z
+    (..., N) (a pack's (R, ..., N)), weight (N,) or (R, N), and the rows' fp32 mean and 1/std as that forward
+    stored them. Returns ``(dz, dweight, dbias)``, the last two fp32 and weight's shape. CUDA tensors, or the
+    interpreter: the same kernel and reduction as ``layer_norm``'s backward."""
+    if not use_triton(z, weight, mean, rstd, dy):
+        return layer_norm_backward_reference(z, weight, mean, rstd, dy)
+    n = z.shape[-1]
+    packed = weight.dim() == 2
+    w, w_stride = _packed_affine_fp32(weight, n, 1.0, z.device) if packed else (weight.float().contiguous(), 0)
+    dz, dw, db = _backward(z.reshape(-1, n), None, w, w_stride, mean.reshape(-1), rstd.reshape(-1), dy,
+                           weight.shape[0] if packed else 1, packed)
+    return dz.view(z.shape), dw, db
+
+
+def layer_norm_backward_reference(z, weight, mean, rstd, dy):
+    """The executable spec of ``layer_norm_backward``, in fp32 PyTorch ops: with x̂ = (z - mean) · rstd and
+    g = dy · weight, dz = rstd · (g - mean(g) - x̂ · mean(g · x̂)) per row, dweight = Σ dy · x̂, dbias = Σ dy
+    (over every row, or each run's rows)."""
+    zf, dyf = z.float(), dy.float().reshape(z.shape)
+    xhat = (zf - mean.reshape(z.shape[:-1]).unsqueeze(-1)) * rstd.reshape(z.shape[:-1]).unsqueeze(-1)
+    w = weight.float()
+    packed = w.dim() == 2
+    g = dyf * (w.reshape(w.shape[0], *[1] * (z.dim() - 2), w.shape[-1]) if packed else w)
+    dz = rstd.reshape(z.shape[:-1]).unsqueeze(-1) * (g - g.mean(-1, keepdim=True)
+                                                      - xhat * (g * xhat).mean(-1, keepdim=True))
+    dims = tuple(range(1 if packed else 0, z.dim() - 1))
+    return dz.to(z.dtype), (dyf * xhat).sum(dims), dyf.sum(dims)
+
+
+def _backward(x2: torch.Tensor, r2: torch.Tensor | None, w: torch.Tensor, w_stride: int, mean: torch.Tensor,
+              rstd: torch.Tensor, dy: torch.Tensor, runs: int, packed: bool):
+    """The backward kernel and its partial sums' reduction, for a forward that saved x2 (M, N) (and a residual
+    r2), the fp32 weight rows ``w`` (run stride ``w_stride`` when packed), and the rows' mean and 1/std:
+    ``(dx (M, N), dweight, dbias)``, the last two fp32 (N,) or, packed, (R, N)."""
+    m, n = x2.shape
+    rows_per_run = m // runs
+    dy2 = dy.reshape(-1, n).contiguous()
+    if dy2.dtype != x2.dtype:
+        dy2 = dy2.to(x2.dtype)
+    block_n, block_m, _, warps = _config(n)
+    tiles = triton.cdiv(rows_per_run, block_m)
+    per_run = _num_bwd_programs(x2.device, tiles, runs)
+    rows_per_program = block_m * triton.cdiv(tiles, per_run)
+    per_run = triton.cdiv(rows_per_run, rows_per_program) if rows_per_run > 0 else 0
+    dx = _empty((m, n), x2.dtype, x2.device)
+    # per run, per program partial sums: (R, programs per run, N) of dweight, then of dbias, in one
+    # buffer, so that one reduction (below) serves both
+    part = _empty((2, runs, max(per_run, 1), n), torch.float32, x2.device)
+    dw_part, db_part = part[0], part[1]
+    if per_run > 0:
+        _layer_norm_bwd_kernel[(runs * per_run,)](
+            x2, x2 if r2 is None else r2, w, dy2, dx, mean, rstd, dw_part, db_part, m, n,
+            n if r2 is None else r2.stride(0), rows_per_program,
+            rows_per_run if packed else 0, per_run if packed else 0, w_stride,
+            BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
+            R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps)
+    else:
+        part.zero_()
+    sums = part.sum(2)  # (2, R, N): dweight and dbias per run
+    shape = (runs, n) if packed else (n,)
+    return dx, sums[0].view(shape), sums[1].view(shape)
 
 
 def _check(x, weight, bias, residual) -> None:

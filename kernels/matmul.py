@@ -40,6 +40,11 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 # Triton or the other: these are the tiles that spilled in none.
 _TILES = {"tf32x3": (64, 64, 32, 8, 2), "tf32": (64, 64, 32, 4, 2), "16bit": (64, 64, 32, 4, 2)}
 _GELU_GRAD_TILES = {"tf32x3": (64, 32, 16, 4, 1), "tf32": (32, 64, 16, 4, 1), "16bit": (32, 64, 16, 4, 1)}
+# matmul_layer_norm: (BLOCK_K, warps, stages) per mode; BLOCK_N is the row width's power of two (up to
+# MAX_NORM_N) and BLOCK_M keeps the tile at 4,096 elements at most. At 4 warps the whole-row epilogue spilled
+# 8-248 B in tf32 and 16-bit (sm_80 and sm_90, Triton 3.6 and 3.9); at 8 none did.
+_NORM_TILES = {"tf32x3": (32, 8, 2), "tf32": (32, 8, 2), "16bit": (32, 8, 2)}
+MAX_NORM_N = 256
 _MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which holds the runs
 
 
@@ -72,10 +77,10 @@ def _gelu_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, M, N, K, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
-                   c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms,
+def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, M, N, K, a_rs, a_ms, a_ks, b_rs, b_ks,
+                   b_ns, bias_rs, c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms, ln_rs, eps,
                    HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr, ADDS: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # ACT_OUT (a layer followed by GELU): C gets GELU(a @ b + bias) and PRE (M, N) the product itself.
     # ACT_IN (that layer's input gradient): PRE is the forward's (M, K) product, contiguous; A's tiles
@@ -83,6 +88,9 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, M, N, K, a_rs, a_ms, a_ks, 
     # DPRE (M, K), the gradient the layer's weight gradient needs.
     # ADDS: D1 (and D2) are added to the fp32 accumulator before the one rounding -- gradients that meet
     # at one tensor; D1 may be C itself (C += a @ b), since each element is read and written by one program.
+    # NORM (post-LN's add and normalise; one column tile holds whole rows): z = a @ b + bias + D1 goes to PRE
+    # (contiguous, C's shape), C gets LayerNorm(z) with run r's LNW and LNB rows, MEAN and RSTD (R, M) the
+    # statistics -- the arithmetic of fused_layer_norm's forward kernel, which its backward then reads.
     pid, run = tl.program_id(0), tl.program_id(1).to(tl.int64)
     tiles_n = tl.cdiv(N, BLOCK_N)
     tile_n = pid % tiles_n
@@ -118,6 +126,19 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, M, N, K, a_rs, a_ms, a_ks, 
         acc += tl.load(D2 + run * d2_rs + offs_m.to(tl.int64)[:, None] * d2_ms + offs_n[None, :], mask=ok,
                        other=0.0).to(tl.float32)
     out = run * c_rs + offs_m.to(tl.int64)[:, None] * c_ms + offs_n[None, :]
+    if NORM:
+        tl.store(PRE + out, acc.to(PRE.dtype.element_ty), mask=ok)
+        z = acc
+        if PRE.dtype.element_ty != tl.float32:  # the backward normalises z as stored
+            z = acc.to(PRE.dtype.element_ty).to(tl.float32)
+        mean = tl.sum(z, axis=1) / N  # (z is 0 past column N: b, the bias and D1 load 0 there)
+        d = tl.where(ok, z - mean[:, None], 0.0)
+        rstd = tl.div_rn(1.0, tl.sqrt_rn(tl.sum(d * d, axis=1) / N + eps))
+        lw = tl.load(LNW + run * ln_rs + offs_n, mask=n_ok, other=0.0)
+        lb = tl.load(LNB + run * ln_rs + offs_n, mask=n_ok, other=0.0)
+        acc = d * rstd[:, None] * lw[None, :] + lb[None, :]
+        tl.store(MEAN + run * M + offs_m, mean, mask=m_ok)
+        tl.store(RSTD + run * M + offs_m, rstd, mask=m_ok)
     if ACT_OUT:  # (C is contiguous here, and PRE has its shape)
         pre = acc.to(C.dtype.element_ty)
         tl.store(PRE + out, pre, mask=ok)
@@ -129,9 +150,14 @@ def _mode(dtype: torch.dtype) -> str:
     return dot_precision(dtype) if dtype == torch.float32 else "16bit"
 
 
-def _config(mode: str, act_in: int) -> tuple[tuple[int, int, int, int, int], str]:
-    """The launch's tiles and tl.dot precision (the launcher and compile_specs share this one rule)."""
-    return (_GELU_GRAD_TILES if act_in else _TILES)[mode], ("tf32" if mode == "16bit" else mode)
+def _config(mode: str, act_in: int, norm_n: int = 0) -> tuple[tuple[int, int, int, int, int], str]:
+    """The launch's tiles and tl.dot precision (the launcher and compile_specs share this one rule);
+    ``norm_n``: the row width of a ``matmul_layer_norm``, whose one column tile holds whole rows."""
+    precision = "tf32" if mode == "16bit" else mode
+    if norm_n:
+        block_n = max(16, triton.next_power_of_2(norm_n))
+        return (min(64, 4096 // block_n), block_n, *_NORM_TILES[mode]), precision  # 64 x 64 ... 16 x 256
+    return (_GELU_GRAD_TILES if act_in else _TILES)[mode], precision
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -208,12 +234,13 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, t.stride(0)) if t.dim() == 2 else (t.stride(0), t.stride(1))
 
 
-def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=()) -> None:
+def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None) -> None:
+    """``norm``: (LN weight, LN bias, their run stride, mean, rstd, eps) for ``matmul_layer_norm``."""
     runs = 1 if a.dim() == 2 else a.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     if runs > _MAX_GRID_Y:
         raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y}")
-    (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in)
+    (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in, n if norm else 0)
     a_rs, a_ms, a_ks = (0, *a.stride()) if a.dim() == 2 else a.stride()
     b_rs, b_ks, b_ns = (0, *b.stride()) if b.dim() == 2 else b.stride()
     if bias is not None and bias.stride(-1) != 1:
@@ -221,12 +248,14 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=()) -> None:
     bias_rs = 0 if bias is None or bias.dim() == 1 else bias.stride(0)
     d1, d2 = (*add, None, None)[:2]
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), runs)
+    lnw, lnb, ln_rs, mean, rstd, eps = norm or (c, c, 0, c, c, 0.0)
     _matmul_kernel[grid](a, b, c if bias is None else bias, c, c if pre is None else pre, c if dpre is None else dpre,
-                         c if d1 is None else d1, c if d2 is None else d2,
+                         c if d1 is None else d1, c if d2 is None else d2, lnw, lnb, mean, rstd,
                          m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs, *_strides(c), *_strides(d1),
-                         *_strides(d2), HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, ADDS=len(add),
-                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
-                         UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
+                         *_strides(d2), ln_rs, eps, HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in,
+                         ADDS=len(add), NORM=norm is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                         DOT_PRECISION=precision, UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps,
+                         num_stages=stages)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None,
@@ -273,6 +302,57 @@ def matmul_gelu_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu:
     return c, dpre
 
 
+def _ln_rows(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """LayerNorm weight and bias as the kernel reads them: fp32, contiguous rows, one run stride for both
+    (a pack's (R, N) views of the optimiser's flat buffer qualify as they are)."""
+    w, b = weight.float(), bias.float()
+    if w.dim() == 1:
+        return w.contiguous(), b.contiguous(), 0
+    if w.stride(-1) != 1 or b.stride(-1) != 1 or w.stride(0) != b.stride(0):
+        w, b = w.contiguous(), b.contiguous()
+    return w, b, w.stride(0)
+
+
+def matmul_layer_norm_reference(a, b, bias, residual, ln_weight, ln_bias, eps: float):
+    """The executable spec of ``matmul_layer_norm``: z = a @ b + bias + residual (``matmul_reference``, in
+    the residual's dtype), its rows' mean and 1/std in fp32, and LayerNorm(z) rounded to z's dtype."""
+    z = matmul_reference(a, b, bias, add=residual)
+    zf = z.float()
+    mean = zf.mean(-1)
+    rstd = torch.rsqrt((zf - mean.unsqueeze(-1)).square().mean(-1) + eps)
+    w, b_ = ln_weight.float(), ln_bias.float()
+    if w.dim() == 2:  # a pack's (R, N) rows, broadcast over each run's rows
+        w, b_ = w.unsqueeze(-2), b_.unsqueeze(-2)
+    y = (zf - mean.unsqueeze(-1)) * rstd.unsqueeze(-1) * w + b_
+    return y.to(z.dtype), z, mean, rstd
+
+
+def matmul_layer_norm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                      ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float):
+    """Post-LN's projection, add and normalise in one launch: ``z = a @ b + bias + residual`` and
+    ``LayerNorm(z)`` with ``ln_weight``, ``ln_bias`` ((N,), or a pack's (R, N)). Returns ``(y, z, mean, rstd)``:
+    z, mean and 1/std (fp32, (M,) or (R, M)) are what ``fused_layer_norm``'s backward reads. The residual
+    (rows of any stride) sets z's and y's dtype: a's, or fp32 (autocast's bf16 products meeting the fp32
+    residual stream). One column tile holds a whole row: N up to ``MAX_NORM_N``."""
+    _check(a, b, bias)
+    n = b.shape[-1]
+    want = (*a.shape[:-2], n)
+    if bias is None or residual is None or n > MAX_NORM_N or tuple(ln_weight.shape) != want \
+            or tuple(ln_bias.shape) != want:
+        raise ValueError(f"matmul_layer_norm: a bias, a residual, rows of up to {MAX_NORM_N} and LayerNorm weight "
+                         f"and bias {want}; got bias {bias is not None}, residual {residual is not None}, N = {n}, "
+                         f"{tuple(ln_weight.shape)}, {tuple(ln_bias.shape)}")
+    add, dtype = _check_out(a, b, residual, None)
+    if not use_triton(a, b, bias, *add, ln_weight, ln_bias) or a.numel() == 0 or b.numel() == 0:
+        return matmul_layer_norm_reference(a, b, bias, residual, ln_weight, ln_bias, eps)
+    shape = (*a.shape[:-1], n)
+    y, z = (torch.empty(shape, dtype=dtype, device=a.device) for _ in range(2))
+    mean, rstd = (torch.empty(shape[:-1], dtype=torch.float32, device=a.device) for _ in range(2))
+    lnw, lnb, ln_rs = _ln_rows(ln_weight, ln_bias)
+    _launch(a, b, bias, y, z, None, 0, 0, add, norm=(lnw, lnb, ln_rs, mean, rstd, float(eps)))
+    return y, z, mean, rstd
+
+
 def compile_specs() -> list[CompileSpec]:
     """Every configuration ``matmul`` and ``matmul_gelu_grad`` can launch: a forward (operand dtype, fp32 in
     both precisions, x bias dtype x GELU after it or not), and an input gradient (GELU's gradient before it
@@ -285,19 +365,26 @@ def compile_specs() -> list[CompileSpec]:
             variants = [(bias, act, 0, 0, ty) for bias in biases for act in (0, 1, 2) if bias or act]
             variants += [(None, 0, act, adds, cty) for act in (0, 1, 2) for adds in (0, 1, 2)
                          for cty in dict.fromkeys((ty, "fp32"))]
-            for bias, act_out, act_in, adds, cty in variants:
-                (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in)
-                sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or cty}", C=f"*{cty}", PRE=f"*{ty}", DPRE=f"*{ty}",
-                           D1=f"*{cty}", D2=f"*{cty}", M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32", a_ks="i32",
-                           b_rs="i32", b_ks="i32", b_ns="i32", bias_rs="i32", c_rs="i32", c_ms="i32", d1_rs="i32",
-                           d1_ms="i32", d2_rs="i32", d2_ms="i32", HAS_BIAS="constexpr", ACT_OUT="constexpr",
-                           ACT_IN="constexpr", ADDS="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr",
-                           BLOCK_K="constexpr", DOT_PRECISION="constexpr", UPCAST="constexpr")
+            variants = [(*v, 0) for v in variants] + [
+                (bias, 0, 0, 1, cty, n) for n in (16, 32, 64, 128, 256) for cty in dict.fromkeys((ty, "fp32"))
+                for bias in dict.fromkeys(("fp32", ty))]  # matmul_layer_norm: every row width's tile
+            for bias, act_out, act_in, adds, cty, norm_n in variants:
+                (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in, norm_n)
+                sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or cty}", C=f"*{cty}",
+                           PRE=f"*{cty if norm_n else ty}", DPRE=f"*{ty}", D1=f"*{cty}", D2=f"*{cty}", LNW="*fp32",
+                           LNB="*fp32", MEAN="*fp32", RSTD="*fp32", M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32",
+                           a_ks="i32", b_rs="i32", b_ks="i32", b_ns="i32", bias_rs="i32", c_rs="i32", c_ms="i32",
+                           d1_rs="i32", d1_ms="i32", d2_rs="i32", d2_ms="i32", ln_rs="i32", eps="fp32",
+                           HAS_BIAS="constexpr", ACT_OUT="constexpr", ACT_IN="constexpr", ADDS="constexpr",
+                           NORM="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
+                           DOT_PRECISION="constexpr", UPCAST="constexpr")
+                norm = f",norm={block_n}" if norm_n else ""
                 specs.append(CompileSpec(
-                    name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in},adds={adds},c={cty}]",
+                    name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in},adds={adds},c={cty}"
+                         f"{norm}]",
                     fn=_matmul_kernel, signature=sig,
                     constexprs=dict(HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, ADDS=adds,
-                                    BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
-                                    UPCAST=False),
+                                    NORM=bool(norm_n), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                    DOT_PRECISION=precision, UPCAST=False),
                     num_warps=warps, num_stages=stages, tensor_cores=True))
     return specs

@@ -38,7 +38,9 @@ SMALL = dict(p=7, frac=1.0, batch_size=16, hidden=64, heads=4, ffn=64)  # batch 
 def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     solo = census.step_census("modular", "triton", 1, str(tmp_path / "solo"), **SMALL)
     assert solo["triton._fused_adamw_kernel"] == 1  # one optimiser launch for every parameter
-    assert solo["triton._layer_norm_fwd_kernel"] == solo["triton._layer_norm_bwd_kernel"] == 2
+    # post-LN's add and normalise ride in the products before them (kernels.matmul_layer_norm): no LayerNorm
+    # forward of its own; the backward's kernel and partial sums per LayerNorm
+    assert "triton._layer_norm_fwd_kernel" not in solo and solo["triton._layer_norm_bwd_kernel"] == 2
     # the token and position rows: one kernel each way (no gather + add, no embedding_dense_backward, no
     # sum and slice_backward for the positions); the CPU's table projection would gather from three more
     assert solo["triton._embed_fwd_kernel"] == solo["triton._embed_bwd_kernel"] == 1
@@ -78,6 +80,7 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1
     assert pack["triton._ce_fwd_kernel"] == pack["triton._ce_reduce_kernel"] == 1  # every run's loss at once
     assert pack["triton._draw_kernel"] == pack["triton._weight_grad_kernel"] == 1
+    assert "triton._layer_norm_fwd_kernel" not in pack and pack["triton._layer_norm_bwd_kernel"] == 2
     assert pack["triton._embed_fwd_kernel"] == pack["triton._embed_bwd_kernel"] == 1
     # and the switches are put back
     from grokfast_train.models import runs

@@ -72,14 +72,20 @@ class Block(nn.Module):
             if isinstance(xq, EmbeddingSum):
                 xq = xq.dense()  # the residual: at the query's row alone when there is a query_pos
         a = ops.attention(heads(q), heads(k), heads(v), mask, self.causal, self.backend)
-        a = self.o(a.transpose(1, 2).reshape(*lead, xq.shape[-2], C))
-        h = ops.layer_norm(a, self.ln1, residual=xq, backend=self.backend)
-        if deferred.active():
-            (g,), h_res = deferred.fan_out(h, [(self.fc1, None, self.gelu)], None)
-            f = self.fc2(g)
-        else:
-            f, h_res = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu)), h
-        return ops.layer_norm(f, self.ln2, residual=h_res, backend=self.backend)
+        a = a.transpose(1, 2).reshape(*lead, xq.shape[-2], C)
+        if not deferred.active():
+            h = ops.layer_norm(self.o(a), self.ln1, residual=xq, backend=self.backend)
+            f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))
+            return ops.layer_norm(f, self.ln2, residual=h, backend=self.backend)
+        h = self._linear_norm(a, self.o, self.ln1, xq)
+        (g,), h_res = deferred.fan_out(h, [(self.fc1, None, self.gelu)], None)
+        return self._linear_norm(g, self.fc2, self.ln2, h_res)
+
+    def _linear_norm(self, x: torch.Tensor, linear: nn.Module, norm: nn.Module, residual: torch.Tensor):
+        """``norm(linear(x) + residual)``: one launch forward where the rows fit one tile (deferred.py)."""
+        if deferred.fits_linear_norm(linear, norm):
+            return deferred.linear_norm(x, linear, norm, residual)
+        return ops.layer_norm(linear(x), norm, residual=residual, backend=self.backend)
 
 
 def _positions(x: torch.Tensor | EmbeddingSum, start: int, stop: int) -> torch.Tensor | EmbeddingSum:

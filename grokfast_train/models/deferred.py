@@ -17,7 +17,9 @@ product and an add); the numbers are the same sums in another order.
 
 The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
 launch). Layers that read one input (q, k, v; the FFN's first layer) go through ``fan_out``, whose backward
-sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step).
+sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step), and
+a projection followed by post-LN's add and normalise goes through ``linear_norm``: the LayerNorm's forward in
+the product's epilogue (32 -> 30).
 Under bf16 autocast a layer computes in bf16, as ``F.linear`` does there; its weight gradient lands in fp32
 in the fp32 parameter's ``.grad``, and its input gradient in fp32 straight from the product's accumulator.
 """
@@ -187,6 +189,54 @@ class _Linears(torch.autograd.Function):
                 dx = torch.zeros(xc.shape, dtype=ctx.x_dtype, device=xc.device)
             _rows(dx, ctx.residual).add_(g_res)
         return (dx, None, None, None, *([None] * len(ctx.params)))
+
+
+def linear_norm(x: torch.Tensor, linear: nn.Module, norm: nn.Module, residual: torch.Tensor) -> torch.Tensor:
+    """``norm(linear(x) + residual)``: post-LN's projection, add and normalise, the forward in one launch
+    (``kernels.matmul_layer_norm``) where it took a product and a LayerNorm; the backward is LayerNorm's
+    (kernel and partial sums) and the product's input gradient, the weight gradient deferred. For rows of up to
+    ``kernels.matmul.MAX_NORM_N``; ``fits_linear_norm`` says whether a layer qualifies."""
+    return _LinearNorm.apply(x, residual, _active[-1], float(norm.eps), linear.weight, linear.bias, norm.weight,
+                             norm.bias)
+
+
+def fits_linear_norm(linear: nn.Module, norm: nn.Module) -> bool:
+    import kernels
+
+    return (linear.bias is not None and norm.weight is not None and norm.bias is not None
+            and linear.weight.shape[-2] <= kernels.MAX_NORM_N)
+
+
+class _LinearNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, pending, eps, weight, bias, ln_weight, ln_bias):
+        import kernels
+
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        runs = weight.dim() == 3
+        x2 = _flat(x.to(dtype), runs)
+        w = weight.to(dtype)
+        r = residual if residual.dtype in (dtype, torch.float32) else residual.float()
+        y, z, mean, rstd = kernels.matmul_layer_norm(x2, w.transpose(-1, -2), bias.to(dtype), _flat(r, runs),
+                                                     ln_weight, ln_bias, eps)
+        ctx.save_for_backward(x2, w, z, ln_weight, mean, rstd)
+        ctx.pending, ctx.params = pending, (weight, bias)
+        ctx.shapes = (x.shape, x.dtype, residual.shape, residual.dtype, ln_bias.dtype)
+        return y.view(*residual.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        import kernels
+
+        x2, w, z, ln_weight, mean, rstd = ctx.saved_tensors
+        x_shape, x_dtype, r_shape, r_dtype, lnb_dtype = ctx.shapes
+        dz, dlnw, dlnb = kernels.layer_norm_backward(z, ln_weight, mean, rstd, dy)  # the kernel and its partials' sum
+        dz2 = dz.to(w.dtype)
+        dx = torch.empty(x_shape, dtype=x_dtype, device=z.device)
+        kernels.matmul(dz2, w, out=_flat(dx, w.dim() == 3))
+        ctx.pending.items.append((x2, dz2, *ctx.params))
+        return dx, dz.view(r_shape).to(r_dtype), None, None, None, None, dlnw.to(ln_weight.dtype), dlnb.to(lnb_dtype)
 
 
 def _flat(t: torch.Tensor, runs: bool) -> torch.Tensor:

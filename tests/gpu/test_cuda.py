@@ -236,6 +236,29 @@ def test_matmul_adds_gradients_that_meet_in_place(dtype, runs):
     assert (dx.double() - want).abs().max().item() <= 2 * tol * max(1.0, want.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs,m,k", [(None, 512, 128), (None, 512, 512), (64, 512, 512), (None, 128, 128)])
+def test_matmul_layer_norm_at_the_step_shapes(dtype, runs, m, k):
+    # post-LN's o and fc2 projections at the readout rows (modular 512, IMDB 128; a 64-run pack), the fp32
+    # residual stream a strided row of (B, 6, 128), LayerNorm(x Wᵀ + b + residual) against float64
+    g = torch.Generator(device="cuda").manual_seed(9)
+    lead = () if runs is None else (runs,)
+    x = torch.randn(*lead, m, k, device="cuda", generator=g).to(dtype)
+    w = torch.randn(*lead, 128, k, device="cuda", generator=g).to(dtype) / k ** 0.5
+    b = torch.randn(*lead, 128, device="cuda", generator=g).to(dtype)
+    res = torch.randn(*lead, m, 6, 128, device="cuda", generator=g)[..., 5, :]
+    lw, lb = (torch.randn(*lead, 128, device="cuda", generator=g) for _ in range(2))
+    y, z, mean, rstd = kernels.matmul_layer_norm(x, w.transpose(-1, -2), b, res, lw, lb, 1e-5)
+    z64 = x.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2) + res.double()
+    zs = z.double()
+    y64 = (zs - zs.mean(-1, keepdim=True)) / (zs.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    y64 = y64 * lw.double().unsqueeze(-2) + lb.double().unsqueeze(-2)
+    tol = 5e-5 if dtype == torch.float32 else 1e-2
+    for got, want in ((z, z64), (y, y64)):
+        assert got.dtype == torch.float32
+        assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
 def test_matmul_with_tf32_allowed_runs_its_tf32_tiles():
     # TF32 on (10-bit mantissas): its own tiles and the GELU' prologue in that mode, against float64
     g = torch.Generator(device="cuda").manual_seed(7)

@@ -388,3 +388,34 @@ def test_compile_specs_cover_packed_runs():
                 for packed in (False, True):
                     for ty in ("*fp32", "*bf16", "*fp16"):
                         assert (fn, block_m, block_n, has_res, packed, ty, warps) in shipped, n
+
+
+@pytest.mark.parametrize("runs,rows,n", [(None, 37, 20), (None, 70, 128), (3, 11, 100)])
+def test_the_backward_alone_for_a_forward_that_ran_elsewhere(runs, rows, n):
+    """layer_norm_backward (the backward of kernels.matmul_layer_norm): from z, the weight and the stored
+    statistics, against float64 autograd of LayerNorm(z); the reference and the kernel both."""
+    from kernels.fused_layer_norm import layer_norm_backward, layer_norm_backward_reference
+
+    g = torch.Generator().manual_seed(rows + n)
+    lead = () if runs is None else (runs,)
+    z = torch.randn(*lead, rows, n, generator=g) * 3 + 1
+    if runs is None:
+        w = torch.randn(n, generator=g)
+    else:  # a pack's rows, run stride n + 4 (the optimiser's flat buffer)
+        w = torch.randn(runs, n + 4, generator=g)[:, :n]
+    dy = torch.randn(*lead, rows, n, generator=g)
+    mean = z.mean(-1)
+    rstd = 1 / (z.var(-1, unbiased=False) + 1e-5).sqrt()
+
+    z64, w64, b64 = z.double().requires_grad_(), w.double().requires_grad_(), torch.zeros_like(w, dtype=torch.float64,
+                                                                                             requires_grad=True)
+    if runs is None:
+        y64 = torch.nn.functional.layer_norm(z64, (n,), w64, b64, 1e-5)
+    else:
+        y64 = torch.stack([torch.nn.functional.layer_norm(z64[r], (n,), w64[r], b64[r], 1e-5) for r in range(runs)])
+    y64.backward(dy.double())
+    for fn in (layer_norm_backward, layer_norm_backward_reference):
+        dz, dw, db = fn(z, w, mean, rstd, dy)
+        assert dz.shape == z.shape and dw.shape == db.shape == w.shape
+        for got, want in ((dz, z64.grad), (dw, w64.grad), (db, b64.grad)):
+            assert (got.double() - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item()), fn

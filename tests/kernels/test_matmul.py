@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.matmul import matmul, matmul_gelu_grad, matmul_reference
+from kernels.matmul import matmul, matmul_gelu_grad, matmul_layer_norm, matmul_reference
 from tests.kernels.launch_spy import LaunchSpy
 
 mm_mod = importlib.import_module("kernels.matmul")
@@ -211,3 +211,47 @@ def test_reference_is_pytorch_linear():
 def test_bad_operands_are_refused(a, b, bias, match):
     with pytest.raises(ValueError, match=match):
         matmul(a, b, bias)
+
+
+@pytest.mark.parametrize("dtype,res_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                             (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("runs,m,k,n", [(None, 37, 24, 20), (None, 19, 33, 128), (3, 9, 40, 100), (2, 5, 16, 256)])
+def test_a_projection_added_to_its_residual_and_normalised_in_one_launch(dtype, res_dtype, runs, m, k, n,
+                                                                         monkeypatch):
+    """matmul_layer_norm against float64: z = x Wᵀ + b + residual (the residual one row of a (B, L, N) tensor,
+    strided), its rows' mean and 1/std, LayerNorm(z) with per-run weights read from a strided flat buffer.
+    Outputs are NaN-poisoned: every element written."""
+    real_empty = torch.empty
+    monkeypatch.setattr(mm_mod.torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    g = torch.Generator().manual_seed(m * n + k)
+    x, w = _linear_operands(g, runs, m, k, n, dtype)
+    lead = () if runs is None else (runs,)
+    bias = torch.randn(*lead, n, generator=g).to(dtype)
+    residual = torch.randn(*lead, m, 3, n, generator=g).to(res_dtype)[..., 1, :]  # rows 3·N apart
+    if runs is None:
+        lw, lb = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    else:  # the optimiser's flat buffer: weight and bias rows in one (R, S) row each, run stride S
+        flat = torch.randn(runs, 2 * n + 5, generator=g)
+        lw, lb = flat[:, :n], flat[:, n + 3:2 * n + 3]
+    y, z, mean, rstd = matmul_layer_norm(x, w.transpose(-1, -2), bias, residual, lw, lb, 1e-5)
+    z64 = _want(x, w.transpose(-1, -2), bias) + residual.double()
+    tol = TOL[res_dtype] if res_dtype == dtype else 2e-5
+    assert z.dtype == y.dtype == res_dtype and _err(z, z64) <= tol
+    zs = z.double()  # the statistics and the normalisation of z as stored
+    mean64 = zs.mean(-1)
+    rstd64 = 1 / (zs.var(-1, unbiased=False) + 1e-5).sqrt()
+    assert _err(mean, mean64) <= 1e-5 and (rstd.double() / rstd64 - 1).abs().max() <= 1e-5
+    lw64, lb64 = (t.double().unsqueeze(-2) if runs else t.double() for t in (lw, lb))
+    y64 = (zs - mean64.unsqueeze(-1)) * rstd64.unsqueeze(-1) * lw64 + lb64
+    assert _err(y, y64) <= TOL[res_dtype]
+
+
+def test_matmul_layer_norm_refuses_what_it_does_not_fuse():
+    a, b, bias, res, lw = torch.randn(3, 4), torch.randn(4, 5), torch.randn(5), torch.randn(3, 5), torch.randn(5)
+    with pytest.raises(ValueError, match="a bias, a residual"):
+        matmul_layer_norm(a, b, None, res, lw, lw, 1e-5)
+    with pytest.raises(ValueError, match="a bias, a residual"):
+        matmul_layer_norm(a, torch.randn(4, 300), torch.randn(300), torch.randn(3, 300), torch.randn(300),
+                    torch.randn(300), 1e-5)
+    with pytest.raises(ValueError, match="a bias, a residual"):
+        matmul_layer_norm(a, b, bias, res, torch.randn(2, 5), torch.randn(2, 5), 1e-5)

@@ -127,3 +127,17 @@ def test_fan_out_sums_the_gradients_that_meet_at_its_input(arrangement, runs):
             assert a is None  # an unread output's layer gets no gradient
             continue
         assert (a.double() - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+def test_rows_wider_than_one_tile_normalise_apart(monkeypatch):
+    # past kernels.MAX_NORM_N the projection and its LayerNorm are two launches again, with the same gradients
+    import kernels
+
+    monkeypatch.setattr(kernels, "MAX_NORM_N", 16)
+    from grokfast_train.models import deferred as deferred_mod
+
+    calls = []
+    real = deferred_mod.linear_norm
+    monkeypatch.setattr(deferred_mod, "linear_norm", lambda *a: calls.append(1) or real(*a))
+    _compare(_model("encoder"), torch.randint(1, 20, (9, 6)))
+    assert not calls

@@ -21,10 +21,10 @@ L is stored in base 2.
 
 Backward. With P = exp(S - L) recomputed from the saved L, dV = P^T dO, dP = dO V^T,
 dS = P * (dP - delta) where delta = rowsum(dO * O), dQ = dS K * sm_scale, dK = dS^T Q * sm_scale.
-  1. ``_attn_bwd_preprocess``: delta per query row.
+  1. ``_attn_bwd_dq``: one program per query block, looping over the visible key blocks; it also
+     computes delta for its rows and stores it (one tile of O read, where a launch of its own was).
   2. ``_attn_bwd_dkdv``: one program per key block, looping over the query blocks that can see
-     it, accumulating dK and dV in registers.
-  3. ``_attn_bwd_dq``: one program per query block, looping over the visible key blocks.
+     it, accumulating dK and dV in registers; it reads delta.
 Splitting dK/dV from dQ costs one extra recomputation of S but needs no atomics and keeps every
 gradient a plain store (deterministic).
 
@@ -254,24 +254,6 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
 
 
 @triton.jit
-def _attn_bwd_preprocess(O, DO, Delta, H, Lq, D, q_sb, q_sh,
-                         BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, BLOCK_M: tl.constexpr):
-    D = BLOCK_D if EVEN_D else D
-    q_row, _ = _row_strides(D, EVEN_D, Q_ROW, Q_ROW)
-    bh = tl.program_id(0).to(tl.int64)
-    start_m = tl.program_id(1) * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < Lq
-    q_off = _side_offset(bh, H, Lq, D, q_sb, q_sh, Q_ROW, BLOCK_D)
-    ptrs = q_off + offs_m[:, None] * q_row + offs_d[None, :]
-    tile_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
-    o = tl.load(O + ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-    tl.store(Delta + bh * Lq + offs_m, tl.sum(o * do, 1), mask=m_ok)
-
-
-@triton.jit
 def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
                    H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale, sm_scale,
                    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
@@ -333,7 +315,7 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
+def _attn_bwd_dq(Q, K, V, Mask, DO, O, LSE, Delta, DQ,
                  H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale, sm_scale,
                  BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -346,6 +328,7 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
     kv_off = _side_offset(bh, H, Lk, D, kv_sb, kv_sh, KV_ROW, BLOCK_D)
     Q += q_off
     DO += q_off
+    O += q_off
     DQ += q_off
     K += kv_off
     V += kv_off
@@ -357,10 +340,13 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
     m_ok = offs_m < Lq
     q_tile = offs_m[:, None] * q_row + offs_d[None, :]
     q_mask = _tile_mask(m_ok, offs_d, D, EVEN_D)
-    q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
     do = tl.load(DO + q_tile, mask=q_mask, other=0.0)
+    # delta = rowsum(dO * O) for this program's rows, stored for the dK/dV kernel that runs next: one
+    # tile of O read here, where delta had a launch of its own (O is dead before Q is loaded)
+    delta = tl.sum(tl.load(O + q_tile, mask=q_mask, other=0.0).to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + offs_m, delta, mask=m_ok)
+    q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
     lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
-    delta = tl.load(Delta + offs_m, mask=m_ok, other=0.0)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     hi = tl.minimum(Lk, start_m + BLOCK_M + shift)
@@ -403,7 +389,7 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, LSE, Delta, DQ,
 _TILES = {
     "16bit": {"fwd": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 32, 4, 2)},
               "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
-              "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2)}},
+              "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 8, 2)}},
     "tf32": {"fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2)},
              "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 4, 2), 128: (32, 32, 4, 2)},
              "dq": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (32, 32, 4, 2), 128: (32, 16, 8, 2)}},
@@ -417,8 +403,7 @@ _TILES = {
 _SMALL_LQ = 16
 # ... with fewer keys per step where 16 rows at the big tile's BLOCK_N spilled 8 B (Triton 3.6, sm_80, once
 # the interleaved layout's offsets were in: scripts/attention_rows_check.py)
-_SMALL_BLOCK_N = {("tf32", "fwd", 128): 16}
-_PRE_BLOCK_M = 64
+_SMALL_BLOCK_N = {("tf32", "fwd", 128): 16, ("16bit", "dq", 16): 16}
 # Padded head sizes (D < BLOCK_D) where the tile above spills (the runtime row stride and the
 # per-lane masks cost registers): (mode, kernel, BLOCK_D, Lq <= 16) -> (BLOCK_M, BLOCK_N,
 # num_warps, num_stages), each spill-free on sm_80 and sm_90 under Triton 3.6 and 3.9
@@ -437,7 +422,11 @@ _PADDED_TILES = {
     ("16bit", "fwd", 128, False): (64, 32, 8, 2),
     ("16bit", "dq", 128, False): (64, 32, 8, 2),
     ("tf32", "dq", 128, False): (32, 16, 4, 2),  # the even head's 8 warps spilled 8 B here (3.9, sm_80)
+    ("tf32x3", "dq", 32, False): (16, 16, 4, 1),
 }
+# Since dq also computes delta (one more tile of O loaded before its loop), three of its tiles spilled 8-16 B
+# and moved (Triton 3.6 and 3.9, sm_80/sm_90, every row layout): 16-bit dq BLOCK_D 128 to 8 warps, 16-bit dq
+# BLOCK_D 16 with Lq <= 16 to 16 keys per step (_SMALL_BLOCK_N), padded TF32x3 dq BLOCK_D 32 to 16 rows.
 
 
 def _mode(dtype: torch.dtype, precision: str) -> str:
@@ -538,17 +527,14 @@ class _Attention(torch.autograd.Function):
         do = qs.adopt(do)
 
         delta = torch.empty_like(lse)
-        block_d = _block_d(D)
-        _attn_bwd_preprocess[(B * H, triton.cdiv(Lq, _PRE_BLOCK_M))](
-            o, do, delta, H, Lq, D, qs.sb, qs.sh, BLOCK_D=block_d, EVEN_D=D == block_d, Q_ROW=qs.row,
-            BLOCK_M=_PRE_BLOCK_M)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         common = (H, Lq, Lk, D, qs.sb, qs.sh, ks.sb, ks.sh, shift, mask_len, sm_scale * _LOG2E, sm_scale)
         config = dict(d=D, lq=Lq, dtype=q.dtype, precision=precision, rows=(qs.row, ks.row))
+        # dQ first: its programs own the query rows, so they also write delta, which dK/dV then reads
+        _launch("dq", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
+                q, k, v, mask, do, o, lse, delta, dq, *common, **config)
         _launch("dkdv", lambda c: (B * H, triton.cdiv(Lk, c["BLOCK_N"])),
                 q, k, v, mask, do, lse, delta, dk, dv, *common, **config)
-        _launch("dq", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
-                q, k, v, mask, do, lse, delta, dq, *common, **config)
         return dq, dk, dv, None, None, None
 
 
@@ -612,7 +598,7 @@ _ARGS = {
     "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale"),
     "dkdv": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DK", "DV",
              "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale", "sm_scale"),
-    "dq": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DQ",
+    "dq": ("Q", "K", "V", "Mask", "DO", "O", "LSE", "Delta", "DQ",
            "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale", "sm_scale"),
 }
 # Triton types of the arguments that are not pointers of the input dtype.
@@ -645,13 +631,6 @@ def compile_specs() -> list:
             shape = f"BLOCK_D={block_d}" + ("" if even_d else ",padded")
             for dtype in SUPPORTED_DTYPES:
                 t = SIGNATURE_DTYPES[dtype]
-                specs.append(CompileSpec(
-                    name=f"attn_bwd_preprocess[{shape},{t},BLOCK_M={_PRE_BLOCK_M}]", fn=_attn_bwd_preprocess,
-                    signature={"O": f"*{t}", "DO": f"*{t}", "Delta": "*fp32", "H": "i32", "Lq": "i32",
-                               "D": "i32", "q_sb": "i32", "q_sh": "i32", "BLOCK_D": "constexpr",
-                               "EVEN_D": "constexpr", "Q_ROW": "constexpr", "BLOCK_M": "constexpr"},
-                    constexprs={"BLOCK_D": block_d, "EVEN_D": even_d,
-                                "Q_ROW": _spec_rows(block_d, even_d)["Q_ROW"], "BLOCK_M": _PRE_BLOCK_M}))
                 for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
                     label = f"{t}-{prec}" if dtype == torch.float32 else t
                     for kind, fn in _KERNELS.items():

@@ -27,13 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def variants(spec):
     """The spec at each row-stride pair a launch may use, the shipped one first."""
     block_d = spec.constexprs["BLOCK_D"]
-    rows = [(4 * block_d, 4 * block_d), (block_d, block_d), (block_d, 4 * block_d)]
-    if "KV_ROW" not in spec.constexprs:  # the preprocess kernel: the query side only
-        rows = rows[:2]
-    for q_row, kv_row in rows:
-        constexprs = dict(spec.constexprs, Q_ROW=q_row)
-        if "KV_ROW" in constexprs:
-            constexprs["KV_ROW"] = kv_row
+    for q_row, kv_row in [(4 * block_d, 4 * block_d), (block_d, block_d), (block_d, 4 * block_d)]:
+        constexprs = dict(spec.constexprs, Q_ROW=q_row, KV_ROW=kv_row)
         yield (q_row, kv_row), dataclasses.replace(spec, constexprs=constexprs)
 
 

@@ -360,13 +360,13 @@ def _recorded_launches(monkeypatch, execute):
         monkeypatch.undo()
 
 
-ATTN_KERNELS = {"_attn_fwd", "_attn_bwd_preprocess", "_attn_bwd_dkdv", "_attn_bwd_dq"}
+ATTN_KERNELS = {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"}
 
 
 @needs_interpreter
 def test_grid_recorder_sees_the_real_launches(monkeypatch):
     """The recorder below is trustworthy: with it in place the kernels still run and match the
-    reference, and it sees all four kernels, each over every (batch, head) pair."""
+    reference, and it sees all three kernels, each over every (batch, head) pair."""
     B, H, Lq, Lk = 3, 2, 37, 70
     q, k, v, mask, do = _inputs(70, B, H, Lq, Lk, 32, torch.float32, "random")
     with _recorded_launches(monkeypatch, execute=True) as launches:
@@ -483,7 +483,7 @@ def test_compile_specs_cover_every_launch_configuration():
                         key = ("_attn_" + ("bwd_" if kind != "fwd" else "") + kind,
                                tuple(sorted(constexprs.items())), cfg["num_warps"], cfg["num_stages"])
                         assert key in shipped, key
-    assert all(s.tensor_cores for s in compile_specs() if "preprocess" not in s.name)
+    assert all(s.tensor_cores for s in compile_specs())
 
 
 # -- Validation -----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import triton.language as tl
 
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
+from .fused_layer_norm import _affine_fp32, _packed_affine_fp32
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand mode: spill-free for sm_80 and sm_90 under
@@ -303,12 +304,13 @@ def matmul_gelu_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu:
 
 
 def _ln_rows(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """LayerNorm weight and bias as the kernel reads them: fp32, contiguous rows, one run stride for both
-    (a pack's (R, N) views of the optimiser's flat buffer qualify as they are)."""
-    w, b = weight.float(), bias.float()
-    if w.dim() == 1:
-        return w.contiguous(), b.contiguous(), 0
-    if w.stride(-1) != 1 or b.stride(-1) != 1 or w.stride(0) != b.stride(0):
+    """LayerNorm weight and bias as the kernel reads them (``layer_norm``'s own preparation): fp32, contiguous
+    rows, and here one run stride for both (a pack's (R, N) views of the optimiser's flat buffer qualify)."""
+    n = weight.shape[-1]
+    if weight.dim() == 1:
+        return (*_affine_fp32(weight, bias, n, weight.device), 0)
+    (w, w_stride), (b, b_stride) = (_packed_affine_fp32(t, n, 0.0, weight.device) for t in (weight, bias))
+    if w_stride != b_stride:
         w, b = w.contiguous(), b.contiguous()
     return w, b, w.stride(0)
 

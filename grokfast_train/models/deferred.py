@@ -129,7 +129,7 @@ class _Linears(torch.autograd.Function):
     def forward(ctx, x, pending, plan, residual, *params):
         import kernels  # (here, not at the top: the torch backend never imports Triton)
 
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = _compute_dtype(x)
         xc = x.to(dtype)  # under autocast, one cast of x serves every layer
         runs = params[0].dim() == 3
         outs, saved = [], [xc]
@@ -212,7 +212,7 @@ class _LinearNorm(torch.autograd.Function):
     def forward(ctx, x, residual, pending, eps, weight, bias, ln_weight, ln_bias):
         import kernels
 
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = _compute_dtype(x)
         runs = weight.dim() == 3
         x2 = _flat(x.to(dtype), runs)
         w = weight.to(dtype)
@@ -237,6 +237,11 @@ class _LinearNorm(torch.autograd.Function):
         kernels.matmul(dz2, w, out=_flat(dx, w.dim() == 3))
         ctx.pending.items.append((x2, dz2, *ctx.params))
         return dx, dz.view(r_shape).to(r_dtype), None, None, None, None, dlnw.to(ln_weight.dtype), dlnb.to(lnb_dtype)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The products' operand dtype: autocast's where it is on (bf16, as F.linear computes there), else x's."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
 
 def _flat(t: torch.Tensor, runs: bool) -> torch.Tensor:

@@ -28,7 +28,7 @@ SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16
 class CompileSpec:
     name: str  # human-readable, e.g. "attention_fwd[D=64,BLOCK_M=64,fp16]"
     fn: Callable  # the @triton.jit function
-    signature: dict[str, str]  # argument -> Triton type ("*fp32", "i32", "constexpr", ...)
+    signature: dict[str, Any]  # argument -> Triton type ("*fp32", "i32", "constexpr", ...; a tuple of them)
     constexprs: dict[str, Any]
     num_warps: int = 4
     num_stages: int = 2

@@ -257,19 +257,27 @@ class _LayerNormFn(torch.autograd.Function):
 
 
 def layer_norm_backward(z: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                        dy: torch.Tensor):
+                        dy: torch.Tensor, reduce: bool = True):
     """The backward of a LayerNorm whose forward ran elsewhere (``kernels.matmul_layer_norm``): its input z
     (..., N) (a pack's (R, ..., N)), weight (N,) or (R, N), and the rows' fp32 mean and 1/std as that forward
     stored them. Returns ``(dz, dweight, dbias)``, the last two fp32 and weight's shape. CUDA tensors, or the
-    interpreter: the same kernel and reduction as ``layer_norm``'s backward."""
+    interpreter: the same kernel and reduction as ``layer_norm``'s backward.
+
+    ``reduce=False`` leaves the reduction to the caller: dweight and dbias come as partial sums, (P, N) or a
+    pack's (R, P, N), whose sum over P is the gradient. The trainer sums them in the launch that computes its
+    linear layers' weight gradients (``kernels.WeightGrad`` without x: a sum alone), a launch fewer each."""
     if not use_triton(z, weight, mean, rstd, dy):
-        return layer_norm_backward_reference(z, weight, mean, rstd, dy)
+        dz, dw, db = layer_norm_backward_reference(z, weight, mean, rstd, dy)
+        return (dz, dw, db) if reduce else (dz, dw.unsqueeze(-2), db.unsqueeze(-2))  # one partial each
     n = z.shape[-1]
     packed = weight.dim() == 2
     w, w_stride = _packed_affine_fp32(weight, n, 1.0, z.device) if packed else (weight.float().contiguous(), 0)
-    dz, dw, db = _backward(z.reshape(-1, n), None, w, w_stride, mean.reshape(-1), rstd.reshape(-1), dy,
-                           weight.shape[0] if packed else 1, packed)
-    return dz.view(z.shape), dw, db
+    runs = weight.shape[0] if packed else 1
+    dz, part = _backward_partials(z.reshape(-1, n), None, w, w_stride, mean.reshape(-1), rstd.reshape(-1), dy,
+                                  runs, packed)
+    if reduce:
+        return (dz.view(z.shape), *_reduce(part, packed))
+    return dz.view(z.shape), *(part[i] if packed else part[i, 0] for i in (0, 1))
 
 
 def layer_norm_backward_reference(z, weight, mean, rstd, dy):
@@ -292,6 +300,20 @@ def _backward(x2: torch.Tensor, r2: torch.Tensor | None, w: torch.Tensor, w_stri
     """The backward kernel and its partial sums' reduction, for a forward that saved x2 (M, N) (and a residual
     r2), the fp32 weight rows ``w`` (run stride ``w_stride`` when packed), and the rows' mean and 1/std:
     ``(dx (M, N), dweight, dbias)``, the last two fp32 (N,) or, packed, (R, N)."""
+    dx, part = _backward_partials(x2, r2, w, w_stride, mean, rstd, dy, runs, packed)
+    return (dx, *_reduce(part, packed))
+
+
+def _reduce(part: torch.Tensor, packed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """dweight and dbias, (N,) or packed (R, N), from the partials (2, R, P, N): one ``sum`` for both."""
+    sums = part.sum(2)
+    return (sums[0], sums[1]) if packed else (sums[0, 0], sums[1, 0])
+
+
+def _backward_partials(x2: torch.Tensor, r2: torch.Tensor | None, w: torch.Tensor, w_stride: int,
+                       mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, runs: int, packed: bool):
+    """The backward kernel alone: ``(dx (M, N), partials (2, R, P, N))``, dweight's then dbias's fp32 partial
+    sums, P per run."""
     m, n = x2.shape
     rows_per_run = m // runs
     dy2 = dy.reshape(-1, n).contiguous()
@@ -316,9 +338,7 @@ def _backward(x2: torch.Tensor, r2: torch.Tensor | None, w: torch.Tensor, w_stri
             R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps)
     else:
         part.zero_()
-    sums = part.sum(2)  # (2, R, N): dweight and dbias per run
-    shape = (runs, n) if packed else (n,)
-    return dx, sums[0].view(shape), sums[1].view(shape)
+    return dx, part
 
 
 def _check(x, weight, bias, residual) -> None:

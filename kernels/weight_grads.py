@@ -15,6 +15,9 @@ A problem is ``WeightGrad(x, dy, dw, db=None, accumulate=False)``:
   any stride, each row contiguous;
 - ``dw`` float32 (N, K) or (R, N, K), contiguous per run, gets ``dyᵀ x`` (``accumulate``: added to it);
 - ``db`` float32 (N,) or (R, N), or None, gets ``Σ_m dy`` (or has it added).
+A problem without ``x`` and ``dw`` is a sum alone, ``db (+)= Σ_m dy``: a LayerNorm's weight and bias
+gradients are sums of its backward programs' partial sums, which nothing in the backward waits for either,
+so they join the same launch (``kernels.layer_norm_backward(..., reduce=False)``).
 Problems are launched up to ``MAX_PROBLEMS`` at a time, the longest first (programs that walk the most
 rows start earliest). fp32 products follow PyTorch's fp32-matmul switch, as the attention kernel's do:
 "tf32x3" (about fp32's accuracy, on tensor cores) unless TF32 is allowed.
@@ -34,7 +37,7 @@ import triton.language as tl
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
 
-MAX_PROBLEMS = 8
+MAX_PROBLEMS = 16  # a 1-layer model's step: 8 linear layers and 6 LayerNorm sums at most
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 _META = 12  # ints per problem in the launch's table (see _meta)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps) per operand dtype
@@ -42,45 +45,25 @@ _TILES = {torch.float32: (32, 32, 32, 4), torch.bfloat16: (32, 32, 32, 4)}
 
 
 class WeightGrad(NamedTuple):
-    x: torch.Tensor
+    x: torch.Tensor | None
     dy: torch.Tensor
-    dw: torch.Tensor
+    dw: torch.Tensor | None
     db: torch.Tensor | None = None
     accumulate: bool = False
 
 
 @triton.jit
-def _pick(p, a0, a1, a2, a3, a4, a5, a6, a7, P: tl.constexpr):
-    """a_p, for a runtime p < P (the slots from P on are never read)."""
-    a = a0
-    if P > 1:
-        if p == 1:
-            a = a1
-    if P > 2:
-        if p == 2:
-            a = a2
-    if P > 3:
-        if p == 3:
-            a = a3
-    if P > 4:
-        if p == 4:
-            a = a4
-    if P > 5:
-        if p == 5:
-            a = a5
-    if P > 6:
-        if p == 6:
-            a = a6
-    if P > 7:
-        if p == 7:
-            a = a7
+def _pick(p, slots, P: tl.constexpr):
+    """slots[p] for a runtime p < P: a tuple of one pointer per problem, indexed by unrolled compares."""
+    a = slots[0]
+    for i in tl.static_range(1, P):
+        if p == i:
+            a = slots[i]
     return a
 
 
 @triton.jit
-def _weight_grad_kernel(META, X0, X1, X2, X3, X4, X5, X6, X7, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7,
-                        DW0, DW1, DW2, DW3, DW4, DW5, DW6, DW7, DB0, DB1, DB2, DB3, DB4, DB5, DB6, DB7,
-                        P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _weight_grad_kernel(META, X, DY, DW, DB, P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     p = pid * 0  # which problem: the last whose first program is <= pid (the table lists them in order)
@@ -90,12 +73,9 @@ def _weight_grad_kernel(META, X0, X1, X2, X3, X4, X5, X6, X7, DY0, DY1, DY2, DY3
     m, n, k = tl.load(meta + 0), tl.load(meta + 1), tl.load(meta + 2)
     x_rs, x_ms, dy_rs, dy_ms = tl.load(meta + 4), tl.load(meta + 5), tl.load(meta + 6), tl.load(meta + 7)
     dw_rs, db_rs, first, flags = tl.load(meta + 8), tl.load(meta + 9), tl.load(meta + 10), tl.load(meta + 11)
-    X = _pick(p, X0, X1, X2, X3, X4, X5, X6, X7, P)
-    DY = _pick(p, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, P)
-    DW = _pick(p, DW0, DW1, DW2, DW3, DW4, DW5, DW6, DW7, P)
-    DB = _pick(p, DB0, DB1, DB2, DB3, DB4, DB5, DB6, DB7, P)
+    X, DY, DW, DB = _pick(p, X, P), _pick(p, DY, P), _pick(p, DW, P), _pick(p, DB, P)
 
-    tiles_k = tl.cdiv(k, BLOCK_K)
+    tiles_k = tl.maximum(tl.cdiv(k, BLOCK_K), 1)  # a sum alone (k = 0): one column of tiles, no dw
     tiles = tl.cdiv(n, BLOCK_N) * tiles_k
     local = pid - first
     run = (local // tiles).to(tl.int64)
@@ -144,27 +124,30 @@ def _meta(problems: Sequence[WeightGrad], tiles: tuple[int, int, int]) -> tuple[
     _, block_n, block_k = tiles
     rows, first = [], 0
     for x, dy, dw, db, acc in problems:
-        runs = 1 if x.dim() == 2 else x.shape[0]
-        m, k, n = x.shape[-2], x.shape[-1], dy.shape[-1]
-        rows += [m, n, k, runs, *_rows(x), *_rows(dy), 0 if dw.dim() == 2 else dw.stride(0),
+        runs = 1 if dy.dim() == 2 else dy.shape[0]
+        m, k, n = dy.shape[-2], 0 if x is None else x.shape[-1], dy.shape[-1]  # k = 0: a sum alone
+        rows += [m, n, k, runs, *((0, 0) if x is None else _rows(x)), *_rows(dy),
+                 0 if dw is None or dw.dim() == 2 else dw.stride(0),
                  0 if db is None or db.dim() == 1 else db.stride(0), first, (db is not None) | (2 * acc)]
-        first += runs * triton.cdiv(n, block_n) * triton.cdiv(k, block_k)
+        first += runs * triton.cdiv(n, block_n) * max(triton.cdiv(k, block_k), 1)
     return rows, first
 
 
 def _launch(problems: list[WeightGrad]) -> None:
-    dtype = problems[0].x.dtype
+    dtype = problems[0].dy.dtype
     block_m, block_n, block_k, warps = _TILES[dtype]
     rows, programs = _meta(problems, (block_m, block_n, block_k))
     if programs == 0:
         return
-    meta = _table(rows, problems[0].x.device)
-    pad = MAX_PROBLEMS - len(problems)
-    xs, dys, dws = ([getattr(q, f) for q in problems] + [getattr(problems[0], f)] * pad for f in ("x", "dy", "dw"))
-    dbs = [q.db if q.db is not None else q.dw for q in problems] + [problems[0].dw] * pad
-    _weight_grad_kernel[(programs,)](meta, *xs, *dys, *dws, *dbs, P=len(problems), BLOCK_M=block_m, BLOCK_N=block_n,
-                                     BLOCK_K=block_k, DOT_PRECISION=dot_precision(dtype),
-                                     UPCAST=INTERPRET and dtype == torch.bfloat16, num_warps=warps)
+    meta = _table(rows, problems[0].dy.device)
+    # a slot a problem does not have gets a pointer of the right type that no program reads (masked off)
+    xs = tuple(q.dy if q.x is None else q.x for q in problems)
+    dws = tuple(q.db if q.dw is None else q.dw for q in problems)
+    dbs = tuple(q.dw if q.db is None else q.db for q in problems)
+    _weight_grad_kernel[(programs,)](meta, xs, tuple(q.dy for q in problems), dws, dbs, P=len(problems),
+                                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                     DOT_PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype == torch.bfloat16,
+                                     num_warps=warps)
 
 
 # A step's table depends only on its shapes and strides: made once per distinct table and device, kept
@@ -193,6 +176,8 @@ _CAPTURED: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 def _check(q: WeightGrad) -> None:
     x, dy, dw, db, _ = q
+    if x is None or dw is None:
+        return _check_sum(q)
     check_dtype("linear_weight_grads: x", x, SUPPORTED_DTYPES)
     lead = x.shape[:-2]
     if x.dim() not in (2, 3) or dy.dtype != x.dtype or dy.shape[:-1] != x.shape[:-1]:
@@ -208,11 +193,25 @@ def _check(q: WeightGrad) -> None:
         raise ValueError(f"linear_weight_grads: db must be float32 {want[:-1]}; got {db.dtype} {tuple(db.shape)}")
 
 
+def _check_sum(q: WeightGrad) -> None:
+    x, dy, dw, db, _ = q
+    check_dtype("linear_weight_grads: dy", dy, SUPPORTED_DTYPES)
+    if x is not None or dw is not None or db is None:
+        raise ValueError("linear_weight_grads: a problem without x is a sum alone: dw None and db given")
+    if dy.dim() not in (2, 3) or dy.stride(-1) != 1:
+        raise ValueError(f"linear_weight_grads: a sum's dy is (M, N) or (R, M, N) with contiguous rows; got "
+                         f"{tuple(dy.shape)}")
+    want = (*dy.shape[:-2], dy.shape[-1])
+    if db.dtype != torch.float32 or tuple(db.shape) != want or db.stride(-1) != 1:
+        raise ValueError(f"linear_weight_grads: db must be float32 {want}; got {db.dtype} {tuple(db.shape)}")
+
+
 def linear_weight_grads_reference(problems: Sequence[WeightGrad]) -> None:
     """The executable spec: dw (+)= dyᵀ x and db (+)= Σ dy, per problem, in PyTorch ops (fp32 sums)."""
     for x, dy, dw, db, acc in problems:
-        g = dy.float().transpose(-1, -2) @ x.float()
-        dw.add_(g) if acc else dw.copy_(g)
+        if x is not None:
+            g = dy.float().transpose(-1, -2) @ x.float()
+            dw.add_(g) if acc else dw.copy_(g)
         if db is not None:
             s = dy.float().sum(-2)
             db.add_(s) if acc else db.copy_(s)
@@ -225,13 +224,13 @@ def linear_weight_grads(problems: Sequence[WeightGrad]) -> None:
         _check(q)
     if not problems:
         return
-    if not use_triton(*(t for q in problems for t in q[:4])):
+    if not use_triton(*(t for q in problems for t in q[:4] if t is not None)):
         return linear_weight_grads_reference(problems)
     by_dtype: dict[torch.dtype, list[WeightGrad]] = {}
     for q in problems:
-        by_dtype.setdefault(q.x.dtype, []).append(q)
+        by_dtype.setdefault(q.dy.dtype, []).append(q)
     for group in by_dtype.values():
-        group.sort(key=lambda q: -q.x[..., 0].numel())  # the most rows (and runs) first
+        group.sort(key=lambda q: -q.dy[..., 0].numel())  # the most rows (and runs) first
         for i in range(0, len(group), MAX_PROBLEMS):
             _launch(group[i:i + MAX_PROBLEMS])
 
@@ -246,7 +245,7 @@ def compile_specs() -> list[CompileSpec]:
             for p in range(1, MAX_PROBLEMS + 1):
                 sig = {"META": "*i64"}
                 for name, t in (("X", ty), ("DY", ty), ("DW", "fp32"), ("DB", "fp32")):
-                    sig.update({f"{name}{i}": f"*{t}" for i in range(MAX_PROBLEMS)})
+                    sig[name] = (f"*{t}",) * p  # a tuple: one pointer per problem
                 sig.update(P="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
                            DOT_PRECISION="constexpr", UPCAST="constexpr")
                 specs.append(CompileSpec(

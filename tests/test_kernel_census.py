@@ -39,7 +39,7 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     solo = census.step_census("modular", "triton", 1, str(tmp_path / "solo"), **SMALL)
     assert solo["triton._fused_adamw_kernel"] == 1  # one optimiser launch for every parameter
     # post-LN's add and normalise ride in the products before them (kernels.matmul_layer_norm): no LayerNorm
-    # forward of its own; the backward's kernel and partial sums per LayerNorm
+    # forward of its own; its backward is one kernel each, whose partial sums the weight-gradient launch adds up
     assert "triton._layer_norm_fwd_kernel" not in solo and solo["triton._layer_norm_bwd_kernel"] == 2
     # the token and position rows: one kernel each way (no gather + add, no embedding_dense_backward, no
     # sum and slice_backward for the positions); the CPU's table projection would gather from three more
@@ -56,8 +56,8 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     assert not {"aten.index", "aten.index_select", "aten.remainder", "aten.remainder_"} & solo.keys()
     # every linear layer's weight and bias gradient (and the tied head's) in one launch: the backward's
     # products are the input gradients alone, one per layer (7 forward, 7 backward), and no bias is summed
-    # apart (the sums left: the two LayerNorms' partials)
-    assert solo["triton._weight_grad_kernel"] == 1 and solo["aten.sum"] == 2
+    # apart; the LayerNorms' weights and biases are sums of their backward's partials, in that launch too
+    assert solo["triton._weight_grad_kernel"] == 1 and "aten.sum" not in solo
     # the products are kernels.matmul, the FFN's GELU fused into its first layer each way
     assert solo["triton._matmul_kernel"] == 7 + 7
     assert not {"aten.mm", "aten.addmm", "aten.gelu", "aten.gelu_backward"} & solo.keys()
@@ -76,7 +76,7 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
     assert pack["triton._matmul_kernel"] == 7 + 7  # one launch per product for all runs
     assert not {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.gelu"} & pack.keys()
-    assert "aten.ones_like" not in pack and pack["aten.sum"] == 2  # one seed per run's loss, no sum of the losses
+    assert "aten.ones_like" not in pack and "aten.sum" not in pack  # a seed per run's loss, no sum of the losses
     assert "aten.mul" not in pack and "aten.clone" not in pack
     assert not {"aten.add", "aten.slice_backward"} & pack.keys()  # (the pack's zero_ and add_ are its optimiser's)
     assert pack["triton._packed_adamw_kernel"] + pack["triton._fused_adamw_kernel"] == 1

@@ -36,10 +36,12 @@ _active: list["_Pending"] = []
 
 
 class _Pending:
-    """The (x, dy) of every deferred layer since the block began, and where their gradients go."""
+    """The (x, dy) of every deferred layer since the block began, and where their gradients go: an item
+    (x, dy, weight, bias) gets weight's gradient dyᵀ x and bias's Σ dy; (None, dy, None, param) is a sum
+    alone, param's gradient Σ dy (a LayerNorm's weight or bias from its backward's partial sums)."""
 
     def __init__(self):
-        self.items: list[tuple[torch.Tensor, torch.Tensor, nn.Parameter, nn.Parameter | None]] = []
+        self.items: list[tuple[torch.Tensor | None, torch.Tensor, nn.Parameter | None, nn.Parameter | None]] = []
 
     def flush(self) -> None:
         import kernels
@@ -48,14 +50,15 @@ class _Pending:
         # launch: its second use waits for a later wave, which adds to what the first wrote.
         waves: list[list] = []
         for item in self.items:
-            wave = next((w for w in waves if all(item[2] is not other[2] for other in w)), None)
+            wave = next((w for w in waves if not any(p is q for other in w for p in _params(item)
+                                                     for q in _params(other))), None)
             if wave is None:
                 waves.append(wave := [])
             wave.append(item)
         for wave in waves:
             problems, fresh = [], {}
             for x, dy, weight, bias in wave:
-                params = [p for p in (weight, bias) if p is not None]
+                params = _params((x, dy, weight, bias))
                 # a gradient already there (the tied embedding's): add to it; one flag serves a layer's
                 # weight and bias, so if only one holds a gradient the other adds to zeros
                 add = any(p.grad is not None for p in params)
@@ -69,6 +72,10 @@ class _Pending:
             for p, g in fresh.items():
                 p.grad = g
         self.items.clear()
+
+
+def _params(item: tuple) -> list[nn.Parameter]:
+    return [p for p in item[2:] if p is not None]
 
 
 def active() -> bool:
@@ -219,9 +226,9 @@ class _LinearNorm(torch.autograd.Function):
         r = residual if residual.dtype in (dtype, torch.float32) else residual.float()
         y, z, mean, rstd = kernels.matmul_layer_norm(x2, w.transpose(-1, -2), bias.to(dtype), _flat(r, runs),
                                                      ln_weight, ln_bias, eps)
-        ctx.save_for_backward(x2, w, z, ln_weight, mean, rstd)
-        ctx.pending, ctx.params = pending, (weight, bias)
-        ctx.shapes = (x.shape, x.dtype, residual.shape, residual.dtype, ln_bias.dtype)
+        ctx.save_for_backward(x2, w, z, mean, rstd)
+        ctx.pending, ctx.params, ctx.norm = pending, (weight, bias), (ln_weight, ln_bias)
+        ctx.shapes = (x.shape, x.dtype, residual.shape, residual.dtype)
         return y.view(*residual.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -229,14 +236,15 @@ class _LinearNorm(torch.autograd.Function):
     def backward(ctx, dy):
         import kernels
 
-        x2, w, z, ln_weight, mean, rstd = ctx.saved_tensors
-        x_shape, x_dtype, r_shape, r_dtype, lnb_dtype = ctx.shapes
-        dz, dlnw, dlnb = kernels.layer_norm_backward(z, ln_weight, mean, rstd, dy)  # the kernel and its partials' sum
+        x2, w, z, mean, rstd = ctx.saved_tensors
+        (x_shape, x_dtype, r_shape, r_dtype), (ln_weight, ln_bias) = ctx.shapes, ctx.norm
+        # the LayerNorm's weight and bias gradients are its programs' partial sums, summed with the deferred rest
+        dz, part_w, part_b = kernels.layer_norm_backward(z, ln_weight, mean, rstd, dy, reduce=False)
         dz2 = dz.to(w.dtype)
         dx = torch.empty(x_shape, dtype=x_dtype, device=z.device)
         kernels.matmul(dz2, w, out=_flat(dx, w.dim() == 3))
-        ctx.pending.items.append((x2, dz2, *ctx.params))
-        return dx, dz.view(r_shape).to(r_dtype), None, None, None, None, dlnw.to(ln_weight.dtype), dlnb.to(lnb_dtype)
+        ctx.pending.items += [(x2, dz2, *ctx.params), (None, part_w, None, ln_weight), (None, part_b, None, ln_bias)]
+        return dx, dz.view(r_shape).to(r_dtype), None, None, None, None, None, None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

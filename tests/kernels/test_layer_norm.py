@@ -5,6 +5,7 @@ the error measured is the kernel's own (fp32 arithmetic and the final rounding t
 Error metric: max |kernel - reference| / max(1, max |reference|), per output and gradient.
 """
 
+import functools
 import importlib
 
 import pytest
@@ -414,8 +415,13 @@ def test_the_backward_alone_for_a_forward_that_ran_elsewhere(runs, rows, n):
     else:
         y64 = torch.stack([torch.nn.functional.layer_norm(z64[r], (n,), w64[r], b64[r], 1e-5) for r in range(runs)])
     y64.backward(dy.double())
-    for fn in (layer_norm_backward, layer_norm_backward_reference):
+    unreduced = functools.partial(layer_norm_backward, reduce=False)  # the partials, summed here
+    for fn in (layer_norm_backward, layer_norm_backward_reference, unreduced):
         dz, dw, db = fn(z, w, mean, rstd, dy)
+        if fn is unreduced:
+            assert dw.shape == db.shape and dw.shape[:-2] == w.shape[:-1] and dw.shape[-1] == n
+            assert dw.shape[-2] > 1 or n != 128  # 70 rows of 128 are 5 tiles: several programs' partials
+            dw, db = dw.sum(-2), db.sum(-2)
         assert dz.shape == z.shape and dw.shape == db.shape == w.shape
         for got, want in ((dz, z64.grad), (dw, w64.grad), (db, b64.grad)):
             assert (got.double() - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item()), fn

@@ -25,9 +25,19 @@ def _problem(g, runs, m, k, n, bias, accumulate, dtype=torch.float32, pad=3):
     return WeightGrad(x, dy, dw, db, accumulate)
 
 
+def _sum(g, runs, m, n, accumulate, dtype=torch.float32):
+    """A sum alone (a LayerNorm's partial sums): db (+)= Σ_m dy, rows of a larger stride."""
+    lead = () if runs is None else (runs,)
+    return WeightGrad(None, torch.randn(*lead, m, n + 5, generator=g).to(dtype)[..., :n], None,
+                      torch.randn(*lead, n, generator=g), accumulate)
+
+
+def _f64(t):
+    return None if t is None else t.double()
+
+
 def _check(problems):
-    want = [WeightGrad(q.x.double(), q.dy.double(), q.dw.double(), None if q.db is None else q.db.double(),
-                       q.accumulate) for q in problems]
+    want = [WeightGrad(_f64(q.x), q.dy.double(), _f64(q.dw), _f64(q.db), q.accumulate) for q in problems]
     linear_weight_grads_reference(want)
     linear_weight_grads(problems)
     for i, (got, ref) in enumerate(zip(problems, want)):
@@ -52,6 +62,19 @@ def test_a_step_of_odd_layers_in_one_launch(dtype, monkeypatch):
     assert len(spy.calls) == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sums_alone_share_the_launch_with_the_layers(dtype, monkeypatch):
+    # a step's LayerNorm gradients: sums of per-program partials, solo and packed, fresh and added to
+    spy = LaunchSpy(wg_mod._weight_grad_kernel)
+    monkeypatch.setattr(wg_mod, "_weight_grad_kernel", spy)
+    g = torch.Generator().manual_seed(4)
+    problems = [_sum(g, None, 7, 37, False, dtype), _problem(g, None, 70, 40, 37, True, False, dtype),
+                _sum(g, 3, 70, 33, False, dtype),  # more rows than one block, two column tiles
+                _sum(g, 2, 1, 5, True, dtype), _problem(g, 2, 9, 24, 17, False, True, dtype)]
+    _check(problems)
+    assert len(spy.calls) == 1
+
+
 def test_more_layers_than_one_launch_takes():
     g = torch.Generator().manual_seed(1)
     _check([_problem(g, None, 9 + i, 16, 18, i % 2 == 0, i % 3 == 0) for i in range(MAX_PROBLEMS + 3)])
@@ -62,7 +85,7 @@ def test_every_problem_count_finds_its_programs():
     g = torch.Generator().manual_seed(2)
     for p in range(1, MAX_PROBLEMS + 1):
         _check([_problem(g, None if i % 2 else 2, 3 + 7 * i, 16 + 8 * (i % 3), 5 + 11 * i, True, False)
-                for i in range(p)])
+                if i % 3 else _sum(g, None if i % 2 else 2, 3 + 7 * i, 5 + 11 * i, False) for i in range(p)])
 
 
 def test_a_pack_gradient_into_strided_views_of_one_buffer():
@@ -84,6 +107,9 @@ def test_a_pack_gradient_into_strided_views_of_one_buffer():
     (dict(dw=torch.zeros(4, 3)), "dw must be float32 (3, 4)"),
     (dict(db=torch.zeros(4)), "db must be float32 (3,)"),
     (dict(x=torch.zeros(4, 6).t()), "contiguous rows"),
+    (dict(x=None), "a sum alone: dw None and db given"),
+    (dict(x=None, dw=None), "a sum alone: dw None and db given"),
+    (dict(x=None, dw=None, db=torch.zeros(4)), "db must be float32 (3,)"),
 ])
 def test_bad_problems_get_one_clear_error(bad, message):
     q = dict(x=torch.zeros(6, 4), dy=torch.zeros(6, 3), dw=torch.zeros(3, 4), db=None)

@@ -142,6 +142,7 @@ class PackedRun:
                                [dict(lr=m.cfg.lr, betas=m.cfg.betas, eps=m.cfg.eps, weight_decay=m.cfg.weight_decay,
                                      grokfast_alpha=m.cfg.grokfast_alpha, grokfast_lamb=m.cfg.grokfast_lamb)
                                 for m in self.members])
+        self.grad_views = self.opt.grad_views()
         # How a step computes. Stacked: every op serves all R runs (one launch: what a GPU needs). Run by
         # run: the solo models above, bound to the pack's weights (``bind_run``), each run's forward and
         # backward in turn, then the one optimiser step. A CPU has no launches to save, and one
@@ -192,7 +193,8 @@ class PackedRun:
         """Every run's gradient from one stacked forward and backward; each run's loss sum, correct count and
         batch size added to its row of ``sums`` by the loss."""
         self.opt.zero_grad()
-        with deferred(on=self.cfg.backend == "triton"):  # weight gradients in one launch (models/deferred.py)
+        # weight gradients in one launch, every gradient written into the optimiser's buffer (models/deferred.py)
+        with deferred(on=self.cfg.backend == "triton", into=self.grad_views):
             with self.autocast():
                 logits = self.model(x, mask)  # (R, width, classes)
             # each run's mean over its own batch: its valid lanes, weighted 1 / its batch size

@@ -75,6 +75,7 @@ class Run:
         kernels.scaled_init_(model, std=cfg.init_std, alpha=cfg.init_scale, seed=cfg.seed)
         self.model = model.to(self.device).train()
         self.opt, self.grad_filter = build_optimizer(cfg, self.model, cfg.backend)
+        self.grad_views = self.opt.grad_views() if cfg.backend == "triton" else {}  # FusedAdamW's
         n_train = self.task.train_x.shape[0]
         batch = n_train if cfg.batch_size == FULL_BATCH else cfg.batch_size
         self.sampler = EpochSampler(n_train, batch, cfg.seed, self.device, cfg.order)
@@ -104,7 +105,8 @@ class Run:
         task = self.task
         x, y, mask = self.sampler.draw(task.train_x, task.train_y, task.train_mask)
         # triton: the linear layers' weight gradients, all in one launch after the backward (models/deferred.py)
-        with deferred(on=self.cfg.backend == "triton"):
+        # (and every gradient written where the optimiser reads it: nothing to gather)
+        with deferred(on=self.cfg.backend == "triton", into=self.grad_views):
             with self.autocast():
                 logits = self.model(x, mask)
             loss = self.meter.loss(logits, y, self.cfg.backend)  # fp32 whatever the logits' dtype

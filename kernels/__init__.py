@@ -13,7 +13,8 @@ from .fused_embedding import embedding_layer_norm, embedding_layer_norm_referenc
 from .fused_cross_entropy import cross_entropy, cross_entropy_reference, unit_seed
 from .batch_draw import draw_batch, draw_batch_reference
 from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_reference
-from .token_embedding import token_position_embedding, token_position_embedding_reference
+from .token_embedding import (token_position_embedding, token_position_embedding_backward,
+                              token_position_embedding_backward_reference, token_position_embedding_reference)
 from .matmul import (MAX_NORM_N, matmul, matmul_gelu_grad, matmul_gelu_grad_reference, matmul_layer_norm,
                      matmul_layer_norm_reference, matmul_reference)
 
@@ -26,7 +27,8 @@ __all__ = [
     "cross_entropy", "cross_entropy_reference", "unit_seed",
     "draw_batch", "draw_batch_reference",
     "WeightGrad", "linear_weight_grads", "linear_weight_grads_reference",
-    "token_position_embedding", "token_position_embedding_reference",
+    "token_position_embedding", "token_position_embedding_reference", "token_position_embedding_backward",
+    "token_position_embedding_backward_reference",
     "matmul", "matmul_reference", "matmul_gelu_grad", "matmul_gelu_grad_reference",
     "matmul_layer_norm", "matmul_layer_norm_reference", "MAX_NORM_N",
 ]

@@ -357,6 +357,11 @@ class FusedAdamW(Optimizer):
         if absent:
             torch._foreach_zero_(absent)
 
+    def grad_views(self) -> dict[torch.Tensor, torch.Tensor]:
+        """Each parameter's view of the flat gradient buffer. A gradient written into its view, with ``.grad``
+        set to that very view, is where ``step()`` reads it: nothing to gather (``deferred(into=...)``)."""
+        return {p: gv for p, _, gv, _ in self._bindings}
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``set_to_none`` (the default): drop the ``.grad`` views. The next backward then gives each
         parameter a gradient tensor of its own, which autograd adopts without a kernel, and ``step()``

@@ -111,11 +111,19 @@ class PackedAdamW:
             buf[r].zero_()
 
     # ------------------------------------------------------------------ the step
-    def zero_grad(self) -> None:
-        self.flat["grad"].zero_()
+    def grad_views(self) -> dict[torch.Tensor, torch.Tensor]:
+        """Each parameter's (strided) view of the run-major gradient buffer. A gradient written into its view,
+        with ``.grad`` set to that very view, is where ``step()`` reads it (``deferred(into=...)``)."""
+        return dict(zip(self.params, self.views["grad"]))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``set_to_none`` (the default): drop ``.grad``, so the next backward writes each gradient into its view
+        (``grad_views``), or hands over a tensor that ``step()`` copies in. ``False``: zero the buffer and keep
+        the views, for autograd to add into."""
         for p, gv in zip(self.params, self.views["grad"]):
-            if p.grad is not gv:  # something replaced .grad: point it back at the flat buffer
-                p.grad = gv
+            p.grad = None if set_to_none else gv
+        if not set_to_none:
+            self.flat["grad"].zero_()
 
     @torch.no_grad()
     def set_run_grads(self, r: int, grads: list[torch.Tensor]) -> None:
@@ -128,8 +136,8 @@ class PackedAdamW:
     @torch.no_grad()
     def step(self) -> None:
         for p, gv in zip(self.params, self.views["grad"]):
-            if p.grad is not gv:
-                gv.copy_(p.grad if p.grad is not None else torch.zeros_like(gv))
+            if p.grad is not gv:  # a gradient of its own (or none: zeros) into the buffer
+                gv.zero_() if p.grad is None else gv.copy_(p.grad)
                 p.grad = gv
         f = self.flat
         if self.kernel:

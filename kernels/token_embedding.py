@@ -69,7 +69,7 @@ def _embed_fwd_kernel(IDS, TOK, POS, OUT, n_rows, L, C, ids_rs, ids_bs, tok_rs, 
 
 
 @triton.jit
-def _embed_bwd_kernel(IDS, DX, DTOK, DPOS, n_rows, L, C, V, P, ids_rs, ids_bs, tok_blocks, d_blocks,
+def _embed_bwd_kernel(IDS, DX, DTOK, DPOS, n_rows, L, C, V, P, ids_rs, ids_bs, dtok_rs, dpos_rs, tok_blocks, d_blocks,
                       BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PRECISION: tl.constexpr):
     run = tl.program_id(1).to(tl.int64)
@@ -93,10 +93,10 @@ def _embed_bwd_kernel(IDS, DX, DTOK, DPOS, n_rows, L, C, V, P, ids_rs, ids_bs, t
                      other=0.0)
         acc = tl.dot(onehot, dx, acc, input_precision=DOT_PRECISION)
     if is_tok:
-        tl.store(DTOK + (run * V + table_rows)[:, None] * C + cols[None, :], acc,
+        tl.store(DTOK + run * dtok_rs + table_rows[:, None] * C + cols[None, :], acc,
                  mask=(table_rows < V)[:, None] & (cols < C)[None, :])
     else:
-        tl.store(DPOS + (run * P + table_rows)[:, None] * C + cols[None, :], acc,
+        tl.store(DPOS + run * dpos_rs + table_rows[:, None] * C + cols[None, :], acc,
                  mask=(table_rows < P)[:, None] & (cols < C)[None, :])
 
 
@@ -124,19 +124,17 @@ def _forward(ids, tok, pos):
     return out
 
 
-def _backward(ids, dx, tok_shape, pos_shape):
-    runs = 1 if len(tok_shape) == 2 else tok_shape[0]
-    v, c = tok_shape[-2:]
-    p = pos_shape[-2]
+def _backward(ids, dx, dtok, dpos):
+    runs = 1 if dtok.dim() == 2 else dtok.shape[0]
+    v, c = dtok.shape[-2:]
+    p = dpos.shape[-2]
     n_rows, length = ids.shape[-2] * ids.shape[-1], ids.shape[-1]
-    dtok = _empty(tok_shape, torch.float32, dx.device)
-    dpos = _empty(pos_shape, torch.float32, dx.device)
     block_d = _block_d(c)
     tok_blocks, d_blocks = triton.cdiv(v, _BLOCK_V), triton.cdiv(c, block_d)
     grid = ((tok_blocks + triton.cdiv(p, _BLOCK_V)) * d_blocks, runs)
     _embed_bwd_kernel[grid](ids, dx.float().contiguous(), dtok, dpos, n_rows, length, c, v, p, *_id_strides(ids),
-                            tok_blocks, d_blocks, BLOCK_V=_BLOCK_V, BLOCK_N=_BLOCK_N, BLOCK_D=block_d,
-                            DOT_PRECISION=_PRECISION, num_warps=4)
+                            _runs(dtok).stride(0), _runs(dpos).stride(0), tok_blocks, d_blocks, BLOCK_V=_BLOCK_V,
+                            BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=_PRECISION, num_warps=4)
     return dtok, dpos
 
 
@@ -151,7 +149,9 @@ class _EmbeddingFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dx):
         (ids,) = ctx.saved_tensors
-        dtok, dpos = _backward(ids, dx, *ctx.shapes)
+        tok_shape, pos_shape = ctx.shapes
+        dtok, dpos = _backward(ids, dx, _empty(tok_shape, torch.float32, dx.device),
+                               _empty(pos_shape, torch.float32, dx.device))
         return None, dtok, dpos
 
 
@@ -162,6 +162,33 @@ def token_position_embedding_reference(ids: torch.Tensor, tok: torch.Tensor, pos
         return torch.nn.functional.embedding(ids, tok) + pos[:length]
     rows = torch.stack([torch.nn.functional.embedding(ids[r], tok[r]) for r in range(tok.shape[0])])
     return rows + pos[:, None, :length]
+
+
+def token_position_embedding_backward(ids: torch.Tensor, dx: torch.Tensor, dtok: torch.Tensor,
+                                      dpos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables' gradients for the output gradient ``dx``, written into ``dtok`` and ``dpos`` (float32, the
+    tables' shapes, rows contiguous; a pack's run axis of any stride), every element (rows no id reads get 0):
+    for a caller whose gradients have a place to go already (the optimiser's buffer,
+    ``grokfast_train/models/deferred.py``). Returns (dtok, dpos)."""
+    for name, t in (("dtok", dtok), ("dpos", dpos)):
+        if t.dtype != torch.float32 or t.dim() != ids.dim() or t.stride(-1) != 1 or t.stride(-2) != t.shape[-1]:
+            raise ValueError(f"token_position_embedding_backward: {name} must be float32 like its table, with "
+                             f"contiguous rows; got {t.dtype} {tuple(t.shape)}")
+    _check(ids, dtok, dpos)
+    if not use_triton(ids, dx, dtok, dpos):
+        return token_position_embedding_backward_reference(ids, dx, dtok, dpos)
+    return _backward(ids, dx, dtok, dpos)
+
+
+def token_position_embedding_backward_reference(ids, dx, dtok, dpos):
+    """The executable spec of the backward: row v of dtok is the sum of dx over the positions holding id v,
+    row l of dpos the sum over the batch at position l (0 past L), per run; fp32 ``index_add``."""
+    length, c = ids.shape[-1], dtok.shape[-1]
+    for r in range(1 if ids.dim() == 2 else ids.shape[0]):
+        i, d, t, p = (ids, dx, dtok, dpos) if ids.dim() == 2 else (ids[r], dx[r], dtok[r], dpos[r])
+        t.copy_(torch.zeros_like(t).index_add_(0, i.reshape(-1), d.float().reshape(-1, c)))
+        p.zero_()[:length] = d.float().reshape(-1, length, c).sum(0)
+    return dtok, dpos
 
 
 def _check(ids, tok, pos) -> None:
@@ -208,7 +235,8 @@ def compile_specs() -> list[CompileSpec]:
             specs.append(CompileSpec(
                 name=f"token_embedding_bwd[BLOCK_D={block_d},{precision}]", fn=_embed_bwd_kernel,
                 signature=dict(IDS="*i64", DX="*fp32", DTOK="*fp32", DPOS="*fp32", n_rows="i32", L="i32", C="i32",
-                               V="i32", P="i32", ids_rs="i32", ids_bs="i32", tok_blocks="i32", d_blocks="i32",
+                               V="i32", P="i32", ids_rs="i32", ids_bs="i32", dtok_rs="i64", dpos_rs="i64",
+                               tok_blocks="i32", d_blocks="i32",
                                BLOCK_V="constexpr",
                                BLOCK_N="constexpr", BLOCK_D="constexpr", DOT_PRECISION="constexpr"),
                 constexprs=dict(BLOCK_V=_BLOCK_V, BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=precision),

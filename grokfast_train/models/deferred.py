@@ -10,16 +10,23 @@ The modular step's kernel census went from 63 to 49 (13 products and sums and th
 addition gone, one launch added, and the readout row's query projection one ``addmm`` where it was a
 product and an add); the numbers are the same sums in another order.
 
-    with deferred(on=backend == "triton"):
+    with deferred(on=backend == "triton", into=opt.grad_views()):
         loss = model(x) ...
         loss.backward()
     # every parameter's .grad is complete here
+
+``into``: where each parameter's gradient goes when the step makes it first -- the optimiser's views of its
+flat gradient buffer (``FusedAdamW``, ``PackedAdamW``). The weight-gradient launch, the LayerNorms' sums and
+the decoder's embedding backward (``token_position_embedding``) write there and set ``.grad`` to the view, so
+the optimiser's step finds every gradient in place and gathers nothing (27 -> 26 kernels per modular step;
+a pack's zero fill and its additions into the views go too).
 
 The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
 launch). Layers that read one input (q, k, v; the FFN's first layer) go through ``fan_out``, whose backward
 sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step), and
 a projection followed by post-LN's add and normalise goes through ``linear_norm``: the LayerNorm's forward in
-the product's epilogue (32 -> 30).
+the product's epilogue (32 -> 30), and the sums of its backward's partials for its weight and bias in the
+weight-gradient launch (29 -> 27).
 Under bf16 autocast a layer computes in bf16, as ``F.linear`` does there; its weight gradient lands in fp32
 in the fp32 parameter's ``.grad``, and its input gradient in fp32 straight from the product's accumulator.
 """
@@ -40,8 +47,14 @@ class _Pending:
     (x, dy, weight, bias) gets weight's gradient dyᵀ x and bias's Σ dy; (None, dy, None, param) is a sum
     alone, param's gradient Σ dy (a LayerNorm's weight or bias from its backward's partial sums)."""
 
-    def __init__(self):
+    def __init__(self, into: dict[nn.Parameter, torch.Tensor]):
         self.items: list[tuple[torch.Tensor | None, torch.Tensor, nn.Parameter | None, nn.Parameter | None]] = []
+        self.into = into
+
+    def home(self, p: nn.Parameter) -> torch.Tensor:
+        """Where p's gradient is written when it has none yet: its place in ``into``, else a fresh tensor."""
+        home = self.into.get(p)
+        return torch.empty_like(p) if home is None else home
 
     def flush(self) -> None:
         import kernels
@@ -65,7 +78,7 @@ class _Pending:
                 for p in params:
                     if add and p.grad is None:
                         p.grad = torch.zeros_like(p)
-                dw, db = ((p.grad if add else fresh.setdefault(p, torch.empty_like(p)))
+                dw, db = ((p.grad if add else fresh.setdefault(p, self.home(p)))
                           if p is not None else None for p in (weight, bias))
                 problems.append(kernels.WeightGrad(x, dy, dw, db, add))
             kernels.linear_weight_grads(problems)
@@ -83,12 +96,13 @@ def active() -> bool:
 
 
 @contextlib.contextmanager
-def deferred(on: bool = True) -> Iterator[None]:
-    """Within the block, linear layers defer their weight gradients; at its end they are computed (above)."""
+def deferred(on: bool = True, into: dict[nn.Parameter, torch.Tensor] | None = None) -> Iterator[None]:
+    """Within the block, linear layers defer their weight gradients; at its end they are computed (above),
+    each written into ``into[p]`` where given (a tensor like p) when p has no gradient yet."""
     if not on:
         yield
         return
-    pending = _Pending()
+    pending = _Pending(into or {})
     _active.append(pending)
     try:
         yield
@@ -245,6 +259,39 @@ class _LinearNorm(torch.autograd.Function):
         kernels.matmul(dz2, w, out=_flat(dx, w.dim() == 3))
         ctx.pending.items += [(x2, dz2, *ctx.params), (None, part_w, None, ln_weight), (None, part_b, None, ln_bias)]
         return dx, dz.view(r_shape).to(r_dtype), None, None, None, None, None, None
+
+
+def token_position_embedding(ids: torch.Tensor, tok: nn.Parameter, pos: nn.Parameter) -> torch.Tensor:
+    """``tok[ids] + pos[:L]`` (``kernels.token_position_embedding``), whose backward writes the tables'
+    gradients into their places in ``into`` (an embedding's gradient is not deferred: it is made last)."""
+    return _TokenPosition.apply(ids, _active[-1], tok, pos)
+
+
+class _TokenPosition(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, pending, tok, pos):
+        import kernels
+
+        ctx.save_for_backward(ids)
+        ctx.pending, ctx.tables = pending, (tok, pos)
+        return kernels.token_position_embedding(ids, tok, pos)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dx):
+        import kernels
+
+        (ids,) = ctx.saved_tensors
+        # a table that holds a gradient already (none does in a step) gets a fresh one, for autograd to add
+        outs = [torch.empty_like(t) if t.grad is not None else ctx.pending.home(t) for t in ctx.tables]
+        kernels.token_position_embedding_backward(ids, dx, *outs)
+        grads = []
+        for t, g in zip(ctx.tables, outs):
+            if t.grad is None:  # set here, not through autograd, which would copy a view that breaks its
+                t.grad = g  # layout contract (a pack's run-strided table)
+                g = None
+            grads.append(g)
+        return None, None, *grads
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

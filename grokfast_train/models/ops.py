@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import deferred
 from .runs import leading_rows, run_layer_norm
 
 BACKENDS = ("torch", "triton")
@@ -100,6 +101,8 @@ def token_position_embedding(x: torch.Tensor, tok: nn.Module, pos: nn.Module, ba
     if backend == "triton":
         te = importlib.import_module("kernels.token_embedding")
         if tok.weight.shape[-2] + pos.weight.shape[-2] <= te.MAX_V and tok.weight.shape[-1] <= te.MAX_C:
+            if deferred.active():  # the tables' gradients written where the optimiser reads them
+                return deferred.token_position_embedding(x, tok.weight, pos.weight)
             return te.token_position_embedding(x, tok.weight, pos.weight)
     return tok(x) + leading_rows(pos.weight, x.shape[-1])
 

@@ -8,7 +8,8 @@ import importlib
 import pytest
 import torch
 
-from kernels.token_embedding import MAX_V, token_position_embedding
+from kernels.token_embedding import (MAX_V, token_position_embedding, token_position_embedding_backward,
+                                     token_position_embedding_backward_reference)
 from tests.kernels.launch_spy import LaunchSpy
 
 te_mod = importlib.import_module("kernels.token_embedding")
@@ -78,6 +79,36 @@ def test_one_launch_each_way(monkeypatch):
     monkeypatch.setattr(te_mod, "_embed_bwd_kernel", spies[1])
     _case((300, 6), 117, 512, 128)  # 1,800 ids: five steps of each program's walk
     assert [len(s.calls) for s in spies] == [1, 1]
+
+
+@pytest.mark.parametrize("runs", [None, 3])
+@pytest.mark.parametrize("fn", [token_position_embedding_backward, token_position_embedding_backward_reference])
+def test_the_backward_alone_writes_every_element_of_given_gradients(fn, runs):
+    # the trainer's destinations: views of the optimiser's buffer (a pack's run-strided), stale (NaN) before
+    g = torch.Generator().manual_seed(5)
+    lead, (v, p, c, gap) = (() if runs is None else (runs,)), (37, 16, 24, 7)
+    ids = torch.randint(0, v, (*lead, 11, 6), generator=g)
+    dy = torch.randn(*lead, 11, 6, c, generator=g)
+    tok, pos = torch.randn(*lead, v, c, generator=g), torch.randn(*lead, p, c, generator=g)
+    flat = torch.full((runs or 1, (v + p) * c + gap), float("nan"))
+    dtok = flat[:, :v * c].view(-1, v, c)
+    dpos = flat[:, v * c:(v + p) * c].view(-1, p, c)
+    if runs is None:
+        dtok, dpos = dtok[0], dpos[0]
+    got = fn(ids, dy, dtok, dpos)
+    assert got[0] is dtok and got[1] is dpos
+    for a, b in zip(got, _by_hand(ids, tok, pos, dy)[1:]):
+        assert torch.isfinite(a).all()
+        assert (a.double() - b).abs().max().item() <= TOL * max(1.0, b.abs().max().item())
+    assert flat[:, -gap:].isnan().all()  # nothing written past the tables
+
+
+def test_the_backward_alone_refuses_gradients_unlike_their_tables():
+    ids, dy = torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 4)
+    for dtok, dpos in ((torch.zeros(5, 4, dtype=torch.float64), torch.zeros(8, 4)),
+                       (torch.zeros(5, 4), torch.zeros(8, 6)[:, :4])):
+        with pytest.raises(ValueError, match="must be float32 like its table, with contiguous rows"):
+            token_position_embedding_backward(ids, dy, dtok, dpos)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -64,6 +64,36 @@ def test_a_pack_gets_the_gradients_autograd_gives(kind):
 
 
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])
+@pytest.mark.parametrize("runs", [None, 3])
+def test_gradients_land_in_the_optimisers_buffer(kind, runs):
+    # deferred(into=...): the weight-gradient launch, the LayerNorms' sums and the decoder's embedding backward
+    # write into the optimiser's views, poisoned here (an element left unwritten stays NaN); .grad is the view
+    # itself, so step() gathers nothing. The values: autograd's, on an unbound copy of the model.
+    from kernels import FusedAdamW, PackedAdamW
+
+    lead = () if runs is None else (runs,)
+    x = torch.randint(1, 20, (*lead, 9, 6))
+    model, plain = _model(kind, runs=runs), _model(kind, runs=runs)
+    want = _grads(plain, x, False)
+    params = list(model.parameters())
+    opt = FusedAdamW(params) if runs is None else PackedAdamW(params, [{}] * runs, kernel=False)
+    views = opt.grad_views()
+    for v in views.values():
+        v.fill_(float("nan"))
+    opt.zero_grad()
+    with deferred(into=views):
+        out = model(x)
+        (out.float() * torch.linspace(-1, 1, out.shape[-1])).square().mean().backward()
+    # the encoder's embedding block (kernels.embedding_layer_norm) hands autograd gradients of its own
+    kept = {n for n, _ in model.named_parameters() if kind == "encoder" and n.startswith(("tok_emb", "pos_emb",
+                                                                                          "type_emb", "emb_ln"))}
+    for name, p in model.named_parameters():
+        assert (p.grad is views[p]) == (name not in kept), name
+        err = (p.grad - want[name]).abs().max().item() / max(1.0, want[name].abs().max().item())
+        assert err <= 1e-5, f"{name}: {err:.3g}"
+
+
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
 def test_bf16_autocast_gives_fp32_gradients_near_autograds(kind):
     # autograd rounds each bf16 product's result to bf16 (~4e-3); the kernel keeps its fp32 sums
     grads = _compare(_model(kind), torch.randint(1, 20, (9, 6)), autocast=True, tol=2e-2)

@@ -275,7 +275,7 @@ MUTANTS: list[Mutant] = [
     M("DW10", "models", "grokfast_train/models/deferred.py",
       ("        outs = [torch.empty_like(t) if t.grad is not None else ctx.pending.home(t) for t in ctx.tables]",
        "        outs = [torch.empty_like(t) for t in ctx.tables]"),
-      "deferred embedding: the tables' gradients written to fresh tensors (the tied head's then lost)", [T_DEF]),
+      "deferred embedding: the tables' gradients written to fresh tensors, not where the optimiser reads them", [T_DEF]),
     M("DW5", "models", "grokfast_train/models/deferred.py",
       ("                add = () if whole else (out,)", "                add = ()"),
       "fan-out: the readout row's product overwrites the gradient the others wrote there", [T_DEF]),

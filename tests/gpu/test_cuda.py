@@ -176,6 +176,12 @@ def test_linear_weight_grads_match_reference_at_the_step_shapes(dtype):
         problems.append(kernels.WeightGrad(x, dy, dw, db, i % 2 == 1))
         want.append(kernels.WeightGrad(x.double(), dy.double(), dw.double(), None if db is None else db.double(),
                                        i % 2 == 1))
+    # LayerNorm partial sums (fp32 whatever the products' dtype): an H100's 528 programs' (P, 128), a pack's
+    for lead, m in (((), 528), ((4,), 132)):
+        part = torch.randn(*lead, m, 128, device="cuda", generator=g)
+        db = torch.randn(*lead, 128, device="cuda", generator=g)
+        problems.append(kernels.WeightGrad(None, part, None, db))
+        want.append(kernels.WeightGrad(None, part.double(), None, db.double()))
     kernels.linear_weight_grads_reference(want)
     kernels.linear_weight_grads(problems)
     for got, ref in zip(problems, want):

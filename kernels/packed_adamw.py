@@ -129,8 +129,11 @@ class PackedAdamW:
     def set_run_grads(self, r: int, grads: list[torch.Tensor]) -> None:
         """Write run r's gradients (one per parameter, shaped like its solo parameter) into its row: for a
         pack whose runs compute one at a time, their gradients copied in once instead of a zeroed buffer
-        accumulated into."""
-        for view, g in zip(self.views["grad"], grads, strict=True):
+        accumulated into. A dropped ``.grad`` (``zero_grad()``) is bound to its view again, zeroed: the other
+        runs' rows then hold zeros, as after ``zero_grad(set_to_none=False)``."""
+        for p, view, g in zip(self.params, self.views["grad"], grads, strict=True):
+            if p.grad is None:
+                p.grad = view.zero_()
             view[r].copy_(g)
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ import triton.language as tl
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
 
-MAX_PROBLEMS = 16  # a 1-layer model's step: 8 linear layers and 6 LayerNorm sums at most
+MAX_PROBLEMS = 16  # a 1-layer model's step: 8 linear layers and 4 LayerNorm sums at most
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 _META = 12  # ints per problem in the launch's table (see _meta)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps) per operand dtype
@@ -63,7 +63,8 @@ def _pick(p, slots, P: tl.constexpr):
 
 
 @triton.jit
-def _weight_grad_kernel(META, X, DY, DW, DB, P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
+                        P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     p = pid * 0  # which problem: the last whose first program is <= pid (the table lists them in order)
@@ -75,7 +76,9 @@ def _weight_grad_kernel(META, X, DY, DW, DB, P: tl.constexpr, BLOCK_M: tl.conste
     dw_rs, db_rs, first, flags = tl.load(meta + 8), tl.load(meta + 9), tl.load(meta + 10), tl.load(meta + 11)
     X, DY, DW, DB = _pick(p, X, P), _pick(p, DY, P), _pick(p, DW, P), _pick(p, DB, P)
 
-    tiles_k = tl.maximum(tl.cdiv(k, BLOCK_K), 1)  # a sum alone (k = 0): one column of tiles, no dw
+    # a sum alone (k = 0): one column of tiles; its x loads are masked to zeros and its dw store off (the dot's
+    # result, NaN where dy is not finite, is never stored)
+    tiles_k = tl.maximum(tl.cdiv(k, BLOCK_K), 1)
     tiles = tl.cdiv(n, BLOCK_N) * tiles_k
     local = pid - first
     run = (local // tiles).to(tl.int64)
@@ -197,7 +200,7 @@ def _check_sum(q: WeightGrad) -> None:
     x, dy, dw, db, _ = q
     check_dtype("linear_weight_grads: dy", dy, SUPPORTED_DTYPES)
     if x is not None or dw is not None or db is None:
-        raise ValueError("linear_weight_grads: a problem without x is a sum alone: dw None and db given")
+        raise ValueError("linear_weight_grads: x and dw are both given, or both None for a sum alone (db given)")
     if dy.dim() not in (2, 3) or dy.stride(-1) != 1:
         raise ValueError(f"linear_weight_grads: a sum's dy is (M, N) or (R, M, N) with contiguous rows; got "
                          f"{tuple(dy.shape)}")

@@ -18,8 +18,10 @@ product and an add); the numbers are the same sums in another order.
 ``into``: where each parameter's gradient goes when the step makes it first -- the optimiser's views of its
 flat gradient buffer (``FusedAdamW``, ``PackedAdamW``). The weight-gradient launch, the LayerNorms' sums and
 the decoder's embedding backward (``token_position_embedding``) write there and set ``.grad`` to the view, so
-the optimiser's step finds every gradient in place and gathers nothing (27 -> 26 kernels per modular step;
-a pack's zero fill and its additions into the views go too).
+the optimiser's step finds those gradients in place. In the decoder's step that is every gradient: the
+optimiser gathers nothing (27 -> 26 kernels per modular step; a pack's zero fill and its additions into the
+views go too). What other paths hand autograd -- the encoder's embedding block (``kernels.embedding_layer_norm``),
+a LayerNorm past ``MAX_NORM_N``, tables past the token embedding's ``MAX_V`` -- ``step()`` still copies in.
 
 The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
 launch). Layers that read one input (q, k, v; the FFN's first layer) go through ``fan_out``, whose backward
@@ -77,7 +79,7 @@ class _Pending:
                 add = any(p.grad is not None for p in params)
                 for p in params:
                     if add and p.grad is None:
-                        p.grad = torch.zeros_like(p)
+                        p.grad = self.home(p).zero_()
                 dw, db = ((p.grad if add else fresh.setdefault(p, self.home(p)))
                           if p is not None else None for p in (weight, bias))
                 problems.append(kernels.WeightGrad(x, dy, dw, db, add))
@@ -214,8 +216,9 @@ class _Linears(torch.autograd.Function):
 
 def linear_norm(x: torch.Tensor, linear: nn.Module, norm: nn.Module, residual: torch.Tensor) -> torch.Tensor:
     """``norm(linear(x) + residual)``: post-LN's projection, add and normalise, the forward in one launch
-    (``kernels.matmul_layer_norm``) where it took a product and a LayerNorm; the backward is LayerNorm's
-    (kernel and partial sums) and the product's input gradient, the weight gradient deferred. For rows of up to
+    (``kernels.matmul_layer_norm``) where it took a product and a LayerNorm; the backward is LayerNorm's kernel
+    and the product's input gradient, the product's weight gradient and the sums of the LayerNorm's partials for
+    its weight and bias deferred to the weight-gradient launch. For rows of up to
     ``kernels.matmul.MAX_NORM_N``; ``fits_linear_norm`` says whether a layer qualifies."""
     return _LinearNorm.apply(x, residual, _active[-1], float(norm.eps), linear.weight, linear.bias, norm.weight,
                              norm.bias)
@@ -240,8 +243,8 @@ class _LinearNorm(torch.autograd.Function):
         r = residual if residual.dtype in (dtype, torch.float32) else residual.float()
         y, z, mean, rstd = kernels.matmul_layer_norm(x2, w.transpose(-1, -2), bias.to(dtype), _flat(r, runs),
                                                      ln_weight, ln_bias, eps)
-        ctx.save_for_backward(x2, w, z, mean, rstd)
-        ctx.pending, ctx.params, ctx.norm = pending, (weight, bias), (ln_weight, ln_bias)
+        ctx.save_for_backward(x2, w, z, ln_weight, mean, rstd)
+        ctx.pending, ctx.params, ctx.norm = pending, (weight, bias), (ln_weight, ln_bias)  # (the parameters)
         ctx.shapes = (x.shape, x.dtype, residual.shape, residual.dtype)
         return y.view(*residual.shape[:-1], y.shape[-1])
 
@@ -250,14 +253,17 @@ class _LinearNorm(torch.autograd.Function):
     def backward(ctx, dy):
         import kernels
 
-        x2, w, z, mean, rstd = ctx.saved_tensors
-        (x_shape, x_dtype, r_shape, r_dtype), (ln_weight, ln_bias) = ctx.shapes, ctx.norm
+        x2, w, z, ln_w, mean, rstd = ctx.saved_tensors
+        x_shape, x_dtype, r_shape, r_dtype = ctx.shapes
         # the LayerNorm's weight and bias gradients are its programs' partial sums, summed with the deferred rest
-        dz, part_w, part_b = kernels.layer_norm_backward(z, ln_weight, mean, rstd, dy, reduce=False)
+        dz, part_w, part_b = kernels.layer_norm_backward(z, ln_w, mean, rstd, dy, reduce=False)
         dz2 = dz.to(w.dtype)
         dx = torch.empty(x_shape, dtype=x_dtype, device=z.device)
         kernels.matmul(dz2, w, out=_flat(dx, w.dim() == 3))
-        ctx.pending.items += [(x2, dz2, *ctx.params), (None, part_w, None, ln_weight), (None, part_b, None, ln_bias)]
+        ctx.pending.items.append((x2, dz2, *ctx.params))
+        for part, p, need in zip((part_w, part_b), ctx.norm, ctx.needs_input_grad[6:]):
+            if need:
+                ctx.pending.items.append((None, part, None, p))
         return dx, dz.view(r_shape).to(r_dtype), None, None, None, None, None, None
 
 
@@ -282,14 +288,18 @@ class _TokenPosition(torch.autograd.Function):
         import kernels
 
         (ids,) = ctx.saved_tensors
+        need = ctx.needs_input_grad[2:]
+        if not any(need):
+            return None, None, None, None
         # a table that holds a gradient already (none does in a step) gets a fresh one, for autograd to add
-        outs = [torch.empty_like(t) if t.grad is not None else ctx.pending.home(t) for t in ctx.tables]
+        outs = [ctx.pending.home(t) if n and t.grad is None else torch.empty_like(t) for t, n in zip(ctx.tables, need)]
         kernels.token_position_embedding_backward(ids, dx, *outs)
         grads = []
-        for t, g in zip(ctx.tables, outs):
-            if t.grad is None:  # set here, not through autograd, which would copy a view that breaks its
-                t.grad = g  # layout contract (a pack's run-strided table)
+        for t, g, n in zip(ctx.tables, outs, need):
+            if not n:
                 g = None
+            elif t.grad is None:  # set here, not through autograd, which would copy a view that breaks its
+                t.grad, g = g, None  # layout contract (a pack's run-strided table)
             grads.append(g)
         return None, None, *grads
 

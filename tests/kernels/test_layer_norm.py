@@ -415,12 +415,19 @@ def test_the_backward_alone_for_a_forward_that_ran_elsewhere(runs, rows, n):
     else:
         y64 = torch.stack([torch.nn.functional.layer_norm(z64[r], (n,), w64[r], b64[r], 1e-5) for r in range(runs)])
     y64.backward(dy.double())
+    def on_cpu(*args, **kwargs):  # the CPU path without the interpreter: the reference, as one partial
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ln_mod, "use_triton", lambda *tensors: False)
+            return layer_norm_backward(*args, **kwargs)
+
     unreduced = functools.partial(layer_norm_backward, reduce=False)  # the partials, summed here
-    for fn in (layer_norm_backward, layer_norm_backward_reference, unreduced):
+    unreduced_cpu = functools.partial(on_cpu, reduce=False)
+    for fn in (layer_norm_backward, layer_norm_backward_reference, unreduced, unreduced_cpu):
         dz, dw, db = fn(z, w, mean, rstd, dy)
-        if fn is unreduced:
+        if fn in (unreduced, unreduced_cpu):
             assert dw.shape == db.shape and dw.shape[:-2] == w.shape[:-1] and dw.shape[-1] == n
-            assert dw.shape[-2] > 1 or n != 128  # 70 rows of 128 are 5 tiles: several programs' partials
+            if fn is unreduced:
+                assert dw.shape[-2] > 1 or n != 128  # 70 rows of 128 are 5 tiles: several programs' partials
             dw, db = dw.sum(-2), db.sum(-2)
         assert dz.shape == z.shape and dw.shape == db.shape == w.shape
         for got, want in ((dz, z64.grad), (dw, w64.grad), (db, b64.grad)):

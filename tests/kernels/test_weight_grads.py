@@ -107,8 +107,8 @@ def test_a_pack_gradient_into_strided_views_of_one_buffer():
     (dict(dw=torch.zeros(4, 3)), "dw must be float32 (3, 4)"),
     (dict(db=torch.zeros(4)), "db must be float32 (3,)"),
     (dict(x=torch.zeros(4, 6).t()), "contiguous rows"),
-    (dict(x=None), "a sum alone: dw None and db given"),
-    (dict(x=None, dw=None), "a sum alone: dw None and db given"),
+    (dict(x=None), "both None for a sum alone (db given)"),
+    (dict(x=None, dw=None), "both None for a sum alone (db given)"),
     (dict(x=None, dw=None, db=torch.zeros(4)), "db must be float32 (3,)"),
 ])
 def test_bad_problems_get_one_clear_error(bad, message):

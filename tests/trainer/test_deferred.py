@@ -93,6 +93,36 @@ def test_gradients_land_in_the_optimisers_buffer(kind, runs):
         assert err <= 1e-5, f"{name}: {err:.3g}"
 
 
+@pytest.mark.parametrize("runs", [None, 3])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_two_backwards_in_one_block_add_up_in_the_optimisers_buffer(runs, set_to_none):
+    # gradient accumulation: the second backward adds to what the first wrote into the views (the embedding's
+    # tables hold a gradient by then; the deferred layers each appear twice, in two waves); with the views kept
+    # and zeroed (set_to_none=False) every write adds. Against autograd's two backwards on an unbound copy.
+    from kernels import FusedAdamW, PackedAdamW
+
+    lead = () if runs is None else (runs,)
+    xs = [torch.randint(1, 20, (*lead, 9, 6), generator=torch.Generator().manual_seed(i)) for i in (1, 2)]
+    model, plain = _model("decoder", runs=runs), _model("decoder", runs=runs)
+
+    def loss(m, x):
+        return (m(x) * torch.linspace(-1, 1, 20)).square().mean()
+
+    for x in xs:
+        loss(plain, x).backward()
+    params = list(model.parameters())
+    opt = FusedAdamW(params) if runs is None else PackedAdamW(params, [{}] * runs, kernel=False)
+    views = opt.grad_views()
+    opt.zero_grad(set_to_none=set_to_none)
+    with deferred(into=views):
+        for x in xs:
+            loss(model, x).backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        assert p.grad is views[p], name
+        err = (p.grad - q.grad).abs().max().item() / max(1.0, q.grad.abs().max().item())
+        assert err <= 1e-5, f"{name}: {err:.3g}"
+
+
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])
 def test_bf16_autocast_gives_fp32_gradients_near_autograds(kind):
     # autograd rounds each bf16 product's result to bf16 (~4e-3); the kernel keeps its fp32 sums

@@ -120,7 +120,7 @@ def test_a_solo_model_bound_to_a_run_trains_that_runs_slice():
     bound = bind_run(build_model(cfgs[1], tasks[1]), packed, 1)
     x = tasks[1].train_x[:9]
     torch.testing.assert_close(bound(x), solos[1](x), rtol=0, atol=0)  # run 1's weights, no copy made
-    opt.zero_grad(set_to_none=False)  # the views kept, zeroed
+    opt.zero_grad()  # drops .grad; set_run_grads binds the views again, zeroed
     bound(x).square().sum().backward()
     solos[1](x).square().sum().backward()
     opt.set_run_grads(1, [p.grad for p in bound.parameters()])

@@ -315,11 +315,14 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, Mask, DO, O, LSE, Delta, DQ,
+def _attn_bwd_dq(Q, K, V, Mask, DO, O, LSE, Delta, DQ, DK, DV,
                  H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale, sm_scale,
                  BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, DKDV: tl.constexpr):
+    # DKDV (the "dqkv" launch): one block holds every query of its (batch, head) -- Lq <= BLOCK_M, as in the
+    # last layer that computes one position -- so each key block's dK and dV are complete once this loop has
+    # seen it: they are written here, and the dK/dV kernel is not launched. DK, DV are unused otherwise.
     D = BLOCK_D if EVEN_D else D
     q_row, kv_row = _row_strides(D, EVEN_D, Q_ROW, KV_ROW)
     bh = tl.program_id(0).to(tl.int64)
@@ -332,6 +335,9 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, O, LSE, Delta, DQ,
     DQ += q_off
     K += kv_off
     V += kv_off
+    if DKDV:
+        DK += kv_off
+        DV += kv_off
     LSE += bh * Lq
     Delta += bh * Lq
 
@@ -344,11 +350,13 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, O, LSE, Delta, DQ,
     # delta = rowsum(dO * O) for this program's rows, stored for the dK/dV kernel that runs next: one
     # tile of O read here, where delta had a launch of its own (O is dead before Q is loaded)
     delta = tl.sum(tl.load(O + q_tile, mask=q_mask, other=0.0).to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + offs_m, delta, mask=m_ok)
+    if not DKDV:
+        tl.store(Delta + offs_m, delta, mask=m_ok)
     q = tl.load(Q + q_tile, mask=q_mask, other=0.0)
     lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # (DKDV: Lq <= BLOCK_M and shift >= Lk - Lq, so hi = Lk: every key block gets its dK and dV, zeros included)
     hi = tl.minimum(Lk, start_m + BLOCK_M + shift)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -367,6 +375,11 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, O, LSE, Delta, DQ,
         p = tl.exp2(tl.where(valid, s - lse[:, None], float("-inf")))
         ds = p * (dp - delta[:, None])
         dq = _mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST)
+        if DKDV:  # this key block's whole dV = Pᵀ dO and dK = dSᵀ Q (as the dK/dV kernel sums them)
+            dv = _mma(tl.trans(p).to(do.dtype), do, None, DOT_PRECISION, UPCAST)
+            tl.store(DV + kv_tile, dv.to(DV.dtype.element_ty), mask=kv_mask)
+            dk = _mma(tl.trans(ds).to(q.dtype), q, None, DOT_PRECISION, UPCAST)
+            tl.store(DK + kv_tile, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
 
     tl.store(DQ + offs_m[:, None] * q_row + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=_tile_mask(m_ok, offs_d, D, EVEN_D))  # recomputed, as in _attn_fwd
@@ -424,6 +437,14 @@ _PADDED_TILES = {
     ("tf32", "dq", 128, False): (32, 16, 4, 2),  # the even head's 8 warps spilled 8 B here (3.9, sm_80)
     ("tf32x3", "dq", 32, False): (16, 16, 4, 1),
 }
+# The fused backward of one query block ("dqkv", Lq <= 16: dQ's kernel also writing dK and dV) runs dQ's small
+# tile except where that spilled 8-16 B (Triton 3.6 or 3.9, sm_80 or sm_90, some row layout):
+# (mode, BLOCK_D, even) -> (BLOCK_M = 16, BLOCK_N, num_warps, num_stages), each spill-free under both.
+_DQKV_TILES = {
+    ("tf32x3", 32, True): (16, 16, 8, 2), ("tf32x3", 32, False): (16, 16, 4, 2),
+    ("tf32x3", 64, True): (16, 16, 8, 2), ("tf32x3", 64, False): (16, 16, 4, 2),
+    ("16bit", 32, True): (16, 16, 4, 2), ("16bit", 128, True): (16, 32, 8, 2),
+}
 # Since dq also computes delta (one more tile of O loaded before its loop), three of its tiles spilled 8-16 B
 # and moved (Triton 3.6 and 3.9, sm_80/sm_90, every row layout): 16-bit dq BLOCK_D 128 to 8 warps, 16-bit dq
 # BLOCK_D 16 with Lq <= 16 to 16 keys per step (_SMALL_BLOCK_N), padded TF32x3 dq BLOCK_D 32 to 16 rows.
@@ -439,7 +460,13 @@ def _block_d(d: int) -> int:
 
 
 def _block_config(kernel: str, block_d: int, even_d: bool, mode: str, lq: int) -> dict:
-    """Launch configuration of one kernel ("fwd", "dkdv", "dq"): a rule, not autotuning."""
+    """Launch configuration of one kernel ("fwd", "dkdv", "dq"; "dqkv" is dq's for Lq <= 16, unless
+    ``_DQKV_TILES`` says otherwise): a rule, not autotuning."""
+    if kernel == "dqkv":
+        tile = _DQKV_TILES.get((mode, block_d, even_d))
+        if tile is not None:
+            return dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), tile))
+        kernel = "dq"
     small = kernel != "dkdv" and lq <= _SMALL_LQ
     padded = None if even_d else _PADDED_TILES.get((mode, kernel, block_d, small))
     if padded is not None:
@@ -458,10 +485,16 @@ def _launch(kind: str, grid, *args, d: int, lq: int, dtype: torch.dtype, precisi
     block_d = _block_d(d)
     cfg = _block_config(kind, block_d, d == block_d, _mode(dtype, precision), lq)
     _KERNELS[kind][grid(cfg)](*args, BLOCK_D=block_d, EVEN_D=d == block_d, Q_ROW=rows[0], KV_ROW=rows[1],
-                              DOT_PRECISION=precision, UPCAST=INTERPRET and dtype == torch.bfloat16, **cfg)
+                              DOT_PRECISION=precision, UPCAST=INTERPRET and dtype == torch.bfloat16,
+                              **_kind_constexprs(kind), **cfg)
 
 
-_KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
+def _kind_constexprs(kind: str) -> dict:
+    """The constexprs that tell a kernel's launches apart: dQ alone, or dQ, dK and dV ("dqkv")."""
+    return {"DKDV": kind == "dqkv"} if kind in ("dq", "dqkv") else {}
+
+
+_KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq, "dqkv": _attn_bwd_dq}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,9 +563,12 @@ class _Attention(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         common = (H, Lq, Lk, D, qs.sb, qs.sh, ks.sb, ks.sh, shift, mask_len, sm_scale * _LOG2E, sm_scale)
         config = dict(d=D, lq=Lq, dtype=q.dtype, precision=precision, rows=(qs.row, ks.row))
+        if Lq <= _SMALL_LQ:  # one block holds every query of a (batch, head): one launch writes all three
+            _launch("dqkv", lambda c: (B * H, 1), q, k, v, mask, do, o, lse, delta, dq, dk, dv, *common, **config)
+            return dq, dk, dv, None, None, None
         # dQ first: its programs own the query rows, so they also write delta, which dK/dV then reads
         _launch("dq", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),
-                q, k, v, mask, do, o, lse, delta, dq, *common, **config)
+                q, k, v, mask, do, o, lse, delta, dq, dk, dv, *common, **config)
         _launch("dkdv", lambda c: (B * H, triton.cdiv(Lk, c["BLOCK_N"])),
                 q, k, v, mask, do, lse, delta, dk, dv, *common, **config)
         return dq, dk, dv, None, None, None
@@ -598,9 +634,10 @@ _ARGS = {
     "fwd": ("Q", "K", "V", "Mask", "O", "LSE", "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale"),
     "dkdv": ("Q", "K", "V", "Mask", "DO", "LSE", "Delta", "DK", "DV",
              "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale", "sm_scale"),
-    "dq": ("Q", "K", "V", "Mask", "DO", "O", "LSE", "Delta", "DQ",
+    "dq": ("Q", "K", "V", "Mask", "DO", "O", "LSE", "Delta", "DQ", "DK", "DV",
            "H", "Lq", "Lk", "D", *_STRIDES, "shift", "mask_len", "qk_scale", "sm_scale"),
 }
+_ARGS["dqkv"] = _ARGS["dq"]
 # Triton types of the arguments that are not pointers of the input dtype.
 _ARG_TYPES = {"Mask": "*u8", "LSE": "*fp32", "Delta": "*fp32", "H": "i32", "Lq": "i32", "Lk": "i32",
               "D": "i32", "shift": "i32", "mask_len": "i32", "qk_scale": "fp32", "sm_scale": "fp32",
@@ -635,7 +672,7 @@ def compile_specs() -> list:
                     label = f"{t}-{prec}" if dtype == torch.float32 else t
                     for kind, fn in _KERNELS.items():
                         seen = []
-                        for lq in (1, _SMALL_LQ + 1):
+                        for lq in ((1,) if kind == "dqkv" else (1, _SMALL_LQ + 1)):
                             cfg = _block_config(kind, block_d, even_d, _mode(dtype, prec), lq)
                             if cfg in seen:
                                 continue
@@ -648,7 +685,7 @@ def compile_specs() -> list:
 def _kernel_spec(CompileSpec, kind, fn, shape, t, label, prec, block_d, even_d, cfg):
     blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
     constexprs = {"BLOCK_D": block_d, "EVEN_D": even_d, **_spec_rows(block_d, even_d), "DOT_PRECISION": prec,
-                  "UPCAST": False, **blocks}
+                  "UPCAST": False, **_kind_constexprs(kind), **blocks}
     signature = {a: _ARG_TYPES.get(a, f"*{t}") for a in _ARGS[kind]}
     signature.update({c: "constexpr" for c in constexprs})
     return CompileSpec(

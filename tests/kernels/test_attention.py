@@ -392,7 +392,8 @@ def test_launch_grids_within_cuda_limits_above_65535_batch_heads(monkeypatch, Lq
     with _recorded_launches(monkeypatch, execute=False) as launches:
         out = attention(q, k, v, mask, causal=True)
         out.backward(torch.zeros_like(out))
-    assert {name for name, _ in launches} == ATTN_KERNELS
+    # one query block per (batch, head) (Lq <= 16): the dQ kernel writes dK and dV too
+    assert {name for name, _ in launches} == (ATTN_KERNELS if Lq > 16 else ATTN_KERNELS - {"_attn_bwd_dkdv"})
     for name, grid in launches:
         assert math.prod(grid) >= B * H, (name, grid)
         assert all(n <= limit for n, limit in zip(grid, CUDA_MAX_GRID)), (name, grid, CUDA_MAX_GRID)
@@ -464,8 +465,8 @@ def test_compile_specs_cover_every_launch_configuration():
     """Every configuration the launcher can pick is one that compile_specs() ships (and so is
     compiled for sm_80 and sm_90 by the compile test), and every kernel uses the tensor cores. (An
     even head's row strides are shipped at one value, _spec_rows: see there.)"""
-    from kernels.fused_attention import (MAX_HEAD_DIM, SUPPORTED_DTYPES, _block_config, _block_d, _mode,
-                                         _spec_rows, compile_specs)
+    from kernels.fused_attention import (MAX_HEAD_DIM, SUPPORTED_DTYPES, _block_config, _block_d, _kind_constexprs,
+                                         _mode, _spec_rows, compile_specs)
 
     shipped = {(s.fn.__name__, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages)
                for s in compile_specs()}
@@ -473,14 +474,16 @@ def test_compile_specs_cover_every_launch_configuration():
     for d in range(1, MAX_HEAD_DIM + 1):
         for dtype in SUPPORTED_DTYPES:
             for prec in (("tf32x3", "tf32") if dtype == torch.float32 else ("tf32",)):
-                for kind in ("fwd", "dkdv", "dq"):
+                for kind in ("fwd", "dkdv", "dq", "dqkv"):
                     for lq in (1, 7, 16, 17, 256, 1024):
+                        if kind == "dqkv" and lq > 16:  # (the backward launches it for Lq <= 16 only)
+                            continue
                         block_d = _block_d(d)
                         cfg = _block_config(kind, block_d, d == block_d, _mode(dtype, prec), lq)
                         constexprs = {"BLOCK_D": block_d, "EVEN_D": d == block_d, "DOT_PRECISION": prec,
-                                      **_spec_rows(block_d, d == block_d),
+                                      **_spec_rows(block_d, d == block_d), **_kind_constexprs(kind),
                                       "UPCAST": False, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
-                        key = ("_attn_" + ("bwd_" if kind != "fwd" else "") + kind,
+                        key = ("_attn_" + ("bwd_" if kind != "fwd" else "") + kind.replace("dqkv", "dq"),
                                tuple(sorted(constexprs.items())), cfg["num_warps"], cfg["num_stages"])
                         assert key in shipped, key
     assert all(s.tensor_cores for s in compile_specs())

@@ -250,7 +250,7 @@ MUTANTS: list[Mutant] = [
       "attention: the dQ kernel stores another delta than the one it used", [T_ATT]),
     M("K47", "kernels", "kernels/fused_attention.py",
       ('        _launch("dq", lambda c: (B * H, triton.cdiv(Lq, c["BLOCK_M"])),\n'
-       '                q, k, v, mask, do, o, lse, delta, dq, *common, **config)\n',
+       '                q, k, v, mask, do, o, lse, delta, dq, dk, dv, *common, **config)\n',
        ""),
       "attention: delta never written (the dQ launch that writes it dropped)", [T_ATT]),
     M("K48", "kernels", "kernels/weight_grads.py",

@@ -37,8 +37,12 @@ NOT_KERNELS = frozenset({
     "view", "_unsafe_view", "expand", "t", "transpose", "permute", "select", "slice", "unsqueeze", "squeeze",
     "as_strided", "detach", "alias", "reshape", "_reshape_alias", "unbind", "split", "split_with_sizes",
     "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh", "set_",
-    "_record_function_enter_new", "_record_function_exit", "is_nonzero", "_local_scalar_dense",
+    "_record_function_enter_new", "_record_function_exit",
 })
+# ATen ops that wait for the device (a value read to the host, or an output whose size depends on the data).
+# A CUDA graph cannot capture them, and eagerly each stalls the launch queue: a step must run none.
+HOST_SYNCS = frozenset({"_local_scalar_dense", "is_nonzero", "item", "nonzero", "nonzero_static", "masked_select",
+                        "equal", "_unique", "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave"})
 
 
 class _AtenOps(TorchDispatchMode):
@@ -48,15 +52,19 @@ class _AtenOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name not in NOT_KERNELS and not self.paused[0]:
-            self.counts["aten." + name] += 1
+        if not self.paused[0]:
+            if name in HOST_SYNCS:
+                self.counts["sync." + name] += 1
+            elif name not in NOT_KERNELS:
+                self.counts["aten." + name] += 1
         return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
 def counting() -> collections.Counter:
     """Count what runs inside: ``aten.<op>`` per computing ATen op, ``triton.<kernel>`` per Triton launch
-    (the ATen ops the interpreter runs inside a kernel are not counted)."""
+    (the ATen ops the interpreter runs inside a kernel are not counted), and ``sync.<op>`` per op that would
+    make the host wait for a GPU (``HOST_SYNCS``; not kernels, and not in ``kernels()``'s total)."""
     from triton.runtime import interpreter
 
     from kernels import fused_embedding
@@ -152,10 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="/tmp/kernel-census", help="scratch run directories")
     args = parser.parse_args(argv)
     counts = step_census(args.dataset, args.backend, args.runs, args.out)
-    print(f"{args.dataset}, backend {args.backend}, R = {args.runs}: {sum(counts.values())} kernels per step")
+    syncs = {name: n for name, n in counts.items() if name.startswith("sync.")}
+    print(f"{args.dataset}, backend {args.backend}, R = {args.runs}: {kernels(counts)} kernels per step"
+          + (f", and {sum(syncs.values())} host synchronisations (a CUDA graph cannot capture them)" if syncs else ""))
     for name, n in counts.most_common():
         print(f"{n:5d}  {name}")
     return 0
+
+
+def kernels(counts: collections.Counter) -> int:
+    """The number of kernels in a count (host synchronisations left out)."""
+    return sum(n for name, n in counts.items() if not name.startswith("sync."))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,19 @@ def test_counts_computing_ops_not_views():
     assert dict(counts) == {"aten.mm": 1, "aten.sum": 1, "aten.clone": 1}
 
 
+def test_host_synchronisations_are_counted_apart_from_kernels():
+    x = torch.randn(6)
+    with census.counting() as counts:
+        y = x * 2  # a kernel
+        y.sum().item()  # a kernel, then a read to the host
+        if (y > 0).any():  # three kernels, then a branch on the device's answer
+            pass
+        y.nonzero()  # an output whose size depends on the data
+    assert dict(counts) == {"aten.mul": 1, "aten.sum": 1, "aten.gt": 1, "aten.any": 1, "sync._local_scalar_dense": 2,
+                            "sync.nonzero": 1}
+    assert census.kernels(counts) == 4
+
+
 def test_a_triton_kernel_counts_once_and_its_insides_not_at_all():
     x, w, b = torch.randn(7, 33), torch.randn(33), torch.randn(33)
     with census.counting() as counts:
@@ -37,6 +50,8 @@ SMALL = dict(p=7, frac=1.0, batch_size=16, hidden=64, heads=4, ffn=64)  # batch 
 
 def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     solo = census.step_census("modular", "triton", 1, str(tmp_path / "solo"), **SMALL)
+    # nothing waits for the device: a CUDA graph captures the step whole
+    assert not [name for name in solo if name.startswith("sync.")]
     assert solo["triton._fused_adamw_kernel"] == 1  # one optimiser launch for every parameter
     # post-LN's add and normalise ride in the products before them (kernels.matmul_layer_norm): no LayerNorm
     # forward of its own; its backward is one kernel each, whose partial sums the weight-gradient launch adds up
@@ -76,6 +91,7 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     summing = {"aten.add", "aten.add_", "aten.slice_backward", "aten.zeros", "aten.zero_", "aten.fill_"}
     assert not summing & solo.keys()
     pack = census.step_census("modular", "triton", 3, str(tmp_path / "pack"), **SMALL)
+    assert not [name for name in pack if name.startswith("sync.")]
     assert pack["triton._matmul_kernel"] == 7 + 7  # one launch per product for all runs
     assert not {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.gelu"} & pack.keys()
     assert "aten.ones_like" not in pack and "aten.sum" not in pack  # a seed per run's loss, no sum of the losses

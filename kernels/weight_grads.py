@@ -17,7 +17,10 @@ A problem is ``WeightGrad(x, dy, dw, db=None, accumulate=False)``:
 - ``db`` float32 (N,) or (R, N), or None, gets ``Σ_m dy`` (or has it added).
 A problem without ``x`` and ``dw`` is a sum alone, ``db (+)= Σ_m dy``: a LayerNorm's weight and bias
 gradients are sums of its backward programs' partial sums, which nothing in the backward waits for either,
-so they join the same launch (``kernels.layer_norm_backward(..., reduce=False)``).
+so they join the same launch (``kernels.layer_norm_backward(..., reduce=False)``). A sum's ``db`` may be
+wider than ``dy``: its columns past ``dy``'s get zeros (or keep their value, accumulating) -- a position
+table's rows past the sequence length, the token types past type 0
+(``kernels.embedding_layer_norm_backward(..., reduce=False)``), written in the same launch.
 Problems are launched up to ``MAX_PROBLEMS`` at a time, the longest first (programs that walk the most
 rows start earliest). fp32 products follow PyTorch's fp32-matmul switch, as the attention kernel's do:
 "tf32x3" (about fp32's accuracy, on tensor cores) unless TF32 is allowed.
@@ -39,7 +42,7 @@ from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
 
 MAX_PROBLEMS = 16  # a 1-layer model's step: 8 linear layers and 4 LayerNorm sums at most
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
-_META = 12  # ints per problem in the launch's table (see _meta)
+_META = 13  # ints per problem in the launch's table (see _meta)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps) per operand dtype
 _TILES = {torch.float32: (32, 32, 32, 4), torch.bfloat16: (32, 32, 32, 4)}
 
@@ -69,17 +72,17 @@ def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
     pid = tl.program_id(0)
     p = pid * 0  # which problem: the last whose first program is <= pid (the table lists them in order)
     for i in tl.static_range(1, P):
-        p = tl.where(pid >= tl.load(META + i * 12 + 10), i, p)
-    meta = META + p * 12
-    m, n, k = tl.load(meta + 0), tl.load(meta + 1), tl.load(meta + 2)
+        p = tl.where(pid >= tl.load(META + i * 13 + 10), i, p)
+    meta = META + p * 13
+    m, n, k, n_out = tl.load(meta + 0), tl.load(meta + 1), tl.load(meta + 2), tl.load(meta + 12)
     x_rs, x_ms, dy_rs, dy_ms = tl.load(meta + 4), tl.load(meta + 5), tl.load(meta + 6), tl.load(meta + 7)
     dw_rs, db_rs, first, flags = tl.load(meta + 8), tl.load(meta + 9), tl.load(meta + 10), tl.load(meta + 11)
     X, DY, DW, DB = _pick(p, X, P), _pick(p, DY, P), _pick(p, DW, P), _pick(p, DB, P)
 
-    # a sum alone (k = 0): one column of tiles; its x loads are masked to zeros and its dw store off (the dot's
-    # result, NaN where dy is not finite, is never stored)
+    # a sum alone (k = 0): one column of tiles, no product, its dw store off; its tiles span db's n_out >= n
+    # columns, those past n summing nothing (zeros)
     tiles_k = tl.maximum(tl.cdiv(k, BLOCK_K), 1)
-    tiles = tl.cdiv(n, BLOCK_N) * tiles_k
+    tiles = tl.cdiv(n_out, BLOCK_N) * tiles_k
     local = pid - first
     run = (local // tiles).to(tl.int64)
     tile_n, tile_k = (local % tiles) // tiles_k, (local % tiles) % tiles_k
@@ -98,9 +101,10 @@ def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
                      other=0.0)
         x = tl.load(X + r.to(tl.int64)[:, None] * x_ms + offs_k[None, :], mask=r_ok & (offs_k < k)[None, :],
                     other=0.0)
-        if UPCAST:  # the interpreter's bf16 dot multiplies bit patterns; bf16 products are exact in fp32
-            dy, x = dy.to(tl.float32), x.to(tl.float32)
-        acc = tl.dot(tl.trans(dy), x, acc, input_precision=DOT_PRECISION)
+        if k > 0:
+            if UPCAST:  # the interpreter's bf16 dot multiplies bit patterns; bf16 products are exact in fp32
+                dy, x = dy.to(tl.float32), x.to(tl.float32)
+            acc = tl.dot(tl.trans(dy), x, acc, input_precision=DOT_PRECISION)
         bsum += tl.sum(dy.to(tl.float32), axis=0)
 
     accumulate = (flags & 2) != 0
@@ -113,8 +117,8 @@ def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
         if tile_k == 0:
             bout = DB + run * db_rs + offs_n
             if accumulate:
-                bsum += tl.load(bout, mask=offs_n < n, other=0.0)
-            tl.store(bout, bsum, mask=offs_n < n)
+                bsum += tl.load(bout, mask=offs_n < n_out, other=0.0)
+            tl.store(bout, bsum, mask=offs_n < n_out)
 
 
 def _rows(t: torch.Tensor) -> tuple[int, int]:
@@ -129,10 +133,11 @@ def _meta(problems: Sequence[WeightGrad], tiles: tuple[int, int, int]) -> tuple[
     for x, dy, dw, db, acc in problems:
         runs = 1 if dy.dim() == 2 else dy.shape[0]
         m, k, n = dy.shape[-2], 0 if x is None else x.shape[-1], dy.shape[-1]  # k = 0: a sum alone
+        n_out = n if db is None else db.shape[-1]  # > n: a sum's zero tail
         rows += [m, n, k, runs, *((0, 0) if x is None else _rows(x)), *_rows(dy),
                  0 if dw is None or dw.dim() == 2 else dw.stride(0),
-                 0 if db is None or db.dim() == 1 else db.stride(0), first, (db is not None) | (2 * acc)]
-        first += runs * triton.cdiv(n, block_n) * max(triton.cdiv(k, block_k), 1)
+                 0 if db is None or db.dim() == 1 else db.stride(0), first, (db is not None) | (2 * acc), n_out]
+        first += runs * triton.cdiv(n_out, block_n) * max(triton.cdiv(k, block_k), 1)
     return rows, first
 
 
@@ -204,20 +209,25 @@ def _check_sum(q: WeightGrad) -> None:
     if dy.dim() not in (2, 3) or dy.stride(-1) != 1:
         raise ValueError(f"linear_weight_grads: a sum's dy is (M, N) or (R, M, N) with contiguous rows; got "
                          f"{tuple(dy.shape)}")
-    want = (*dy.shape[:-2], dy.shape[-1])
-    if db.dtype != torch.float32 or tuple(db.shape) != want or db.stride(-1) != 1:
-        raise ValueError(f"linear_weight_grads: db must be float32 {want}; got {db.dtype} {tuple(db.shape)}")
+    lead, n = tuple(dy.shape[:-2]), dy.shape[-1]
+    if db.dtype != torch.float32 or db.shape[:-1] != lead or db.shape[-1] < n or db.stride(-1) != 1:
+        raise ValueError(f"linear_weight_grads: a sum's db must be float32 {(*lead, n)} (or wider: zeros past "
+                         f"dy's columns); got {db.dtype} {tuple(db.shape)}")
 
 
 def linear_weight_grads_reference(problems: Sequence[WeightGrad]) -> None:
-    """The executable spec: dw (+)= dyᵀ x and db (+)= Σ dy, per problem, in PyTorch ops (fp32 sums)."""
+    """The executable spec: dw (+)= dyᵀ x and db (+)= Σ dy, per problem, in PyTorch ops (fp32 sums); a sum's
+    db wider than dy gets zeros past dy's columns (or keeps them, accumulating)."""
     for x, dy, dw, db, acc in problems:
         if x is not None:
             g = dy.float().transpose(-1, -2) @ x.float()
             dw.add_(g) if acc else dw.copy_(g)
         if db is not None:
+            n = dy.shape[-1]
             s = dy.float().sum(-2)
-            db.add_(s) if acc else db.copy_(s)
+            db[..., :n].add_(s) if acc else db[..., :n].copy_(s)
+            if not acc:
+                db[..., n:].zero_()
 
 
 def linear_weight_grads(problems: Sequence[WeightGrad]) -> None:

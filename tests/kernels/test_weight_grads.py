@@ -101,6 +101,31 @@ def test_a_pack_gradient_into_strided_views_of_one_buffer():
     assert torch.equal(flat[:, -5:], untouched)
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_a_sum_wider_than_its_partials_gets_zeros_past_them(accumulate, monkeypatch):
+    # an embedding's position table (rows past the sequence length) and token types (past type 0): a sum's db
+    # wider than dy, in a run-strided buffer, next to a layer, all in one launch
+    spy = LaunchSpy(wg_mod._weight_grad_kernel)
+    monkeypatch.setattr(wg_mod, "_weight_grad_kernel", spy)
+    g = torch.Generator().manual_seed(5)
+    runs, m, n, wide = 2, 45, 37, 37 * 3 + 4  # the tail spans whole column tiles and a ragged one
+    flat = torch.randn(runs, wide + 7, generator=g)
+    db = flat[:, :wide]
+    if not accumulate:
+        db.fill_(float("nan"))  # a fresh sum writes every column, the tail as zeros
+    solo_db = torch.full((n + 40,), float("nan")) if not accumulate else torch.randn(n + 40, generator=g)
+    untouched = flat[:, wide:].clone()
+    problems = [WeightGrad(None, torch.randn(runs, m, n, generator=g), None, db, accumulate),
+                _problem(g, None, 20, 16, 9, True, False),
+                WeightGrad(None, torch.randn(3, n, generator=g), None, solo_db, accumulate)]
+    tails = [q.db[..., n:].clone() for q in (problems[0], problems[2])]
+    _check(problems)
+    assert len(spy.calls) == 1
+    for q, before in zip((problems[0], problems[2]), tails):
+        assert torch.equal(q.db[..., n:], before if accumulate else torch.zeros_like(before))
+    assert torch.equal(flat[:, wide:], untouched)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(dy=torch.zeros(6, 3, dtype=torch.bfloat16)), "of one dtype"),
     (dict(dw=torch.zeros(3, 4, dtype=torch.float64)), "dw must be float32 (3, 4)"),
@@ -109,7 +134,8 @@ def test_a_pack_gradient_into_strided_views_of_one_buffer():
     (dict(x=torch.zeros(4, 6).t()), "contiguous rows"),
     (dict(x=None), "both None for a sum alone (db given)"),
     (dict(x=None, dw=None), "both None for a sum alone (db given)"),
-    (dict(x=None, dw=None, db=torch.zeros(4)), "db must be float32 (3,)"),
+    (dict(x=None, dw=None, db=torch.zeros(2)), "a sum's db must be float32 (3,) (or wider"),
+    (dict(x=None, dw=None, db=torch.zeros(2, 4)), "a sum's db must be float32 (3,) (or wider"),
 ])
 def test_bad_problems_get_one_clear_error(bad, message):
     q = dict(x=torch.zeros(6, 4), dy=torch.zeros(6, 3), dw=torch.zeros(3, 4), db=None)

@@ -9,7 +9,8 @@ from .packed_adamw import PackedAdamW
 from .fused_attention import attention, attention_reference
 from .init import rescale_, scaled_init_, scaled_init_reference_
 from .fused_layer_norm import layer_norm, layer_norm_backward, layer_norm_backward_reference, layer_norm_reference
-from .fused_embedding import embedding_layer_norm, embedding_layer_norm_reference
+from .fused_embedding import (EmbeddingGradParts, embedding_layer_norm, embedding_layer_norm_backward,
+                              embedding_layer_norm_forward, embedding_layer_norm_reference)
 from .fused_cross_entropy import cross_entropy, cross_entropy_reference, unit_seed
 from .batch_draw import draw_batch, draw_batch_reference
 from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_reference
@@ -23,7 +24,8 @@ __all__ = [
     "FusedAdamW", "adamw_reference_step", "PackedAdamW",
     "scaled_init_", "scaled_init_reference_", "rescale_",
     "layer_norm", "layer_norm_reference", "layer_norm_backward", "layer_norm_backward_reference",
-    "embedding_layer_norm", "embedding_layer_norm_reference",
+    "embedding_layer_norm", "embedding_layer_norm_reference", "embedding_layer_norm_forward",
+    "embedding_layer_norm_backward", "EmbeddingGradParts",
     "cross_entropy", "cross_entropy_reference", "unit_seed",
     "draw_batch", "draw_batch_reference",
     "WeightGrad", "linear_weight_grads", "linear_weight_grads_reference",

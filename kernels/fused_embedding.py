@@ -66,6 +66,7 @@ CUDA tensors run Triton; CPU tensors run ``embedding_layer_norm_reference`` (or 
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -168,9 +169,9 @@ def _emb_ln_fwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, B, Y, MEAN, RSTD, M, L, N,
 
 @triton.jit
 def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
-                       DWORD, DPOS_PART, DTYPE, DW_PART, DB_PART,
+                       DWORD, DPOS_PART, DTYPE, DW_PART, DB_PART, DT_PART,
                        Bsz, L, N, T, padding_idx, batches_per_program,
-                       V, word_run_stride, pos_run_stride, type_run_stride, w_run_stride,
+                       dword_run_stride, word_run_stride, pos_run_stride, type_run_stride, w_run_stride,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr,
                        PACKED: tl.constexpr):
     if PACKED:  # axis 0 is (run, position block); every program stays within one run
@@ -185,7 +186,7 @@ def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
         POS += run64 * pos_run_stride
         TYPE += run64 * type_run_stride
         W += run64 * w_run_stride
-        DWORD += run64 * V * N  # the (R, V, N) and (R, T, N) gradients are contiguous
+        DWORD += run64 * dword_run_stride  # each run's (V, N) contiguous; the (R, T, N) type gradient contiguous
         DTYPE += run64 * T * N
         run_first_row = run * Bsz * L
     else:  # the packed-only arguments are unused
@@ -243,6 +244,8 @@ def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
     tl.store(DPOS_PART + slab.to(tl.int64) * L * N + pos_offs, dpos_acc, mask=mask)
     tl.store(DW_PART + pid * N + cols, dw_acc, mask=col_mask)
     tl.store(DB_PART + pid * N + cols, db_acc, mask=col_mask)
+    if not HAS_TYPE_IDS:  # every token is type 0: that row's gradient is Σ dz, this program's share of it
+        tl.store(DT_PART + pid * N + cols, tl.sum(dpos_acc, axis=0), mask=col_mask)
 
 
 def _bwd_grid(device: torch.device, batch: int, length: int, block_m: int,
@@ -268,85 +271,119 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+class EmbeddingGradParts(NamedTuple):
+    """``embedding_layer_norm_backward(..., reduce=False)``: the word gradient and the backward programs'
+    partial sums of the others, leading (R,) for packed runs. Summed over their second-to-last-but-one axis
+    (``pos``: over C) or their middle axis (the rest: over P) they give the gradients of the position rows
+    [0, L), type row 0 (every token is type 0) and the LayerNorm's weight and bias; every other position and
+    type row gets zero."""
+    word: torch.Tensor  # (V, H): dz scattered by id (none into padding_idx)
+    pos: torch.Tensor  # (C, L, H): one slab per batch chunk
+    type0: torch.Tensor  # (P, H): Σ dz of each program's tokens
+    ln_weight: torch.Tensor  # (P, H): Σ dy * xhat
+    ln_bias: torch.Tensor  # (P, H): Σ dy
+
+
+def _operands(ids, type_ids, *tables):
+    """ids, type ids (ids' dtype) and the tables and LayerNorm weights as the kernels read them: contiguous,
+    or for packed runs each run's slice contiguous at any run stride (the optimiser's views, in place)."""
+    ids_c = ids.contiguous()
+    tids_c = None if type_ids is None else type_ids.to(ids.dtype).contiguous()
+    keep = _rows_contiguous if tables[0].dim() == 3 else (lambda t: t.contiguous())
+    return (ids_c, tids_c, *(None if t is None else keep(t) for t in tables))
+
+
+def _forward(ids, type_ids, word, pos, typ, weight, bias, eps):
+    """The forward kernel: (y (M, H), mean (M,), rstd (M,)) and the tensors the backward reads."""
+    packed = word.dim() == 3
+    runs = ids.shape[0] if packed else 1
+    batch, length = ids.shape[-2:]
+    n = word.shape[-1]
+    m = runs * batch * length
+    ids_c, tids_c, word, pos, typ, weight, bias = _operands(ids, type_ids, word, pos, typ, weight, bias)
+    block_n, block_m, warps, _ = _config(n, ids.dtype)
+    if packed:  # run r's tokens are the contiguous rows [r * B * L, (r + 1) * B * L)
+        tiles_per_run = triton.cdiv(batch * length, block_m)
+        grid = runs * tiles_per_run
+        packed_args = (batch * length, tiles_per_run, word.stride(0), pos.stride(0), typ.stride(0),
+                       weight.stride(0), bias.stride(0))
+    else:  # the packed-only arguments are constants, so they add no specialisations
+        grid = triton.cdiv(m, block_m)
+        packed_args = (0,) * 7
+    y = _empty((m, n), torch.float32, ids.device)
+    mean = _empty((m,), torch.float32, ids.device)
+    rstd = _empty((m,), torch.float32, ids.device)
+    if m > 0:
+        _emb_ln_fwd_kernel[(grid,)](
+            ids_c, ids_c if tids_c is None else tids_c, word, pos, typ, weight, bias, y, mean, rstd,
+            m, length, n, eps, *packed_args,
+            BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids_c is not None, PACKED=packed,
+            num_warps=warps)
+    return y, mean, rstd, (ids_c, tids_c, word, pos, typ, weight)
+
+
+def _backward_parts(dy, ids, tids, word, pos, typ, weight, mean, rstd, padding_idx, dword):
+    """The backward kernel: dz scattered into ``dword`` (zeros made here when None), and the partial sums
+    (position slabs (R, C, L, H); LayerNorm weight, bias and type-0 (3, R, P, H); with type ids, the type
+    gradient (R, T, H) from atomics in place of the type-0 partials)."""
+    packed = word.dim() == 3
+    runs = ids.shape[0] if packed else 1
+    batch, length = ids.shape[-2:]
+    vocab, n = word.shape[-2:]
+    n_types = typ.shape[-2]
+    dev = ids.device
+    lead = (runs,) if packed else ()
+    dy2 = dy.reshape(runs * batch * length, n).to(torch.float32).contiguous()
+    block_n, block_m, _, warps = _config(n, ids.dtype, packed)
+    if dword is None:
+        dword = torch.zeros(lead + (vocab, n), dtype=torch.float32, device=dev)  # atomics accumulate into it
+    dtype_ = torch.zeros((runs, n_types, n), dtype=torch.float32, device=dev) if tids is not None else None
+    if runs * batch * length == 0:
+        return dword, torch.zeros((runs, 1, length, n), device=dev), torch.zeros((3, runs, 1, n), device=dev), dtype_
+    pos_blocks, chunks, per_program = _bwd_grid(dev, batch, length, block_m, runs)
+    dpos_part = _empty((runs * chunks, length, n), torch.float32, dev)
+    parts = _empty((3, runs * pos_blocks * chunks, n), torch.float32, dev)  # dweight's, dbias's, type 0's
+    packed_args = ((dword.stride(0), word.stride(0), pos.stride(0), typ.stride(0), weight.stride(0)) if packed
+                   else (0,) * 5)
+    _emb_ln_bwd_kernel[(runs * pos_blocks, chunks)](
+        ids, ids if tids is None else tids, word, pos, typ, weight, dy2, mean, rstd,
+        dword, dpos_part, dword if dtype_ is None else dtype_, parts[0], parts[1], parts[2],
+        batch, length, n, n_types, padding_idx, per_program, *packed_args,
+        BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids is not None, PACKED=packed,
+        num_warps=warps)
+    return dword, dpos_part.view(runs, chunks, length, n), parts.view(3, runs, pos_blocks * chunks, n), dtype_
+
+
+def _reduce(dword, dpos_part, parts, dtype_, n_pos, n_types, packed):
+    """The partials summed into the five gradients, each its input's shape."""
+    length, n = dpos_part.shape[-2:]
+    dpos = dpos_part.sum(1)
+    dw, db, dt = parts.sum(2)  # one reduction for the three
+    if dtype_ is None:  # every token is type 0
+        dtype_ = F.pad(dt[:, None], (0, 0, 0, n_types - 1))
+    if n_pos > length:
+        dpos = F.pad(dpos, (0, 0, 0, n_pos - length))
+    if not packed:
+        dpos, dtype_, dw, db = dpos[0], dtype_[0], dw[0], db[0]
+    return dword, dpos, dtype_, dw, db
+
+
 class _EmbeddingLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, type_ids, word, pos, typ, weight, bias, eps, padding_idx):
-        packed = word.dim() == 3
-        runs = ids.shape[0] if packed else 1
-        batch, length = ids.shape[-2:]
-        n = word.shape[-1]
-        m = runs * batch * length
-        ids_c = ids.contiguous()
-        tids_c = None if type_ids is None else type_ids.to(ids.dtype).contiguous()
-        block_n, block_m, warps, _ = _config(n, ids.dtype)
-        if packed:  # run r's tokens are the contiguous rows [r * B * L, (r + 1) * B * L)
-            word, pos, typ, weight, bias = map(_rows_contiguous, (word, pos, typ, weight, bias))
-            tiles_per_run = triton.cdiv(batch * length, block_m)
-            grid = runs * tiles_per_run
-            packed_args = (batch * length, tiles_per_run, word.stride(0), pos.stride(0), typ.stride(0),
-                           weight.stride(0), bias.stride(0))
-        else:  # the packed-only arguments are constants, so they add no specialisations
-            word, pos, typ = word.contiguous(), pos.contiguous(), typ.contiguous()
-            weight, bias = weight.contiguous(), bias.contiguous()
-            grid = triton.cdiv(m, block_m)
-            packed_args = (0,) * 7
-        y = _empty((m, n), torch.float32, ids.device)
-        mean = _empty((m,), torch.float32, ids.device)
-        rstd = _empty((m,), torch.float32, ids.device)
-        if m > 0:
-            _emb_ln_fwd_kernel[(grid,)](
-                ids_c, ids_c if tids_c is None else tids_c, word, pos, typ, weight, bias, y, mean, rstd,
-                m, length, n, eps, *packed_args,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids_c is not None, PACKED=packed,
-                num_warps=warps)
-        ctx.save_for_backward(ids_c, tids_c, word, pos, typ, weight, mean, rstd)
+        y, mean, rstd, kept = _forward(ids, type_ids, word, pos, typ, weight, bias, eps)
+        ctx.save_for_backward(*kept, mean, rstd)
         ctx.padding_idx = -1 if padding_idx is None else padding_idx
-        ctx.packed = packed
-        return y.view(ids.shape + (n,))
+        return y.view(ids.shape + (word.shape[-1],))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         ids, tids, word, pos, typ, weight, mean, rstd = ctx.saved_tensors
-        packed = ctx.packed
-        runs = ids.shape[0] if packed else 1
-        batch, length = ids.shape[-2:]
-        vocab, n = word.shape[-2:]
-        n_pos, n_types = pos.shape[-2], typ.shape[-2]
-        lead = (runs,) if packed else ()  # every gradient has its input's shape
-        dev = ids.device
-        dy2 = dy.reshape(runs * batch * length, n).to(torch.float32).contiguous()
-        block_n, block_m, _, warps = _config(n, ids.dtype, packed)
-        dword = torch.zeros(lead + (vocab, n), dtype=torch.float32, device=dev)  # atomics accumulate into it
-        dtype_ = torch.zeros(lead + (n_types, n), dtype=torch.float32, device=dev) if tids is not None else None
-        if runs * batch * length > 0:
-            pos_blocks, chunks, per_program = _bwd_grid(dev, batch, length, block_m, runs)
-            # per run: (batch chunks) position partials and (batch chunks x position blocks) affine partials
-            dpos_part = _empty((runs * chunks, length, n), torch.float32, dev)
-            affine_part = _empty((2, runs * pos_blocks * chunks, n), torch.float32, dev)  # dweight's, dbias's
-            dw_part, db_part = affine_part[0], affine_part[1]
-            packed_args = ((vocab, word.stride(0), pos.stride(0), typ.stride(0), weight.stride(0)) if packed
-                           else (0,) * 5)
-            _emb_ln_bwd_kernel[(runs * pos_blocks, chunks)](
-                ids, ids if tids is None else tids, word, pos, typ, weight, dy2, mean, rstd,
-                dword, dpos_part, dword if dtype_ is None else dtype_, dw_part, db_part,
-                batch, length, n, n_types, ctx.padding_idx, per_program, *packed_args,
-                BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids is not None, PACKED=packed,
-                num_warps=warps)
-            dpos_l = dpos_part.view(runs, chunks, length, n).sum(1)
-            dw, db = affine_part.view(2, runs, pos_blocks * chunks, n).sum(2)  # one reduction for both
-        else:
-            dpos_l = torch.zeros((runs, length, n), dtype=torch.float32, device=dev)
-            dw = torch.zeros((runs, n), dtype=torch.float32, device=dev)
-            db = torch.zeros((runs, n), dtype=torch.float32, device=dev)
-        if dtype_ is None:  # every token is type 0: its gradient is the sum of the position gradient
-            dtype_ = F.pad(dpos_l.sum(1, keepdim=True), (0, 0, 0, n_types - 1))
-        dpos = F.pad(dpos_l, (0, 0, 0, n_pos - length)) if n_pos > length else dpos_l
-        if not packed:
-            dpos, dtype_, dw, db = dpos[0], dtype_.view(n_types, n), dw[0], db[0]
-        need = ctx.needs_input_grad
-        return (None, None, dword if need[2] else None, dpos if need[3] else None, dtype_ if need[4] else None,
-                dw if need[5] else None, db if need[6] else None, None, None)
+        parts = _backward_parts(dy, ids, tids, word, pos, typ, weight, mean, rstd, ctx.padding_idx, None)
+        grads = _reduce(*parts, pos.shape[-2], typ.shape[-2], word.dim() == 3)
+        return (None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[2:7])),
+                None, None)
 
 
 def _check(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, type_ids, padding_idx) -> None:
@@ -416,9 +453,7 @@ def embedding_layer_norm_reference(ids: torch.Tensor, word_weight: torch.Tensor,
                                            ln_bias[r], eps, None if type_ids is None else type_ids[r],
                                            padding_idx)
             for r in range(word_weight.shape[0])])
-    length = ids.shape[1]
-    t = type_weight[0] if type_ids is None else F.embedding(type_ids, type_weight)
-    z = F.embedding(ids, word_weight, padding_idx=padding_idx) + t + pos_weight[:length]
+    z = _sum_reference(ids, word_weight, pos_weight, type_weight, type_ids, padding_idx)
     return F.layer_norm(z, (word_weight.shape[1],), ln_weight, ln_bias, eps)
 
 
@@ -436,6 +471,102 @@ def embedding_layer_norm(ids: torch.Tensor, word_weight: torch.Tensor, pos_weigh
                                            ln_bias, float(eps), pad)
     return embedding_layer_norm_reference(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, eps,
                                           type_ids, padding_idx)
+
+
+def embedding_layer_norm_forward(ids: torch.Tensor, word_weight: torch.Tensor, pos_weight: torch.Tensor,
+                                 type_weight: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                                 eps: float = 1e-12, type_ids: torch.Tensor | None = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``embedding_layer_norm``'s forward alone, not differentiable: (y (..., L, H), mean, rstd), the last two
+    each token's fp32 mean and 1/std, flat (R·B·L,), for ``embedding_layer_norm_backward``."""
+    _check(ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias, type_ids, None)
+    n = word_weight.shape[-1]
+    if use_triton(ids, type_ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias):
+        y, mean, rstd, _ = _forward(ids, type_ids, word_weight, pos_weight, type_weight, ln_weight, ln_bias,
+                                    float(eps))
+        return y.view(ids.shape + (n,)), mean, rstd
+    if word_weight.dim() == 3:  # the CPU: run by run
+        outs = [embedding_layer_norm_forward(ids[r], word_weight[r], pos_weight[r], type_weight[r], ln_weight[r],
+                                             ln_bias[r], eps, None if type_ids is None else type_ids[r])
+                for r in range(word_weight.shape[0])]
+        return torch.stack([o[0] for o in outs]), torch.cat([o[1] for o in outs]), torch.cat([o[2] for o in outs])
+    z = _sum_reference(ids, word_weight, pos_weight, type_weight, type_ids).float()
+    mean = z.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(z.var(-1, unbiased=False, keepdim=True) + eps)
+    return (z - mean) * rstd * ln_weight + ln_bias, mean.reshape(-1), rstd.reshape(-1)
+
+
+def embedding_layer_norm_backward(dy: torch.Tensor, ids: torch.Tensor, word_weight: torch.Tensor,
+                                  pos_weight: torch.Tensor, type_weight: torch.Tensor, ln_weight: torch.Tensor,
+                                  mean: torch.Tensor, rstd: torch.Tensor, type_ids: torch.Tensor | None = None,
+                                  padding_idx: int | None = None, dword: torch.Tensor | None = None,
+                                  reduce: bool = True):
+    """``embedding_layer_norm``'s backward alone, from ``embedding_layer_norm_forward``'s mean and rstd.
+
+    Returns the gradients of (word, pos, type, ln_weight, ln_bias), each its input's shape; with
+    ``reduce=False`` (``type_ids=None`` only) an ``EmbeddingGradParts``: the word gradient and the backward
+    programs' partial sums, for a caller that sums them elsewhere (the trainer's weight-gradient launch).
+    ``dword``: a float32 tensor of the word table's shape (each run's (V, H) contiguous, any run stride) that
+    the word gradient is added into (zero it for a fresh one), in place of new zeros."""
+    _check(ids, word_weight, pos_weight, type_weight, ln_weight, ln_weight, type_ids, padding_idx)
+    name = "embedding_layer_norm_backward"
+    if not reduce and type_ids is not None:
+        raise ValueError(f"{name}: reduce=False needs type_ids=None (the type gradient from the position partials)")
+    want = (tuple(ids.shape) + (word_weight.shape[-1],), (ids.numel(),))
+    if tuple(dy.shape) != want[0] or tuple(mean.shape) != want[1] or tuple(rstd.shape) != want[1]:
+        raise ValueError(f"{name}: dy must be {want[0]} and mean, rstd {want[1]}; got {tuple(dy.shape)}, "
+                         f"{tuple(mean.shape)}, {tuple(rstd.shape)}")
+    if dword is not None and (dword.dtype != torch.float32 or dword.shape != word_weight.shape
+                              or not (dword[0] if dword.dim() == 3 else dword).is_contiguous()):
+        raise ValueError(f"{name}: dword must be float32 {tuple(word_weight.shape)}, each run's rows contiguous; got "
+                         f"{dword.dtype} {tuple(dword.shape)}")
+    pad = None if padding_idx is None else padding_idx % word_weight.shape[-2]
+    packed = word_weight.dim() == 3
+    if use_triton(dy, ids, type_ids, word_weight, pos_weight, type_weight, ln_weight, mean, rstd, dword):
+        ids_c, tids_c, word, pos, typ, weight = _operands(ids, type_ids, word_weight, pos_weight, type_weight,
+                                                          ln_weight)
+        parts = _backward_parts(dy, ids_c, tids_c, word, pos, typ, weight, mean, rstd,
+                                -1 if pad is None else pad, dword)
+        if reduce:
+            return _reduce(*parts, pos_weight.shape[-2], type_weight.shape[-2], packed)
+        dword, dpos_part, affine, _ = parts
+        dw, db, dt = affine if packed else affine[:, 0]
+        return EmbeddingGradParts(dword, dpos_part if packed else dpos_part[0], dt, dw, db)
+    if packed:  # the CPU: run by run, each one program's partials
+        outs = [embedding_layer_norm_backward(dy[r], ids[r], word_weight[r], pos_weight[r], type_weight[r],
+                                              ln_weight[r], *(t.view(ids.shape[0], -1)[r] for t in (mean, rstd)),
+                                              None if type_ids is None else type_ids[r], padding_idx,
+                                              None if dword is None else dword[r], reduce)
+                for r in range(word_weight.shape[0])]
+        grads = [torch.stack(g) for g in zip(*outs)]
+        if dword is not None:
+            grads[0] = dword
+        return grads if reduce else EmbeddingGradParts(*grads)
+    # the CPU, one sequence of tables: LayerNorm's backward from the given statistics, then each table's share
+    z = _sum_reference(ids, word_weight, pos_weight, type_weight, type_ids).float()
+    xhat = (z - mean.view(*ids.shape, 1)) * rstd.view(*ids.shape, 1)
+    dy = dy.float()
+    wdy = dy * ln_weight
+    dz = (wdy - xhat * (xhat * wdy).mean(-1, keepdim=True) - wdy.mean(-1, keepdim=True)) * rstd.view(*ids.shape, 1)
+    rows, flat_ids = dz.reshape(-1, dz.shape[-1]), ids.reshape(-1)
+    if pad is not None:
+        rows = rows * (flat_ids != pad)[:, None]
+    gword = torch.zeros_like(word_weight, dtype=torch.float32) if dword is None else dword
+    gword.index_add_(0, flat_ids, rows)
+    gpos = torch.zeros_like(pos_weight, dtype=torch.float32)
+    gpos[:ids.shape[-1]] = dz.sum(0)
+    gtype = torch.zeros_like(type_weight, dtype=torch.float32)
+    gtype.index_add_(0, torch.zeros_like(flat_ids) if type_ids is None else type_ids.reshape(-1), dz.reshape(rows.shape))
+    gw, gb = (dy * xhat).sum((0, 1)), dy.sum((0, 1))
+    if reduce:
+        return gword, gpos, gtype, gw, gb
+    return EmbeddingGradParts(gword, gpos[None, :ids.shape[-1]], gtype[:1], gw[None], gb[None])
+
+
+def _sum_reference(ids, word_weight, pos_weight, type_weight, type_ids, padding_idx=None):
+    """``(word[ids] + type[type_ids or 0]) + pos[:L]`` for one sequence of tables, in their dtype."""
+    t = type_weight[0] if type_ids is None else F.embedding(type_ids, type_weight)
+    return F.embedding(ids, word_weight, padding_idx=padding_idx) + t + pos_weight[:ids.shape[-1]]
 
 
 def compile_specs() -> list[CompileSpec]:
@@ -463,8 +594,8 @@ def compile_specs() -> list[CompileSpec]:
                     signature=dict(IDS=f"*{it}", TIDS=f"*{it}", WORD="*fp32", POS="*fp32", TYPE="*fp32",
                                    W="*fp32", DY="*fp32", MEAN="*fp32", RSTD="*fp32", DWORD="*fp32",
                                    DPOS_PART="*fp32", DTYPE="*fp32", DW_PART="*fp32", DB_PART="*fp32",
-                                   Bsz="i32", L="i32", N="i32", T="i32", padding_idx="i32",
-                                   batches_per_program="i32", V="i32", word_run_stride="i32",
+                                   DT_PART="*fp32", Bsz="i32", L="i32", N="i32", T="i32", padding_idx="i32",
+                                   batches_per_program="i32", dword_run_stride="i32", word_run_stride="i32",
                                    pos_run_stride="i32", type_run_stride="i32", w_run_stride="i32",
                                    BLOCK_M="constexpr", BLOCK_N="constexpr", HAS_TYPE_IDS="constexpr",
                                    PACKED="constexpr"),

@@ -449,3 +449,74 @@ def test_packed_compile_specs_cover_every_dispatched_configuration():
                                   (emb_mod._emb_ln_bwd_kernel, bwd_warps)):
                     for has_tids in (False, True):
                         assert (fn, block_m, block_n, has_tids, packed, ids, warps) in shipped, n
+
+
+# --- the forward and backward alone (the trainer's deferred path: gradients into the optimiser's buffer) ---
+
+def _split_case(runs, b, l, h, vocab, n_pos, padding_idx, type_ids, seed):
+    """Inputs and float64 autograd's y and gradients, per run (independent of the module)."""
+    if runs is None:
+        ids, tids, weights, dy = _inputs(b, l, h, vocab, n_pos, 2, type_ids, torch.int64, seed)
+        y64, ref = _per_run_float64(ids[None], None if tids is None else tids[None], [w[None] for w in weights],
+                                    dy[None], 1e-12, padding_idx)
+        return ids, tids, [w.detach() for w in weights], dy, y64[0], [r[0] for r in ref]
+    ids, tids, weights, dy = _packed_inputs(runs, b, l, h, vocab, n_pos, 2, type_ids, torch.int64, seed)
+    y64, ref = _per_run_float64(ids, tids, weights, dy, 1e-12, padding_idx)
+    return ids, tids, [w.detach() for w in weights], dy, y64, ref
+
+
+@pytest.mark.parametrize("interpret", [True, False], ids=["kernel", "cpu"])
+@pytest.mark.parametrize("runs", [None, 3])
+@pytest.mark.parametrize("type_ids", [False, True])
+def test_forward_and_backward_alone(runs, type_ids, interpret, monkeypatch):
+    if not interpret:
+        monkeypatch.setattr(emb_mod, "use_triton", lambda *t: False)
+    ids, tids, weights, dy, y64, ref = _split_case(runs, 3, 7, 40, 6, 10, 0, type_ids, seed=11)
+    y, mean, rstd = emb_mod.embedding_layer_norm_forward(ids, *weights, 1e-12, type_ids=tids)
+    _close("y", y, y64)
+    assert mean.shape == rstd.shape == (ids.numel(),)
+    grads = emb_mod.embedding_layer_norm_backward(dy, ids, *weights[:4], mean, rstd, type_ids=tids, padding_idx=0)
+    for name, got, want in zip(GRADS, grads, ref):
+        _close(name, got, want)
+
+
+@pytest.mark.parametrize("interpret", [True, False], ids=["kernel", "cpu"])
+@pytest.mark.parametrize("runs", [None, 3])
+def test_backward_partials_and_word_gradient_into_a_given_buffer(runs, interpret, monkeypatch):
+    """reduce=False: the partials summed give the position rows [0, L), type row 0 and the LayerNorm's
+    gradients; the word gradient is added into ``dword`` -- here the optimiser's layout, each run's table a
+    view of one flat row, holding a gradient already -- and nothing past it is touched."""
+    if not interpret:
+        monkeypatch.setattr(emb_mod, "use_triton", lambda *t: False)
+    l, h, vocab = 9, 24, 5
+    ids, _, weights, dy, _, ref = _split_case(runs, 4, l, h, vocab, 12, 0, False, seed=12)
+    _, mean, rstd = emb_mod.embedding_layer_norm_forward(ids, *weights, 1e-12)
+    g = torch.Generator().manual_seed(1)
+    lead = () if runs is None else (runs,)
+    flat = torch.randn(*lead, vocab * h + 7, generator=g)
+    dword = flat[..., :vocab * h].view(*lead, vocab, h)
+    before, tail = dword.clone(), flat[..., vocab * h:].clone()
+    parts = emb_mod.embedding_layer_norm_backward(dy, ids, *weights[:4], mean, rstd, padding_idx=0, dword=dword,
+                                                  reduce=False)
+    assert parts.word is dword
+    _close("dword", dword - before, ref[0])
+    assert torch.equal(flat[..., vocab * h:], tail)
+    k = 0 if runs is None else 1  # the axis the partials are summed over
+    _close("dpos", parts.pos.sum(k), ref[1][..., :l, :])
+    _close("dtype", parts.type0.sum(k), ref[2][..., 0, :])
+    _close("dln_weight", parts.ln_weight.sum(k), ref[3])
+    _close("dln_bias", parts.ln_bias.sum(k), ref[4])
+    assert parts.pos.shape[-3:] == (parts.pos.shape[-3], l, h) and parts.type0.shape == parts.ln_bias.shape
+
+
+def test_backward_alone_refuses_what_it_cannot_do():
+    ids, tids, weights, dy = _inputs(2, 5, 16, 7, 5, 2, True, torch.int64, seed=3)
+    weights = [w.detach() for w in weights]
+    _, mean, rstd = emb_mod.embedding_layer_norm_forward(ids, *weights, 1e-12)
+    f = emb_mod.embedding_layer_norm_backward
+    with pytest.raises(ValueError, match="reduce=False needs type_ids=None"):
+        f(dy, ids, *weights[:4], mean, rstd, type_ids=tids, reduce=False)
+    with pytest.raises(ValueError, match=r"dy must be \(2, 5, 16\) and mean, rstd \(10,\)"):
+        f(dy[:, :4], ids, *weights[:4], mean, rstd)
+    with pytest.raises(ValueError, match=r"dword must be float32 \(7, 16\)"):
+        f(dy, ids, *weights[:4], mean, rstd, dword=torch.zeros(16, 7).t())

@@ -58,11 +58,11 @@ SHAPES = {
 }
 
 
-def synthetic_task(dataset: str, n: int, seed: int = 0) -> TaskData:
-    """Random tokens of the IMDB shape (the modular rows use the real data)."""
+def synthetic_task(dataset: str, n: int, seed: int = 0, vocab: int = 30522) -> TaskData:
+    """Random tokens of the IMDB shape (the modular rows use the real data); ``vocab``: a smaller table."""
     assert dataset == "imdb"
     g = torch.Generator().manual_seed(seed)
-    L, V = 256, 30522
+    L, V = 256, vocab
     x = torch.randint(5, V, (n, L), generator=g)
     lengths = torch.randint(L // 2, L + 1, (n,), generator=g)
     mask = torch.arange(L)[None, :] < lengths[:, None]

@@ -40,7 +40,7 @@ import triton.language as tl
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
 
-MAX_PROBLEMS = 16  # a 1-layer model's step: 8 linear layers and 4 LayerNorm sums at most
+MAX_PROBLEMS = 16  # a 1-layer encoder's step: 8 linear layers and 8 sums (2 LayerNorms', the embedding block's 4)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 _META = 13  # ints per problem in the launch's table (see _meta)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps) per operand dtype

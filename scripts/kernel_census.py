@@ -114,13 +114,13 @@ def cuda_path():
         EmbeddingSum.worth_it, runs.one_launch = worth_it, one_launch
 
 
-def _task(dataset: str):
+def _task(dataset: str, vocab: int = 30522):
     if dataset != "imdb":
         return None
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from test_step_bench import synthetic_task
 
-    t = synthetic_task("imdb", 64)
+    t = synthetic_task("imdb", 64, vocab=vocab)
     L = 64
     # (contiguous, as a real task's are: the draw would copy strided rows first)
     t.train_x, t.train_mask, t.test_x, t.test_mask = (a[:, :L].contiguous() for a in (t.train_x, t.train_mask,
@@ -128,15 +128,16 @@ def _task(dataset: str):
     return t
 
 
-def step_census(dataset: str, backend: str, runs: int, out: str, **overrides) -> collections.Counter:
+def step_census(dataset: str, backend: str, runs: int, out: str, vocab: int = 30522,
+                **overrides) -> collections.Counter:
     """The ops of one training step (after one warm-up step) of the benchmark's shape; ``overrides``:
-    Config fields to change (a test's smaller model)."""
+    Config fields to change and ``vocab`` IMDB's table size (a test's smaller model)."""
     from grokfast_train.config import Config, resolve
     from grokfast_train.pack import PackedRun
     from grokfast_train.train import Run
 
     kw = dict(frac=0.3, batch_size=512) if dataset == "modular" else dict(frac=1.0, batch_size=8, max_len=64)
-    task = _task(dataset)
+    task = _task(dataset, vocab)
     kw.update(overrides)
     cfgs = [resolve(Config(dataset=dataset, steps=10 ** 9, device="cpu", backend=backend, quiet=True, force=True,
                            seed=i, out=f"{out}/run{i}", **kw)) for i in range(runs)]

@@ -109,3 +109,17 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
 
     assert not runs.one_launch(torch.zeros(1))
     assert EmbeddingSum.worth_it(torch.zeros(4, 3, dtype=torch.long), torch.zeros(2, 8))
+
+
+def test_an_encoder_step_keeps_its_embedding_gradients_in_place(tmp_path):
+    # IMDB's model (small): the embedding block's backward adds the word gradient into the optimiser's buffer
+    # (zeroed there: the one fill) and its position, type and LayerNorm sums -- with zeros past the rows it
+    # uses -- join the weight-gradient launch: no sums, pads or copies of its own, solo or packed
+    small = dict(hidden=64, heads=4, ffn=64)
+    for runs in (1, 3):
+        counts = census.step_census("imdb", "triton", runs, str(tmp_path / f"r{runs}"), vocab=300, **small)
+        assert not [name for name in counts if name.startswith("sync.")]
+        assert counts["triton._emb_ln_fwd_kernel"] == counts["triton._emb_ln_bwd_kernel"] == 1
+        assert counts["triton._weight_grad_kernel"] == 1 and counts["aten.zero_"] == 1
+        assert not {"aten.sum", "aten.constant_pad_nd", "aten.copy_", "aten._foreach_copy_", "aten.zeros",
+                    "aten.add", "aten.add_"} & counts.keys(), runs

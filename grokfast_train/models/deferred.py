@@ -17,11 +17,13 @@ product and an add); the numbers are the same sums in another order.
 
 ``into``: where each parameter's gradient goes when the step makes it first -- the optimiser's views of its
 flat gradient buffer (``FusedAdamW``, ``PackedAdamW``). The weight-gradient launch, the LayerNorms' sums and
-the decoder's embedding backward (``token_position_embedding``) write there and set ``.grad`` to the view, so
-the optimiser's step finds those gradients in place. In the decoder's step that is every gradient: the
-optimiser gathers nothing (27 -> 26 kernels per modular step; a pack's zero fill and its additions into the
-views go too). What other paths hand autograd -- the encoder's embedding block (``kernels.embedding_layer_norm``),
-a LayerNorm past ``MAX_NORM_N``, tables past the token embedding's ``MAX_V`` -- ``step()`` still copies in.
+the embeddings' backward (the decoder's ``token_position_embedding``, the encoder's ``embedding_layer_norm``)
+write there and set ``.grad`` to the view, so the optimiser's step finds those gradients in place. In both
+models' steps that is every gradient: the optimiser gathers nothing (27 -> 26 kernels per modular step; a
+pack's zero fill and its additions into the views go too). The encoder's embedding block leaves its position,
+type and LayerNorm sums to the weight-gradient launch as well, with zeros past the rows the batch uses (IMDB
+35 -> 30). What other paths hand autograd -- a LayerNorm past ``MAX_NORM_N``, tables past the token embedding's
+``MAX_V`` -- ``step()`` still copies in.
 
 The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
 launch). Layers that read one input (q, k, v; the FFN's first layer) go through ``fan_out``, whose backward
@@ -82,6 +84,8 @@ class _Pending:
                         p.grad = self.home(p).zero_()
                 dw, db = ((p.grad if add else fresh.setdefault(p, self.home(p)))
                           if p is not None else None for p in (weight, bias))
+                if x is None:  # a sum alone lands in a table's rows too (flat, zeros past the partials)
+                    db = db.view(db.shape[0], -1) if dy.dim() == 3 else db.view(-1)
                 problems.append(kernels.WeightGrad(x, dy, dw, db, add))
             kernels.linear_weight_grads(problems)
             for p, g in fresh.items():
@@ -302,6 +306,52 @@ class _TokenPosition(torch.autograd.Function):
                 t.grad, g = g, None  # layout contract (a pack's run-strided table)
             grads.append(g)
         return None, None, *grads
+
+
+def embedding_layer_norm(ids: torch.Tensor, word: nn.Embedding, pos: nn.Embedding, typ: nn.Embedding,
+                         ln: nn.LayerNorm) -> torch.Tensor:
+    """BERT's embedding block, every token type 0 (``kernels.embedding_layer_norm_forward``), whose backward adds
+    the word gradient into its place in ``into`` and leaves the sums of its partials -- the position rows, type
+    row 0 (zeros past them) and the LayerNorm's weight and bias -- to the weight-gradient launch: no gradient of
+    the block's own for the optimiser to gather (15.6 MB for the paper's word table), and no sums or pads."""
+    return _EmbeddingLayerNorm.apply(ids, _active[-1], word.padding_idx, float(ln.eps), word.weight, pos.weight,
+                                     typ.weight, ln.weight, ln.bias)
+
+
+class _EmbeddingLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, pending, padding_idx, eps, word, pos, typ, ln_weight, ln_bias):
+        import kernels
+
+        y, mean, rstd = kernels.embedding_layer_norm_forward(ids, word, pos, typ, ln_weight, ln_bias, eps)
+        ctx.save_for_backward(ids, mean, rstd)
+        ctx.pending, ctx.padding_idx, ctx.params = pending, padding_idx, (word, pos, typ, ln_weight, ln_bias)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        import kernels
+
+        ids, mean, rstd = ctx.saved_tensors
+        word, pos, typ, ln_weight, ln_bias = ctx.params
+        need = ctx.needs_input_grad[4:]
+        if not any(need):
+            return (None,) * 9
+        # the word gradient: zeros in its home, which the kernel's atomics add into (a table that holds a
+        # gradient already gets a fresh one, for autograd to add; one frozen, a scratch one)
+        in_place = need[0] and word.grad is None
+        dword = (ctx.pending.home(word) if in_place else torch.empty_like(word, dtype=torch.float32)).zero_()
+        parts = kernels.embedding_layer_norm_backward(dy, ids, word, pos, typ, ln_weight, mean, rstd,
+                                                      padding_idx=ctx.padding_idx, dword=dword, reduce=False)
+        if in_place:
+            word.grad = dword
+        # (each partial (P, C) or a pack's (R, P, C); the position slabs' rows flattened: one row of the sum each)
+        sums = ((parts.pos.flatten(-2), pos), (parts.type0, typ), (parts.ln_weight, ln_weight), (parts.ln_bias, ln_bias))
+        for (part, p), n in zip(sums, need[1:]):
+            if n:
+                ctx.pending.items.append((None, part, None, p))
+        return (None,) * 4 + (None if in_place or not need[0] else dword,) + (None,) * 4
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

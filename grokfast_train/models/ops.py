@@ -85,6 +85,8 @@ def embeddings(x: torch.Tensor, word: nn.Embedding, pos: nn.Embedding, type_: nn
     """BERT's embedding block, ``ln(word[x] + type[0] + pos[:L])`` (gather, sum and LayerNorm in one
     kernel under triton, and its backward in one more). A pack's tables are (R, V, C) and ids (R, B, L)."""
     if backend == "triton":
+        if deferred.active():  # the gradients written where the optimiser reads them, their sums deferred
+            return deferred.embedding_layer_norm(x, word, pos, type_, ln)
         return _kernel("embedding_layer_norm")(x, word.weight, pos.weight, type_.weight, ln.weight, ln.bias, ln.eps,
                                                padding_idx=word.padding_idx)
     if word.weight.dim() == 3:

@@ -126,6 +126,33 @@ def test_embedding_layer_norm_matches_reference():
         torch.testing.assert_close(a, b, atol=1e-3 * max(1, b.abs().max().item()), rtol=1e-4)
 
 
+def test_embedding_backward_partials_into_the_buffer_and_the_weight_grad_launch():
+    # the trainer's deferred encoder path at the paper's shape: the word gradient added into a view of a flat
+    # buffer, the position / type / LayerNorm partials summed by the weight-gradient launch with zero tails,
+    # against the fused backward's own reduction
+    g = torch.Generator(device="cuda").manual_seed(5)
+    V, P, L, H = 30522, 512, 256, 128
+    ids = torch.randint(1, V, (128, L), device="cuda", generator=g)
+    ids[:, -40:] = 0
+    word, pos, typ = (torch.randn(n, H, device="cuda", generator=g) * 0.2 for n in (V, P, 2))
+    lw, lb = 1 + 0.1 * torch.randn(H, device="cuda", generator=g), torch.zeros(H, device="cuda")
+    dy = torch.randn(128, L, H, device="cuda", generator=g)
+    _, mean, rstd = kernels.embedding_layer_norm_forward(ids, word, pos, typ, lw, lb, 1e-12)
+    want = kernels.embedding_layer_norm_backward(dy, ids, word, pos, typ, lw, mean, rstd, padding_idx=0)
+    flat = torch.full((V * H + P * H + 2 * H + 2 * H + 3,), float("nan"), device="cuda")
+    views, at = [], 0
+    for shape in ((V, H), (P, H), (2, H), (H,), (H,)):
+        views.append(flat[at:at + torch.Size(shape).numel()].view(shape))
+        at += views[-1].numel()
+    parts = kernels.embedding_layer_norm_backward(dy, ids, word, pos, typ, lw, mean, rstd, padding_idx=0,
+                                                  dword=views[0].zero_(), reduce=False)
+    kernels.linear_weight_grads([kernels.WeightGrad(None, part, None, view.view(-1)) for part, view in
+                                 zip((parts.pos.flatten(-2), parts.type0, parts.ln_weight, parts.ln_bias), views[1:])])
+    for name, a, b in zip(("word", "pos", "type", "ln_weight", "ln_bias"), views, want):
+        torch.testing.assert_close(a, b, atol=1e-3 * max(1, b.abs().max().item()), rtol=1e-4, msg=name)
+    assert torch.isnan(flat[-3:]).all()  # nothing past the buffer's views written
+
+
 @pytest.mark.parametrize("length,width", [(7, 2873), (256, 4096)])
 def test_draw_batch_matches_reference_over_many_calls_and_graph_replays(length, width):
     # thousands of programs race for the last ticket: no program may read an offset after it moved,

@@ -15,8 +15,9 @@ A program owns one (BLOCK_M, BLOCK_N) tile of one run's ``c`` and walks K; every
 one program, no atomics. The bias (fp32 or ``a``'s dtype; (N,) or (R, N), any run stride) is added to
 the fp32 accumulator before the one rounding.
 
-``matmul(..., gelu="none"|"tanh")`` also applies the FFN's GELU in the same launch (returning the product
-too), and ``matmul_gelu_grad`` multiplies the incoming gradient by GELU' as it loads it (see kernels/README.md).
+``matmul(..., act="gelu"|"gelu_tanh"|"tanh")`` also applies an activation in the same launch -- the FFN's
+GELU (erf or tanh form), the encoder pooler's tanh -- returning the product too, and ``matmul_act_grad``
+multiplies the incoming gradient by the activation's derivative as it loads it (see kernels/README.md).
 
 CUDA tensors run Triton; CPU tensors run ``matmul_reference`` (or Triton under ``TRITON_INTERPRET=1``).
 """
@@ -40,7 +41,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 # c of the fused input gradient, each 64 x 64 tile at 4 or 8 warps spilled 8-16 B in some mode under one
 # Triton or the other: these are the tiles that spilled in none.
 _TILES = {"tf32x3": (64, 64, 32, 8, 2), "tf32": (64, 64, 32, 4, 2), "16bit": (64, 64, 32, 4, 2)}
-_GELU_GRAD_TILES = {"tf32x3": (64, 32, 16, 4, 1), "tf32": (32, 64, 16, 4, 1), "16bit": (32, 64, 16, 4, 1)}
+_ACT_GRAD_TILES = {"tf32x3": (64, 32, 16, 4, 1), "tf32": (32, 64, 16, 4, 1), "16bit": (32, 64, 16, 4, 1)}
 # matmul_layer_norm: (BLOCK_K, warps, stages) per mode; BLOCK_N is the row width's power of two (up to
 # MAX_NORM_N) and BLOCK_M keeps the tile at 4,096 elements at most. At 4 warps the whole-row epilogue spilled
 # 8-248 B in tf32 and 16-bit (sm_80 and sm_90, Triton 3.6 and 3.9); at 8 none did.
@@ -57,23 +58,29 @@ def _tanh(u):
 
 
 @triton.jit
-def _gelu(x, ACT: tl.constexpr):
-    """GELU of fp32 x: ACT 1 is the exact (erf) form, 2 the tanh approximation (F.gelu's "none", "tanh")."""
+def _act(x, ACT: tl.constexpr):
+    """The activation of fp32 x: ACT 1 GELU's exact (erf) form, 2 its tanh approximation (F.gelu's "none",
+    "tanh"), 3 tanh."""
     if ACT == 1:
         y = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
-    else:
+    elif ACT == 2:
         y = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    else:
+        y = _tanh(x)
     return y
 
 
 @triton.jit
-def _gelu_grad(x, ACT: tl.constexpr):
-    """d GELU / dx of fp32 x, the form picked as in ``_gelu``."""
+def _act_grad(x, ACT: tl.constexpr):
+    """The activation's derivative at fp32 x, the one picked as in ``_act``."""
     if ACT == 1:
         g = 0.5 * (1.0 + tl.erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * tl.exp(-0.5 * x * x)
-    else:
+    elif ACT == 2:
         t = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
         g = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * x * x)
+    else:
+        t = _tanh(x)
+        g = 1.0 - t * t
     return g
 
 
@@ -83,9 +90,9 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, M, N,
                    HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr, ADDS: tl.constexpr,
                    NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # ACT_OUT (a layer followed by GELU): C gets GELU(a @ b + bias) and PRE (M, N) the product itself.
+    # ACT_OUT (a layer followed by an activation): C gets act(a @ b + bias) and PRE (M, N) the product itself.
     # ACT_IN (that layer's input gradient): PRE is the forward's (M, K) product, contiguous; A's tiles
-    # are multiplied by GELU'(PRE) on the way in, and the first column of programs also writes them to
+    # are multiplied by act'(PRE) on the way in, and the first column of programs also writes them to
     # DPRE (M, K), the gradient the layer's weight gradient needs.
     # ADDS: D1 (and D2) are added to the fp32 accumulator before the one rounding -- gradients that meet
     # at one tensor; D1 may be C itself (C += a @ b), since each element is read and written by one program.
@@ -109,7 +116,7 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, M, N,
         a = tl.load(A + k[None, :] * a_ks, mask=a_mask, other=0.0)
         if ACT_IN:
             rows = run * M * K + offs_m.to(tl.int64)[:, None] * K + k[None, :]
-            da = a.to(tl.float32) * _gelu_grad(tl.load(PRE + rows, mask=a_mask, other=0.0).to(tl.float32), ACT_IN)
+            da = a.to(tl.float32) * _act_grad(tl.load(PRE + rows, mask=a_mask, other=0.0).to(tl.float32), ACT_IN)
             a = da.to(A.dtype.element_ty)
             if tile_n == 0:  # the weight gradient's dy, written once
                 tl.store(DPRE + rows, a, mask=a_mask)
@@ -143,7 +150,7 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, M, N,
     if ACT_OUT:  # (C is contiguous here, and PRE has its shape)
         pre = acc.to(C.dtype.element_ty)
         tl.store(PRE + out, pre, mask=ok)
-        acc = _gelu(pre.to(tl.float32), ACT_OUT)  # of the rounded product: GELU(linear(x)), composed
+        acc = _act(pre.to(tl.float32), ACT_OUT)  # of the rounded product: act(linear(x)), composed
     tl.store(C + out, acc.to(C.dtype.element_ty), mask=ok)
 
 
@@ -158,7 +165,7 @@ def _config(mode: str, act_in: int, norm_n: int = 0) -> tuple[tuple[int, int, in
     if norm_n:
         block_n = max(16, triton.next_power_of_2(norm_n))
         return (min(64, 4096 // block_n), block_n, *_NORM_TILES[mode]), precision  # 64 x 64 ... 16 x 256
-    return (_GELU_GRAD_TILES if act_in else _TILES)[mode], precision
+    return (_ACT_GRAD_TILES if act_in else _TILES)[mode], precision
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -189,12 +196,19 @@ def _check_out(a: torch.Tensor, b: torch.Tensor, add, out: torch.Tensor | None) 
     return add, dtype
 
 
-_ACT = {None: 0, "none": 1, "tanh": 2}  # F.gelu's ``approximate`` -> the kernel's code
+# the activations after a product -> the kernel's code; ``gelu`` is F.gelu's exact form, ``gelu_tanh`` its
+# approximate="tanh"
+_ACT = {None: 0, "gelu": 1, "gelu_tanh": 2, "tanh": 3}
 
 
-def _check_gelu(gelu: str | None) -> None:
-    if gelu not in _ACT:
-        raise ValueError(f"matmul: gelu must be None, 'none' (erf) or 'tanh' (F.gelu's approximate); got {gelu!r}")
+def _check_act(act: str | None) -> None:
+    if act not in _ACT:
+        raise ValueError(f"matmul: act must be None, 'gelu', 'gelu_tanh' or 'tanh'; got {act!r}")
+
+
+def _activation(c: torch.Tensor, act: str) -> torch.Tensor:
+    """The references' activation: F.gelu's (exact or tanh form) or torch.tanh."""
+    return torch.tanh(c) if act == "tanh" else F.gelu(c, approximate="tanh" if act == "gelu_tanh" else "none")
 
 
 def _finish(c: torch.Tensor, add: tuple, out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -205,10 +219,10 @@ def _finish(c: torch.Tensor, add: tuple, out: torch.Tensor | None, dtype: torch.
     return c if out is None else out.copy_(c)
 
 
-def matmul_reference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None,
+def matmul_reference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, act: str | None = None,
                      *, add=(), out: torch.Tensor | None = None):
     """The executable spec: ``a @ b (+ bias) (+ Σ add)`` in PyTorch ops, in a's dtype (or ``out``'s); with
-    ``gelu``, ``(F.gelu(c, approximate=gelu), c)``."""
+    ``act``, ``(act(c), c)`` (F.gelu's exact or tanh form, or torch.tanh)."""
     add, dtype = _check_out(a, b, add, out)
     if bias is None:
         c = torch.matmul(a, b)
@@ -216,15 +230,18 @@ def matmul_reference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
         c = torch.addmm(bias.to(a.dtype), a, b)
     else:
         c = torch.baddbmm(bias.to(a.dtype).unsqueeze(1), a, b)
-    return _finish(c, add, out, dtype) if gelu is None else (F.gelu(c, approximate=gelu), c)
+    return _finish(c, add, out, dtype) if act is None else (_activation(c, act), c)
 
 
-def matmul_gelu_grad_reference(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str,
-                               *, add=(), out: torch.Tensor | None = None):
-    """The executable spec of ``matmul_gelu_grad``: ``dpre = dy * GELU'(pre)`` (autograd's
-    ``gelu_backward``), then ``(dpre @ b (+ Σ add), dpre)``."""
+def matmul_act_grad_reference(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, act: str,
+                              *, add=(), out: torch.Tensor | None = None):
+    """The executable spec of ``matmul_act_grad``: ``dpre = dy * act'(pre)`` (autograd's ``gelu_backward``
+    or ``tanh_backward``), then ``(dpre @ b (+ Σ add), dpre)``."""
     add, dtype = _check_out(dy, b, add, out)
-    dpre = torch.ops.aten.gelu_backward(dy, pre, approximate=gelu)
+    if act == "tanh":
+        dpre = torch.ops.aten.tanh_backward(dy, torch.tanh(pre))
+    else:
+        dpre = torch.ops.aten.gelu_backward(dy, pre, approximate="tanh" if act == "gelu_tanh" else "none")
     return _finish(torch.matmul(dpre, b), add, out, dtype), dpre
 
 
@@ -259,47 +276,48 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None) -> Non
                          num_stages=stages)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None,
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, act: str | None = None,
            *, add=(), out: torch.Tensor | None = None):
-    """``a @ b (+ bias)``, per run for 3-D operands; see the module docstring. With ``gelu`` ("none" or
-    "tanh", as F.gelu's ``approximate``): ``(GELU(c), c)`` from one launch, c kept for the backward.
+    """``a @ b (+ bias)``, per run for 3-D operands; see the module docstring. With ``act`` ("gelu": F.gelu's
+    exact form, "gelu_tanh": its tanh approximation, or "tanh"): ``(act(c), c)`` from one launch, c kept for
+    the backward.
 
     ``add``: up to two tensors of c's shape added before the rounding, and ``out``: where c goes (its rows
     may be strided, e.g. one position of a (B, L, C) gradient; it may also be an addend: ``c += a @ b``);
     all in a's dtype or all float32 (then c is float32, as autocast's gradients of an fp32 stream are). Gradients that meet at one tensor, summed in the
-    product's launch; not with ``gelu``."""
+    product's launch; not with ``act``."""
     _check(a, b, bias)
-    _check_gelu(gelu)
+    _check_act(act)
     add, dtype = _check_out(a, b, add, out)
-    if gelu is not None and (add or out is not None):
-        raise ValueError("matmul: add and out are for products without gelu")
+    if act is not None and (add or out is not None):
+        raise ValueError("matmul: add and out are for products without act")
     if not use_triton(a, b, bias, *add, out) or a.numel() == 0 or b.numel() == 0:  # (nothing to multiply)
-        return matmul_reference(a, b, bias, gelu, add=add, out=out)
+        return matmul_reference(a, b, bias, act, add=add, out=out)
     shape = (*a.shape[:-1], b.shape[-1])
     c = torch.empty(shape, dtype=dtype, device=a.device) if out is None else out
-    pre = None if gelu is None else torch.empty(shape, dtype=a.dtype, device=a.device)
-    _launch(a, b, bias, c, pre, None, _ACT[gelu], 0, add)
-    return c if gelu is None else (c, pre)
+    pre = None if act is None else torch.empty(shape, dtype=a.dtype, device=a.device)
+    _launch(a, b, bias, c, pre, None, _ACT[act], 0, add)
+    return c if act is None else (c, pre)
 
 
-def matmul_gelu_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, gelu: str,
-                     *, add=(), out: torch.Tensor | None = None):
-    """The input gradient of a linear layer followed by GELU: ``dpre = dy * GELU'(pre)`` and ``dpre @ b``,
-    in one launch. ``pre`` is the product ``matmul(..., gelu=gelu)`` returned, ``b`` the layer's weight
-    (N, K) or (R, N, K). Returns ``(dpre @ b (+ Σ add), dpre)``: dpre is what the layer's weight gradient
-    needs. ``add`` and ``out`` as for ``matmul``."""
+def matmul_act_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, act: str,
+                    *, add=(), out: torch.Tensor | None = None):
+    """The input gradient of a linear layer followed by an activation: ``dpre = dy * act'(pre)`` and
+    ``dpre @ b``, in one launch. ``pre`` is the product ``matmul(..., act=act)`` returned, ``b`` the layer's
+    weight (N, K) or (R, N, K). Returns ``(dpre @ b (+ Σ add), dpre)``: dpre is what the layer's weight
+    gradient needs. ``add`` and ``out`` as for ``matmul``."""
     _check(dy, b, None)
-    _check_gelu(gelu)
+    _check_act(act)
     add, dtype = _check_out(dy, b, add, out)
-    if gelu is None or pre.shape != dy.shape or pre.dtype != dy.dtype:
-        raise ValueError(f"matmul_gelu_grad: pre must have dy's shape and dtype {tuple(dy.shape)} {dy.dtype} and "
-                         f"gelu must be 'none' or 'tanh'; got {tuple(pre.shape)} {pre.dtype}, {gelu!r}")
+    if act is None or pre.shape != dy.shape or pre.dtype != dy.dtype:
+        raise ValueError(f"matmul_act_grad: pre must have dy's shape and dtype {tuple(dy.shape)} {dy.dtype} and "
+                         f"act must be 'gelu', 'gelu_tanh' or 'tanh'; got {tuple(pre.shape)} {pre.dtype}, {act!r}")
     if not use_triton(dy, pre, b, *add, out) or dy.numel() == 0 or b.numel() == 0:
-        return matmul_gelu_grad_reference(dy, pre, b, gelu, add=add, out=out)
+        return matmul_act_grad_reference(dy, pre, b, act, add=add, out=out)
     pre = pre.contiguous()
     c = torch.empty((*dy.shape[:-1], b.shape[-1]), dtype=dtype, device=dy.device) if out is None else out
     dpre = torch.empty_like(pre)
-    _launch(dy, b, None, c, pre, dpre, 0, _ACT[gelu], add)
+    _launch(dy, b, None, c, pre, dpre, 0, _ACT[act], add)
     return c, dpre
 
 
@@ -356,16 +374,17 @@ def matmul_layer_norm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | Non
 
 
 def compile_specs() -> list[CompileSpec]:
-    """Every configuration ``matmul`` and ``matmul_gelu_grad`` can launch: a forward (operand dtype, fp32 in
-    both precisions, x bias dtype x GELU after it or not), and an input gradient (GELU's gradient before it
-    or not x 0, 1 or 2 addends x c in the operands' dtype or float32)."""
+    """Every configuration ``matmul`` and ``matmul_act_grad`` can launch: a forward (operand dtype, fp32 in
+    both precisions, x bias dtype x an activation after it or not), and an input gradient (an activation's
+    derivative before it or not x 0, 1 or 2 addends x c in the operands' dtype or float32)."""
     specs = []
     for dtype in SUPPORTED_DTYPES:
         ty = SIGNATURE_DTYPES[dtype]
         for mode in (("tf32x3", "tf32") if dtype == torch.float32 else ("16bit",)):
             biases = (None, "fp32") if dtype == torch.float32 else (None, "fp32", ty)
-            variants = [(bias, act, 0, 0, ty) for bias in biases for act in (0, 1, 2) if bias or act]
-            variants += [(None, 0, act, adds, cty) for act in (0, 1, 2) for adds in (0, 1, 2)
+            acts = tuple(_ACT.values())
+            variants = [(bias, act, 0, 0, ty) for bias in biases for act in acts if bias or act]
+            variants += [(None, 0, act, adds, cty) for act in acts for adds in (0, 1, 2)
                          for cty in dict.fromkeys((ty, "fp32"))]
             variants = [(*v, 0) for v in variants] + [
                 (bias, 0, 0, 1, cty, n) for n in (16, 32, 64, 128, 256) for cty in dict.fromkeys((ty, "fp32"))

@@ -111,7 +111,7 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     assert EmbeddingSum.worth_it(torch.zeros(4, 3, dtype=torch.long), torch.zeros(2, 8))
 
 
-def test_an_encoder_step_keeps_its_embedding_gradients_in_place(tmp_path):
+def test_an_encoder_step_keeps_its_embedding_gradients_in_place_and_its_tanh_in_a_product(tmp_path):
     # IMDB's model (small): the embedding block's backward adds the word gradient into the optimiser's buffer
     # (zeroed there: the one fill) and its position, type and LayerNorm sums -- with zeros past the rows it
     # uses -- join the weight-gradient launch: no sums, pads or copies of its own, solo or packed
@@ -123,3 +123,5 @@ def test_an_encoder_step_keeps_its_embedding_gradients_in_place(tmp_path):
         assert counts["triton._weight_grad_kernel"] == 1 and counts["aten.zero_"] == 1
         assert not {"aten.sum", "aten.constant_pad_nd", "aten.copy_", "aten._foreach_copy_", "aten.zeros",
                     "aten.add", "aten.add_"} & counts.keys(), runs
+        # the pooler's tanh rides in its product's launch each way
+        assert not {"aten.tanh", "aten.tanh_backward"} & counts.keys(), runs

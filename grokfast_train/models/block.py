@@ -78,7 +78,7 @@ class Block(nn.Module):
             f = self.fc2(F.gelu(self.fc1(h), approximate=self.gelu))
             return ops.layer_norm(f, self.ln2, residual=h, backend=self.backend)
         h = self._linear_norm(a, self.o, self.ln1, xq)
-        (g,), h_res = deferred.fan_out(h, [(self.fc1, None, self.gelu)], None)
+        (g,), h_res = deferred.fan_out(h, [(self.fc1, None, _GELU_ACT[self.gelu])], None)
         return self._linear_norm(g, self.fc2, self.ln2, h_res)
 
     def _linear_norm(self, x: torch.Tensor, linear: nn.Module, norm: nn.Module, residual: torch.Tensor):
@@ -86,6 +86,9 @@ class Block(nn.Module):
         if deferred.fits_linear_norm(linear, norm):
             return deferred.linear_norm(x, linear, norm, residual)
         return ops.layer_norm(linear(x), norm, residual=residual, backend=self.backend)
+
+
+_GELU_ACT = {"none": "gelu", "tanh": "gelu_tanh"}  # F.gelu's ``approximate`` -> kernels.matmul's ``act``
 
 
 def _positions(x: torch.Tensor | EmbeddingSum, start: int, stop: int) -> torch.Tensor | EmbeddingSum:

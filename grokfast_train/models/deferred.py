@@ -117,17 +117,20 @@ def deferred(on: bool = True, into: dict[nn.Parameter, torch.Tensor] | None = No
     pending.flush()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x Wᵀ + b`` for W (N, K), or a pack's (R, N, K) with x (R, ..., K); deferring inside ``deferred()``."""
-    return _Linears.apply(x, _active[-1], ((None, None),), _NO_RESIDUAL, weight, bias)[0]
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           act: str | None = None) -> torch.Tensor:
+    """``x Wᵀ + b`` for W (N, K), or a pack's (R, N, K) with x (R, ..., K); deferring inside ``deferred()``.
+    ``act``: an activation after it, in the product's launch each way (``kernels.matmul``'s: "gelu",
+    "gelu_tanh", "tanh" -- the encoder's pooler)."""
+    return _Linears.apply(x, _active[-1], ((None, act),), _NO_RESIDUAL, weight, bias)[0]
 
 
 def fan_out(x: torch.Tensor, layers: list[tuple[nn.Module, int | None, str | None]],
             residual: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Several linear layers reading one input, which also goes on as a residual: the attention's q, k, v
-    projections, the FFN's first layer. Each layer is (module, position, gelu): position None reads every
-    position of x (..., L, C), an int p reads x[..., p:p+1, :] alone (the readout row); gelu None, or
-    "none"/"tanh" (F.gelu's ``approximate``) for ``GELU(x Wᵀ + b)``, fused into the product's launch each
+    projections, the FFN's first layer. Each layer is (module, position, act): position None reads every
+    position of x (..., L, C), an int p reads x[..., p:p+1, :] alone (the readout row); act None, or an
+    activation of ``kernels.matmul``'s ("gelu", "gelu_tanh", "tanh") for ``act(x Wᵀ + b)``, fused into the product's launch each
     way. ``residual``: the position(s) of x passed on, likewise. Returns the outputs and that view of x.
 
     Why one function: the layers' input gradients and the residual's gradient all meet at x, and autograd
@@ -135,7 +138,7 @@ def fan_out(x: torch.Tensor, layers: list[tuple[nn.Module, int | None, str | Non
     add into one gradient buffer as they write it (``kernels.matmul``'s ``add`` and ``out``): they cost
     their launches alone."""
     L = x.shape[-2]
-    plan = tuple((None if pos is None else pos % L, gelu) for _, pos, gelu in layers)
+    plan = tuple((None if pos is None else pos % L, act) for _, pos, act in layers)
     residual = None if residual is None else residual % L
     *outs, kept = _Linears.apply(x, _active[-1], plan, residual,
                                  *(t for module, _, _ in layers for t in (module.weight, module.bias)))
@@ -160,11 +163,11 @@ class _Linears(torch.autograd.Function):
         xc = x.to(dtype)  # under autocast, one cast of x serves every layer
         runs = params[0].dim() == 3
         outs, saved = [], [xc]
-        for (pos, gelu), weight, bias in zip(plan, params[0::2], params[1::2]):
+        for (pos, act), weight, bias in zip(plan, params[0::2], params[1::2]):
             xi = _rows(xc, pos)
             w = weight.to(dtype)
-            y = kernels.matmul(_flat(xi, runs), w.transpose(-1, -2), None if bias is None else bias.to(dtype), gelu)
-            y, pre = (y, None) if gelu is None else y  # the tensor cores, a pack in one launch
+            y = kernels.matmul(_flat(xi, runs), w.transpose(-1, -2), None if bias is None else bias.to(dtype), act)
+            y, pre = (y, None) if act is None else y  # the tensor cores, a pack in one launch
             saved += [w, pre]
             outs.append(y.view(*xi.shape[:-1], y.shape[-1]))
         ctx.save_for_backward(*saved)
@@ -188,7 +191,7 @@ class _Linears(torch.autograd.Function):
         dx = None
         # every-position layers first (the first one writes dx whole), then the rows, which add into theirs
         for i in sorted(range(len(plan)), key=lambda i: plan[i][0] is not None):
-            (pos, gelu), dy = plan[i], grads[i]
+            (pos, act), dy = plan[i], grads[i]
             if dy is None:  # an output the loss does not read: no gradient, no weight gradient
                 continue
             w, pre = saved[2 * i], saved[2 * i + 1]
@@ -205,11 +208,11 @@ class _Linears(torch.autograd.Function):
                 add = () if whole else (out,)
                 if g_res is not None and ctx.residual == pos:
                     add, g_res = (*add, _flat(g_res, runs)), None
-            if gelu is None:
+            if act is None:
                 if want_dx:
                     kernels.matmul(dy2, w, add=add, out=out)
-            else:  # the product's gradient, dy GELU'(pre), comes from the same launch
-                _, dy2 = kernels.matmul_gelu_grad(dy2, pre, w, gelu, add=add, out=out)
+            else:  # the product's gradient, dy act'(pre), comes from the same launch
+                _, dy2 = kernels.matmul_act_grad(dy2, pre, w, act, add=add, out=out)
             ctx.pending.items.append((_flat(_rows(xc, pos), runs), dy2, ctx.params[2 * i], ctx.params[2 * i + 1]))
         if g_res is not None and want_dx:  # a residual whose rows no product wrote (no model makes one)
             if dx is None:

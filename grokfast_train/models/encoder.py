@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import ops
+from . import deferred, ops
 from .block import Block
 from .deferred import Linear
 from .runs import RunEmbedding, RunLayerNorm, RunLinear
@@ -55,4 +55,6 @@ class EncoderClassifier(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, query_pos=0 if self.readout_only and i == last else None)
         first = h.squeeze(-2) if h.shape[-2] == 1 else h[..., 0, :]  # readout-only: a view both ways
+        if deferred.active():  # the pooler's tanh in its product's launch, each way
+            return self.head(deferred.linear(first, self.pooler.weight, self.pooler.bias, act="tanh"))
         return self.head(torch.tanh(self.pooler(first)))

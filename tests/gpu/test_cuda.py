@@ -232,18 +232,28 @@ def test_matmul_matches_reference_at_the_step_shapes(dtype):
         want = x.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2)
         got = kernels.matmul(x, w.transpose(-1, -2), b)
         assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, m, k, n)
-    # the FFN's first layer with its GELU, solo and as a 64-run pack (the modular readout rows), both forms
-    for runs, form in ((None, "tanh"), (64, "none")):
+    # the FFN's first layer with its GELU, solo and as a 64-run pack (the modular readout rows), both forms;
+    # the encoder's pooler (tanh) at IMDB's readout rows
+    for runs, form, rows in ((None, "gelu_tanh", 512), (64, "gelu", 512), (8, "tanh", 128)):
         lead = () if runs is None else (runs,)
-        x = torch.randn(*lead, 512, 128, device="cuda", generator=g).to(dtype)
+        x = torch.randn(*lead, rows, 128, device="cuda", generator=g).to(dtype)
         w1 = torch.randn(*lead, 512, 128, device="cuda", generator=g).to(dtype)
-        h, pre = kernels.matmul(x, w1.transpose(-1, -2), None, gelu=form)
-        dh = torch.randn(*lead, 512, 512, device="cuda", generator=g).to(dtype)
-        dx, dpre = kernels.matmul_gelu_grad(dh, pre, w1, form)
-        want_h = torch.nn.functional.gelu(pre.double(), approximate=form)
-        want_dpre = torch.ops.aten.gelu_backward(dh.double(), pre.double(), approximate=form)
+        h, pre = kernels.matmul(x, w1.transpose(-1, -2), None, act=form)
+        dh = torch.randn(*lead, rows, 512, device="cuda", generator=g).to(dtype)
+        dx, dpre = kernels.matmul_act_grad(dh, pre, w1, form)
+        want_h, want_dpre = _act_reference(pre, dh, form)
         for got, want in ((h, want_h), (dpre, want_dpre), (dx, dpre.double() @ w1.double())):
             assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, form)
+
+
+def _act_reference(pre, dy, form):
+    """act(pre) and dy · act'(pre) in float64, by torch's own ops."""
+    p, d = pre.double(), dy.double()
+    if form == "tanh":
+        return torch.tanh(p), torch.ops.aten.tanh_backward(d, torch.tanh(p))
+    approximate = "tanh" if form == "gelu_tanh" else "none"
+    return (torch.nn.functional.gelu(p, approximate=approximate),
+            torch.ops.aten.gelu_backward(d, p, approximate=approximate))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -300,8 +310,8 @@ def test_matmul_with_tf32_allowed_runs_its_tf32_tiles():
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        h, pre = kernels.matmul(x, w.t(), None, gelu="tanh")
-        dx, dpre = kernels.matmul_gelu_grad(dh, pre, w, "tanh")
+        h, pre = kernels.matmul(x, w.t(), None, act="gelu_tanh")
+        dx, dpre = kernels.matmul_act_grad(dh, pre, w, "gelu_tanh")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     want_pre = x.double() @ w.double().t()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.matmul import matmul, matmul_gelu_grad, matmul_layer_norm, matmul_reference
+from kernels.matmul import matmul, matmul_act_grad, matmul_layer_norm, matmul_reference
 from tests.kernels.launch_spy import LaunchSpy
 
 mm_mod = importlib.import_module("kernels.matmul")
@@ -58,22 +58,26 @@ def test_forward_and_input_gradient_products(dtype, runs, m, k, n, bias):
     assert _err(dx, _want(dy, w, None)) <= TOL[dtype]
 
 
-def _gelu64(x, form):
-    """GELU and its derivative in float64, written out (not torch's GELU: an independent check)."""
-    if form == "none":
+def _act64(x, form):
+    """The activation and its derivative in float64, written out (not torch's GELU: an independent check)."""
+    if form == "gelu":
         cdf = 0.5 * (1 + torch.erf(x / 2 ** 0.5))
         return x * cdf, cdf + x * torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5
+    if form == "tanh":  # the encoder's pooler
+        e = torch.exp(2 * x)
+        t = (e - 1) / (e + 1)
+        return t, 1 - t * t
     k = (2 / torch.pi) ** 0.5
     t = torch.tanh(k * (x + 0.044715 * x ** 3))
     return 0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
 
 
-@pytest.mark.parametrize("form", ["none", "tanh"])
+@pytest.mark.parametrize("form", ["gelu", "gelu_tanh", "tanh"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("runs,m,k,n", [(None, 70, 40, 37), (3, 19, 24, 130)])
-def test_a_layer_followed_by_gelu_forward_and_input_gradient(form, dtype, runs, m, k, n, monkeypatch):
-    """The FFN's first layer: GELU(x Wᵀ + b) and the product from one launch; its input gradient
-    (dy · GELU'(pre)) W and dy · GELU'(pre) from one more. Outputs are NaN-poisoned: with n > 64 (two
+def test_a_layer_followed_by_an_activation_forward_and_input_gradient(form, dtype, runs, m, k, n, monkeypatch):
+    """The FFN's first layer (GELU, either form) or the encoder's pooler (tanh): act(x Wᵀ + b) and the product
+    from one launch; its input gradient (dy · act'(pre)) W and dy · act'(pre) from one more. Outputs are NaN-poisoned: with n > 64 (two
     column tiles of dx... here of the forward) every element must still be written, dpre exactly once."""
     real_empty, real_empty_like = torch.empty, torch.empty_like
     monkeypatch.setattr(mm_mod.torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
@@ -82,16 +86,16 @@ def test_a_layer_followed_by_gelu_forward_and_input_gradient(form, dtype, runs, 
     x, w = _linear_operands(g, runs, m, k, n, dtype)
     lead = () if runs is None else (runs,)
     bias = torch.randn(*lead, n, generator=g)
-    y, pre = matmul(x, w.transpose(-1, -2), bias, gelu=form)
+    y, pre = matmul(x, w.transpose(-1, -2), bias, act=form)
     want_pre = _want(x, w.transpose(-1, -2), bias)
     assert _err(pre, want_pre) <= TOL[dtype]
-    want_y, _ = _gelu64(pre.double(), form)  # GELU of the product as stored (rounded to dtype)
+    want_y, _ = _act64(pre.double(), form)  # the activation of the product as stored (rounded to dtype)
     assert _err(y, want_y) <= TOL[dtype]
 
     dy = torch.randn(*lead, m, n, generator=g).to(dtype)
     w2 = torch.randn(*lead, n, 2 * k + 70, generator=g).to(dtype)  # dx two column tiles wide and more
-    dx, dpre = matmul_gelu_grad(dy, pre, w2, form)
-    _, slope = _gelu64(pre.double(), form)
+    dx, dpre = matmul_act_grad(dy, pre, w2, form)
+    _, slope = _act64(pre.double(), form)
     want_dpre = dy.double() * slope
     assert _err(dpre, want_dpre) <= TOL[dtype]
     assert _err(dx, dpre.double() @ w2.double()) <= TOL[dtype]
@@ -101,38 +105,38 @@ def test_a_layer_followed_by_gelu_forward_and_input_gradient(form, dtype, runs, 
 @pytest.mark.parametrize("dtype,out_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
                                                (torch.bfloat16, torch.float32)])
 @pytest.mark.parametrize("runs,batch,length,k,n", [(None, 37, 5, 24, 70), (3, 9, 7, 33, 20)])
-@pytest.mark.parametrize("gelu", [None, "tanh"])
-def test_gradients_that_meet_are_added_into_a_strided_out(dtype, out_dtype, runs, batch, length, k, n, gelu):
+@pytest.mark.parametrize("act", [None, "gelu_tanh"])
+def test_gradients_that_meet_are_added_into_a_strided_out(dtype, out_dtype, runs, batch, length, k, n, act):
     """The backward of projections sharing an input: ``dx[:, r] += dq W + g`` (one position of a (B, L, C)
     gradient, updated in place, plus a second addend), and ``dx = dk W + dv_part`` (a fresh out, one addend).
     Every element of ``dx`` outside the row keeps its value; the sums are checked in float64."""
-    g = torch.Generator().manual_seed(batch * length + k + (gelu is None))
+    g = torch.Generator().manual_seed(batch * length + k + (act is None))
     lead = () if runs is None else (runs,)
     _, w = _linear_operands(g, runs, 1, n, k, dtype)  # a layer's weight (k outputs, n inputs): dx = dy W
     dy = torch.randn(*lead, batch, k + 2, generator=g).to(dtype)[..., :k]  # strided rows, as a gradient may be
     mult, want_dy = dy, dy.double()
     kw = {}
-    if gelu is not None:
+    if act is not None:
         pre = torch.randn(*lead, batch, k, generator=g).to(dtype)
-        want_dy = dy.double() * _gelu64(pre.double(), gelu)[1]
+        want_dy = dy.double() * _act64(pre.double(), act)[1]
     dx = torch.randn(*lead, batch, length, n, generator=g).to(out_dtype)
     before = dx.clone()
     row = dx[..., length - 2, :]  # (…, B, C): rows length·C apart
     extra = torch.randn(*lead, batch, n, generator=g).to(out_dtype)
-    if gelu is None:
+    if act is None:
         got = matmul(mult, w, add=(row, extra), out=row)
     else:
-        got, dpre = matmul_gelu_grad(mult, pre, w, gelu, add=(row, extra), out=row)
+        got, dpre = matmul_act_grad(mult, pre, w, act, add=(row, extra), out=row)
         assert _err(dpre, want_dy) <= TOL[dtype]
     assert got.data_ptr() == row.data_ptr() and got.dtype == out_dtype
     want = before[..., length - 2, :].double() + extra.double() + want_dy @ w.double()
     # bf16 operands into a float32 out: the one rounding is float32's, unless GELU' was rounded on the way in
-    tol = 2 * TOL[dtype if gelu is not None or out_dtype == dtype else torch.float32]
+    tol = 2 * TOL[dtype if act is not None or out_dtype == dtype else torch.float32]
     assert _err(dx[..., length - 2, :], want) <= tol
     others = [i for i in range(length) if i != length - 2]
     assert torch.equal(dx[..., others, :], before[..., others, :])
 
-    fresh = matmul(mult, w, add=extra) if gelu is None else matmul_gelu_grad(mult, pre, w, gelu, add=extra)[0]
+    fresh = matmul(mult, w, add=extra) if act is None else matmul_act_grad(mult, pre, w, act, add=extra)[0]
     assert fresh.dtype == out_dtype and fresh.is_contiguous()
     assert _err(fresh, extra.double() + want_dy @ w.double()) <= 2 * TOL[dtype]
 
@@ -147,18 +151,20 @@ def test_addends_and_out_are_checked():
         matmul(a, b, out=torch.zeros(5, 3).t())  # columns strided
     with pytest.raises(ValueError, match="up to two addends"):
         matmul(a.bfloat16(), b.bfloat16(), add=torch.zeros(3, 5), out=torch.zeros(3, 5, dtype=torch.bfloat16))
-    with pytest.raises(ValueError, match="without gelu"):
-        matmul(a, b, gelu="tanh", add=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="without act"):
+        matmul(a, b, act="tanh", add=torch.zeros(3, 5))
 
 
-def test_gelu_forms_are_pytorchs():
+def test_activations_are_pytorchs():
     g = torch.Generator().manual_seed(8)
     x, w = torch.randn(9, 6, generator=g), torch.randn(5, 6, generator=g)
-    for form in ("none", "tanh"):
-        y, pre = matmul(x, w.t(), gelu=form)
-        torch.testing.assert_close(y, F.gelu(x @ w.t(), approximate=form), atol=1e-6, rtol=1e-5)
-        with pytest.raises(ValueError, match="gelu must be"):
-            matmul(x, w.t(), gelu="relu")
+    for form, fn in (("gelu", F.gelu), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh")), ("tanh", torch.tanh)):
+        y, pre = matmul(x, w.t(), act=form)
+        torch.testing.assert_close(y, fn(x @ w.t()), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="act must be"):
+        matmul(x, w.t(), act="relu")
+    with pytest.raises(ValueError, match="act must be"):
+        matmul(x, w.t(), act="none")  # F.gelu's word for the exact form is not an activation's name
 
 
 def test_a_bias_with_a_run_stride_and_every_element_written(monkeypatch):

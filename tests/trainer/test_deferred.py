@@ -130,22 +130,25 @@ def test_bf16_autocast_gives_fp32_gradients_near_autograds(kind):
     assert all(g.dtype == torch.float32 for g in grads.values())
 
 
-def _linear64(x, w, b, gelu):
-    """Float64 ``GELU?(x Wᵀ + b)`` for a solo (N, K) or a pack's (R, N, K) weight, x (..., K) / (R, ..., K)."""
+def _linear64(x, w, b, act):
+    """Float64 ``act?(x Wᵀ + b)`` for a solo (N, K) or a pack's (R, N, K) weight, x (..., K) / (R, ..., K)."""
     if w.dim() == 3:
         y = torch.matmul(x, w.transpose(-1, -2).reshape(w.shape[0], *[1] * (x.dim() - 3), *w.shape[2:0:-1]))
         y = y + b.reshape(b.shape[0], *[1] * (x.dim() - 2), b.shape[-1])
     else:
         y = x @ w.t() + b
-    return y if gelu is None else torch.nn.functional.gelu(y, approximate=gelu)
+    if act == "tanh":
+        return torch.tanh(y)
+    return y if act is None else torch.nn.functional.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
 
 
 @pytest.mark.parametrize("runs", [None, 2])
 @pytest.mark.parametrize("arrangement", [
     ([(4, None), (None, None), (None, None)], 4),  # the last layer's q, k, v and its readout-row residual
-    ([(None, "none")], None),  # the FFN's first layer and its residual
+    ([(None, "gelu")], None),  # the FFN's first layer and its residual
+    ([(0, "tanh")], None),  # the encoder's pooler, at one row
     ([(-1, None)], -1),  # rows only: the rest of dx is zero
-    ([(None, "tanh"), (1, None)], 3),  # a residual at a row no product reads alone
+    ([(None, "gelu_tanh"), (1, None)], 3),  # a residual at a row no product reads alone
     ([(2, None), (None, None)], None),  # a whole residual with a row layer
     ([(None, None), (0, None)], 0),  # the second output unread: no gradient for it, none for its weights
 ])
@@ -166,7 +169,7 @@ def test_fan_out_sums_the_gradients_that_meet_at_its_input(arrangement, runs):
     seed_res = torch.randn(*lead, 5, 1 if residual is not None else 6, 16, generator=g)
 
     with deferred():
-        outs, kept = fan_out(x, [(m, pos, gelu) for m, (pos, gelu) in zip(modules, layers)], residual)
+        outs, kept = fan_out(x, [(m, pos, act) for m, (pos, act) in zip(modules, layers)], residual)
         loss = (kept * seed_res).sum() + sum((o * s).sum() for o, s in list(zip(outs, seeds))[:1 if unread else None])
         loss.backward()
     got = [x.grad] + [p.grad for m in modules for p in (m.weight, m.bias)]
@@ -177,7 +180,7 @@ def test_fan_out_sums_the_gradients_that_meet_at_its_input(arrangement, runs):
     def rows(t, pos):
         return t if pos is None else t[..., pos % 6:pos % 6 + 1, :]
 
-    outs64 = [_linear64(rows(x64, pos), w, b, gelu) for (pos, gelu), (w, b) in zip(layers, params64)]
+    outs64 = [_linear64(rows(x64, pos), w, b, act) for (pos, act), (w, b) in zip(layers, params64)]
     loss64 = (rows(x64, residual) * seed_res.double()).sum() + sum(
         (o * s.double()).sum() for o, s in list(zip(outs64, seeds))[:1 if unread else None])
     loss64.backward()

@@ -50,9 +50,9 @@ Kernels:
   scatters dz into the dense fp32 word gradient with ``tl.atomic_add`` (skipping ``padding_idx``),
   and writes its partial position gradient (one (L, H) slab per batch chunk) and its partial sums of
   dln_weight (sum dy * xhat) and dln_bias (sum dy), reduced afterwards by ``sum(0)`` as in
-  ``fused_layer_norm``. The type gradient: with ``type_ids=None`` it is the position gradient summed
-  over positions (every token adds to type row 0), computed from those partials at no kernel cost;
-  with ``type_ids`` each tile reduces dz per type and adds it with one atomic vector add per type.
+  ``fused_layer_norm``. The type gradient: with ``type_ids=None`` every token adds to type row 0, so
+  each program also writes its tokens' Σ dz, reduced with the LayerNorm partials in the same sum; with
+  ``type_ids`` each tile reduces dz per type and adds it with one atomic vector add per type.
   Determinism: the position, type (``type_ids=None``) and LayerNorm-affine gradients are
   deterministic; the word gradient (and the type gradient with ``type_ids``) sums with atomics, so
   its fp32 rounding can vary from run to run on a GPU. Packed: grid axis 0 is (run, position block), so
@@ -516,10 +516,9 @@ def embedding_layer_norm_backward(dy: torch.Tensor, ids: torch.Tensor, word_weig
     if tuple(dy.shape) != want[0] or tuple(mean.shape) != want[1] or tuple(rstd.shape) != want[1]:
         raise ValueError(f"{name}: dy must be {want[0]} and mean, rstd {want[1]}; got {tuple(dy.shape)}, "
                          f"{tuple(mean.shape)}, {tuple(rstd.shape)}")
-    if dword is not None and (dword.dtype != torch.float32 or dword.shape != word_weight.shape
-                              or not (dword[0] if dword.dim() == 3 else dword).is_contiguous()):
-        raise ValueError(f"{name}: dword must be float32 {tuple(word_weight.shape)}, each run's rows contiguous; got "
-                         f"{dword.dtype} {tuple(dword.shape)}")
+    if dword is not None and not word_grad_fits(dword, word_weight):
+        raise ValueError(f"{name}: dword must be float32 {tuple(word_weight.shape)}, each run's (V, H) contiguous and "
+                         f"apart from the others; got {dword.dtype} {tuple(dword.shape)} strides {dword.stride()}")
     pad = None if padding_idx is None else padding_idx % word_weight.shape[-2]
     packed = word_weight.dim() == 3
     if use_triton(dy, ids, type_ids, word_weight, pos_weight, type_weight, ln_weight, mean, rstd, dword):
@@ -541,7 +540,7 @@ def embedding_layer_norm_backward(dy: torch.Tensor, ids: torch.Tensor, word_weig
         grads = [torch.stack(g) for g in zip(*outs)]
         if dword is not None:
             grads[0] = dword
-        return grads if reduce else EmbeddingGradParts(*grads)
+        return tuple(grads) if reduce else EmbeddingGradParts(*grads)
     # the CPU, one sequence of tables: LayerNorm's backward from the given statistics, then each table's share
     z = _sum_reference(ids, word_weight, pos_weight, type_weight, type_ids).float()
     xhat = (z - mean.view(*ids.shape, 1)) * rstd.view(*ids.shape, 1)
@@ -561,6 +560,16 @@ def embedding_layer_norm_backward(dy: torch.Tensor, ids: torch.Tensor, word_weig
     if reduce:
         return gword, gpos, gtype, gw, gb
     return EmbeddingGradParts(gword, gpos[None, :ids.shape[-1]], gtype[:1], gw[None], gb[None])
+
+
+def word_grad_fits(dword: torch.Tensor, word_weight: torch.Tensor) -> bool:
+    """Whether the backward can add the word gradient into ``dword``: float32, the table's shape, each run's
+    (V, H) contiguous and its runs apart (a run stride of at least V·H: no run adds into another's)."""
+    if dword.dtype != torch.float32 or dword.shape != word_weight.shape:
+        return False
+    if dword.dim() == 2:
+        return dword.is_contiguous()
+    return dword[0].is_contiguous() and (dword.shape[0] == 1 or dword.stride(0) >= dword[0].numel())
 
 
 def _sum_reference(ids, word_weight, pos_weight, type_weight, type_ids, padding_idx=None):

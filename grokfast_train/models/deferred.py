@@ -341,10 +341,16 @@ class _EmbeddingLayerNorm(torch.autograd.Function):
         need = ctx.needs_input_grad[4:]
         if not any(need):
             return (None,) * 9
-        # the word gradient: zeros in its home, which the kernel's atomics add into (a table that holds a
-        # gradient already gets a fresh one, for autograd to add; one frozen, a scratch one)
-        in_place = need[0] and word.grad is None
-        dword = (ctx.pending.home(word) if in_place else torch.empty_like(word, dtype=torch.float32)).zero_()
+        # the word gradient: the kernel's atomics add into the gradient the table holds, or into zeros in its
+        # home (a gradient it cannot add into gets a fresh one, for autograd to add; a frozen table, scratch)
+        from kernels.fused_embedding import word_grad_fits
+
+        held = need[0] and word.grad is not None and word_grad_fits(word.grad, word)
+        in_place = held or (need[0] and word.grad is None)
+        if held:
+            dword = word.grad
+        else:
+            dword = (ctx.pending.home(word) if in_place else torch.empty_like(word, dtype=torch.float32)).zero_()
         parts = kernels.embedding_layer_norm_backward(dy, ids, word, pos, typ, ln_weight, mean, rstd,
                                                       padding_idx=ctx.padding_idx, dword=dword, reduce=False)
         if in_place:

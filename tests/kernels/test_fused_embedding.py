@@ -520,3 +520,9 @@ def test_backward_alone_refuses_what_it_cannot_do():
         f(dy[:, :4], ids, *weights[:4], mean, rstd)
     with pytest.raises(ValueError, match=r"dword must be float32 \(7, 16\)"):
         f(dy, ids, *weights[:4], mean, rstd, dword=torch.zeros(16, 7).t())
+    packed = [w[None].expand(3, *w.shape).contiguous() for w in weights[:4]]
+    pids, pdy = ids[None].expand(3, -1, -1), dy[None].expand(3, -1, -1, -1)
+    _, pmean, prstd = emb_mod.embedding_layer_norm_forward(pids, *packed, *[w[None].expand(3, -1).contiguous()
+                                                                               for w in weights[4:]], 1e-12)
+    with pytest.raises(ValueError, match="apart from the others"):  # every run adding into the same table
+        f(pdy, pids, *packed, pmean, prstd, dword=torch.zeros(7, 16).expand(3, 7, 16))

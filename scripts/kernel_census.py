@@ -40,7 +40,8 @@ NOT_KERNELS = frozenset({
     "_record_function_enter_new", "_record_function_exit",
 })
 # ATen ops that wait for the device (a value read to the host, or an output whose size depends on the data).
-# A CUDA graph cannot capture them, and eagerly each stalls the launch queue: a step must run none.
+# A CUDA graph cannot capture them, and eagerly each stalls the launch queue: a step must run none. (On CPU
+# tensors ``.tolist()``, ``.numpy()`` and ``.cpu()`` dispatch no op, so those syncs are invisible here.)
 HOST_SYNCS = frozenset({"_local_scalar_dense", "is_nonzero", "item", "nonzero", "nonzero_static", "masked_select",
                         "equal", "_unique", "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave"})
 

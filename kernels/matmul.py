@@ -42,6 +42,9 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 # Triton or the other: these are the tiles that spilled in none.
 _TILES = {"tf32x3": (64, 64, 32, 8, 2), "tf32": (64, 64, 32, 4, 2), "16bit": (64, 64, 32, 4, 2)}
 _ACT_GRAD_TILES = {"tf32x3": (64, 32, 16, 4, 1), "tf32": (32, 64, 16, 4, 1), "16bit": (32, 64, 16, 4, 1)}
+# matmul's pair (two K loops, one after the other): double-buffered, every mode's tiles spilled 8-120 B on sm_80
+# (both Tritons); single-buffered at 8 warps none did (at 4 warps, up to 64 B under Triton 3.6).
+_PAIR_TILES = {"tf32x3": (64, 64, 32, 8, 1), "tf32": (64, 64, 32, 8, 1), "16bit": (64, 64, 32, 8, 1)}
 # matmul_layer_norm: (BLOCK_K, warps, stages) per mode; BLOCK_N is the row width's power of two (up to
 # MAX_NORM_N) and BLOCK_M keeps the tile at 4,096 elements at most. At 4 warps the whole-row epilogue spilled
 # 8-248 B in tf32 and 16-bit (sm_80 and sm_90, Triton 3.6 and 3.9); at 8 none did.
@@ -92,11 +95,11 @@ def _act_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, M, N, K, a_rs, a_ms, a_ks, b_rs, b_ks,
-                   b_ns, bias_rs, c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms, ln_rs, eps,
+def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, A2, B2, BIAS2, C2, M, N, K, a_rs, a_ms,
+                   a_ks, b_rs, b_ks, b_ns, bias_rs, c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms, ln_rs, eps,
                    HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr, ADDS: tl.constexpr,
-                   NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                   NORM: tl.constexpr, TWO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # ACT_OUT (a layer followed by an activation): C gets act(a @ b + bias) and PRE (M, N) the product itself.
     # ACT_IN (that layer's input gradient): PRE is the forward's (M, K) product, contiguous; A's tiles
     # are multiplied by act'(PRE) on the way in, and the first column of programs also writes them to
@@ -106,7 +109,15 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, M, N,
     # NORM (post-LN's add and normalise; one column tile holds whole rows): z = a @ b + bias + D1 goes to PRE
     # (contiguous, C's shape), C gets LayerNorm(z) with run r's LNW and LNB rows, MEAN and RSTD (R, M) the
     # statistics -- the arithmetic of fused_layer_norm's forward kernel, which its backward then reads.
+    # TWO 1 (two layers reading one input, e.g. k and v): grid axis 1 holds (run, layer); layer 1's programs
+    # read B2 and BIAS2 and write C2, strided as B, BIAS and C. TWO 2 (the gradients of two such layers meeting
+    # at their input): C = A @ B + A2 @ B2, A2 strided as A and B2 as B, one K loop after the other.
     pid, run = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    if TWO == 1:
+        layer = run % 2
+        run = run // 2
+        if layer == 1:
+            B, BIAS, C = B2, BIAS2, C2
     tiles_n = tl.cdiv(N, BLOCK_N)
     tile_n = pid % tiles_n
     offs_m = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -131,6 +142,16 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, M, N,
         if UPCAST:  # the interpreter's bf16 dot multiplies bit patterns; bf16 products are exact in fp32
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    if TWO == 2:
+        A2 += run * a_rs + offs_m.to(tl.int64)[:, None] * a_ms
+        B2 += run * b_rs + offs_n.to(tl.int64)[None, :] * b_ns
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + ks
+            a = tl.load(A2 + k[None, :] * a_ks, mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
+            b = tl.load(B2 + k[:, None] * b_ks, mask=(k < K)[:, None] & n_ok[None, :], other=0.0)
+            if UPCAST:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(BIAS + run * bias_rs + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     ok = m_ok[:, None] & n_ok[None, :]
@@ -165,10 +186,13 @@ def _mode(dtype: torch.dtype) -> str:
     return dot_precision(dtype) if dtype == torch.float32 else "16bit"
 
 
-def _config(mode: str, act_in: int, norm_n: int = 0) -> tuple[tuple[int, int, int, int, int], str]:
+def _config(mode: str, act_in: int, norm_n: int = 0, pair: bool = False) -> tuple[tuple[int, int, int, int, int], str]:
     """The launch's tiles and tl.dot precision (the launcher and compile_specs share this one rule);
-    ``norm_n``: the row width of a ``matmul_layer_norm``, whose one column tile holds whole rows."""
+    ``norm_n``: the row width of a ``matmul_layer_norm``, whose one column tile holds whole rows; ``pair``: a
+    product with ``matmul``'s pair."""
     precision = "tf32" if mode == "16bit" else mode
+    if pair:
+        return _PAIR_TILES[mode], precision
     if norm_n:
         block_n = max(16, triton.next_power_of_2(norm_n))
         return (min(64, 4096 // block_n), block_n, *_NORM_TILES[mode]), precision  # 64 x 64 ... 16 x 256
@@ -259,52 +283,98 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, t.stride(0)) if t.dim() == 2 else (t.stride(0), t.stride(1))
 
 
-def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None) -> None:
-    """``norm``: (LN weight, LN bias, their run stride, mean, rstd, eps) for ``matmul_layer_norm``."""
+def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None, two=None) -> None:
+    """``norm``: (LN weight, LN bias, their run stride, mean, rstd, eps) for ``matmul_layer_norm``; ``two``:
+    ("fan", b2, bias2, c2) for ``matmul_fan``'s second layer, ("pair", a2, b2) for ``matmul``'s ``pair``."""
     runs = 1 if a.dim() == 2 else a.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    if runs > _MAX_GRID_Y:
-        raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y}")
-    (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in, n if norm else 0)
+    mode = {None: 0, "fan": 1, "pair": 2}[None if two is None else two[0]]
+    if runs * (2 if mode == 1 else 1) > _MAX_GRID_Y:
+        raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y // (2 if mode == 1 else 1)}")
+    (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in, n if norm else 0,
+                                                                    mode == 2)
     a_rs, a_ms, a_ks = (0, *a.stride()) if a.dim() == 2 else a.stride()
     b_rs, b_ks, b_ns = (0, *b.stride()) if b.dim() == 2 else b.stride()
     if bias is not None and bias.stride(-1) != 1:
         bias = bias.contiguous()
     bias_rs = 0 if bias is None or bias.dim() == 1 else bias.stride(0)
     d1, d2 = (*add, None, None)[:2]
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), runs)
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), runs * (2 if mode == 1 else 1))
     lnw, lnb, ln_rs, mean, rstd, eps = norm or (c, c, 0, c, c, 0.0)
+    a2, b2, bias2, c2 = a, b, bias, c  # (unread unless TWO says so)
+    if mode == 1:
+        _, b2, bias2, c2 = two
+    elif mode == 2:
+        _, a2, b2 = two
     _matmul_kernel[grid](a, b, c if bias is None else bias, c, c if pre is None else pre, c if dpre is None else dpre,
-                         c if d1 is None else d1, c if d2 is None else d2, lnw, lnb, mean, rstd,
-                         m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs, *_strides(c), *_strides(d1),
-                         *_strides(d2), ln_rs, eps, HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in,
-                         ADDS=len(add), NORM=norm is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                         DOT_PRECISION=precision, UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps,
-                         num_stages=stages)
+                         c if d1 is None else d1, c if d2 is None else d2, lnw, lnb, mean, rstd, a2, b2,
+                         c if bias2 is None else bias2, c2, m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
+                         *_strides(c), *_strides(d1), *_strides(d2), ln_rs, eps, HAS_BIAS=bias is not None,
+                         ACT_OUT=act_out, ACT_IN=act_in, ADDS=len(add), NORM=norm is not None, TWO=mode,
+                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
+                         UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
+
+
+def _same_layout(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
+    """Whether y can be read with x's strides (both None, or one shape, dtype and strides)."""
+    if x is None or y is None:
+        return x is None and y is None
+    return x.shape == y.shape and x.dtype == y.dtype and x.stride() == y.stride()
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, act: str | None = None,
-           *, add=(), out: torch.Tensor | None = None):
+           *, add=(), out: torch.Tensor | None = None, pair: tuple[torch.Tensor, torch.Tensor] | None = None):
     """``a @ b (+ bias)``, per run for 3-D operands; see the module docstring. With ``act`` ("gelu": F.gelu's
     exact form, "gelu_tanh": its tanh approximation, or "tanh"): ``(act(c), c)`` from one launch, c kept for
     the backward.
 
     ``add``: up to two tensors of c's shape added before the rounding, and ``out``: where c goes (its rows
     may be strided, e.g. one position of a (B, L, C) gradient; it may also be an addend: ``c += a @ b``);
-    all in a's dtype or all float32 (then c is float32, as autocast's gradients of an fp32 stream are). Gradients that meet at one tensor, summed in the
-    product's launch; not with ``act``."""
+    all in a's dtype or all float32 (then c is float32, as autocast's gradients of an fp32 stream are).
+    Gradients that meet at one tensor, summed in the product's launch; not with ``act``.
+
+    ``pair=(a2, b2)``: ``c = a @ b + a2 @ b2 (+ bias) (+ Σ add)`` in the same launch, a2 of a's shape, dtype and
+    strides, b2 of b's -- the input gradient of two layers that read one input (``matmul_fan``'s)."""
     _check(a, b, bias)
     _check_act(act)
     add, dtype = _check_out(a, b, add, out)
-    if act is not None and (add or out is not None):
-        raise ValueError("matmul: add and out are for products without act")
-    if not use_triton(a, b, bias, *add, out) or a.numel() == 0 or b.numel() == 0:  # (nothing to multiply)
-        return matmul_reference(a, b, bias, act, add=add, out=out)
+    if act is not None and (add or out is not None or pair is not None):
+        raise ValueError("matmul: add, out and pair are for products without act")
+    if pair is not None and not (_same_layout(a, pair[0]) and _same_layout(b, pair[1])):
+        raise ValueError("matmul: pair=(a2, b2) must have a's and b's shapes, dtypes and strides")
+    if not use_triton(a, b, bias, *add, out, *(pair or ())) or a.numel() == 0 or b.numel() == 0:
+        if pair is None:  # (nothing to multiply, or the CPU)
+            return matmul_reference(a, b, bias, act, add=add, out=out)
+        return _finish(matmul_reference(a, b, bias) + torch.matmul(*pair), add, out, dtype)
     shape = (*a.shape[:-1], b.shape[-1])
     c = torch.empty(shape, dtype=dtype, device=a.device) if out is None else out
     pre = None if act is None else torch.empty(shape, dtype=a.dtype, device=a.device)
-    _launch(a, b, bias, c, pre, None, _ACT[act], 0, add)
+    _launch(a, b, bias, c, pre, None, _ACT[act], 0, add, two=None if pair is None else ("pair", *pair))
     return c if act is None else (c, pre)
+
+
+def matmul_fits_fan(w: torch.Tensor, bias: torch.Tensor | None, w2: torch.Tensor, bias2: torch.Tensor | None) -> bool:
+    """Whether two layers' weights (N, K) / (R, N, K) and biases can share a ``matmul_fan`` launch."""
+    return _same_layout(w, w2) and _same_layout(bias, bias2)
+
+
+def matmul_fan(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, b2: torch.Tensor,
+               bias2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two layers reading one input in one launch: ``(a @ b + bias, a @ b2 + bias2)`` -- the attention's k and
+    v projections. b2 (and bias2) must have b's (and bias's) shape, dtype and strides: the two layers' weights
+    are of one shape, and a pack's are views of one buffer with one run stride. No activation. Per run for
+    3-D operands, as ``matmul``."""
+    _check(a, b, bias)
+    if not (_same_layout(b, b2) and _same_layout(bias, bias2)):
+        raise ValueError("matmul_fan: b2 and bias2 must have b's and bias's shapes, dtypes and strides")
+    if not use_triton(a, b, bias, b2, bias2) or a.numel() == 0 or b.numel() == 0:
+        return matmul_reference(a, b, bias), matmul_reference(a, b2, bias2)
+    shape = (*a.shape[:-1], b.shape[-1])
+    c, c2 = (torch.empty(shape, dtype=a.dtype, device=a.device) for _ in range(2))
+    if bias is not None and bias.stride(-1) != 1:
+        bias, bias2 = bias.contiguous(), bias2.contiguous()
+    _launch(a, b, bias, c, None, None, 0, 0, two=("fan", b2, bias2, c2))
+    return c, c2
 
 
 def matmul_act_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, act: str,
@@ -381,9 +451,10 @@ def matmul_layer_norm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | Non
 
 
 def compile_specs() -> list[CompileSpec]:
-    """Every configuration ``matmul`` and ``matmul_act_grad`` can launch: a forward (operand dtype, fp32 in
-    both precisions, x bias dtype x an activation after it or not), and an input gradient (an activation's
-    derivative before it or not x 0, 1 or 2 addends x c in the operands' dtype or float32)."""
+    """Every configuration ``matmul``, ``matmul_act_grad`` and ``matmul_fan`` can launch: a forward (operand
+    dtype, fp32 in both precisions, x bias dtype x an activation after it or not; two layers at once), and an
+    input gradient (an activation's derivative before it or not x 0, 1 or 2 addends x c in the operands' dtype
+    or float32; two layers' summed)."""
     specs = []
     for dtype in SUPPORTED_DTYPES:
         ty = SIGNATURE_DTYPES[dtype]
@@ -393,26 +464,31 @@ def compile_specs() -> list[CompileSpec]:
             variants = [(bias, act, 0, 0, ty) for bias in biases for act in acts if bias or act]
             variants += [(None, 0, act, adds, cty) for act in acts for adds in (0, 1, 2)
                          for cty in dict.fromkeys((ty, "fp32"))]
-            variants = [(*v, 0) for v in variants] + [
-                (bias, 0, 0, 1, cty, n) for n in (16, 32, 64, 128, 256) for cty in dict.fromkeys((ty, "fp32"))
+            variants = [(*v, 0, 0) for v in variants] + [
+                (bias, 0, 0, 1, cty, n, 0) for n in (16, 32, 64, 128, 256) for cty in dict.fromkeys((ty, "fp32"))
                 for bias in dict.fromkeys(("fp32", ty))]  # matmul_layer_norm: every row width's tile
-            for bias, act_out, act_in, adds, cty, norm_n in variants:
-                (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in, norm_n)
+            variants += [(bias, 0, 0, 0, ty, 0, 1) for bias in biases]  # matmul_fan
+            variants += [(None, 0, 0, adds, cty, 0, 2) for adds in (0, 1, 2)  # matmul's pair
+                         for cty in dict.fromkeys((ty, "fp32"))]
+            for bias, act_out, act_in, adds, cty, norm_n, two in variants:
+                (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in, norm_n, two == 2)
                 sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or cty}", C=f"*{cty}",
                            PRE=f"*{cty if norm_n else ty}", DPRE=f"*{ty}", D1=f"*{cty}", D2=f"*{cty}", LNW="*fp32",
-                           LNB="*fp32", MEAN="*fp32", RSTD="*fp32", M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32",
+                           LNB="*fp32", MEAN="*fp32", RSTD="*fp32", A2=f"*{ty}", B2=f"*{ty}",
+                           BIAS2=f"*{bias or cty}", C2=f"*{cty}", M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32",
                            a_ks="i32", b_rs="i32", b_ks="i32", b_ns="i32", bias_rs="i32", c_rs="i32", c_ms="i32",
                            d1_rs="i32", d1_ms="i32", d2_rs="i32", d2_ms="i32", ln_rs="i32", eps="fp32",
                            HAS_BIAS="constexpr", ACT_OUT="constexpr", ACT_IN="constexpr", ADDS="constexpr",
-                           NORM="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
+                           NORM="constexpr", TWO="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
                            DOT_PRECISION="constexpr", UPCAST="constexpr")
                 norm = f",norm={block_n}" if norm_n else ""
+                pair = {0: "", 1: ",fan", 2: ",pair"}[two]
                 specs.append(CompileSpec(
                     name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in},adds={adds},c={cty}"
-                         f"{norm}]",
+                         f"{norm}{pair}]",
                     fn=_matmul_kernel, signature=sig,
                     constexprs=dict(HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, ADDS=adds,
-                                    NORM=bool(norm_n), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                    NORM=bool(norm_n), TWO=two, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                                     DOT_PRECISION=precision, UPCAST=False),
                     num_warps=warps, num_stages=stages, tensor_cores=True))
     return specs

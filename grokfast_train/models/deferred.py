@@ -27,7 +27,9 @@ type and LayerNorm sums to the weight-gradient launch as well, with zeros past t
 
 The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
 launch). Layers that read one input (q, k, v; the FFN's first layer) go through ``fan_out``, whose backward
-sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step), and
+sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step); two of
+them reading every position with one weight layout (k and v) share a launch each way, ``kernels.matmul_fan``
+forward and ``matmul``'s ``pair`` for ``dk Wk + dv Wv`` (modular 25 -> 23, IMDB 28 -> 26); and
 a projection followed by post-LN's add and normalise goes through ``linear_norm``: the LayerNorm's forward in
 the product's epilogue (32 -> 30), and the sums of its backward's partials for its weight and bias in the
 weight-gradient launch (29 -> 27).
@@ -162,14 +164,27 @@ class _Linears(torch.autograd.Function):
         dtype = _compute_dtype(x)
         xc = x.to(dtype)  # under autocast, one cast of x serves every layer
         runs = params[0].dim() == 3
-        outs, saved = [], [xc]
-        for (pos, act), weight, bias in zip(plan, params[0::2], params[1::2]):
-            xi = _rows(xc, pos)
-            w = weight.to(dtype)
-            y = kernels.matmul(_flat(xi, runs), w.transpose(-1, -2), None if bias is None else bias.to(dtype), act)
-            y, pre = (y, None) if act is None else y  # the tensor cores, a pack in one launch
-            saved += [w, pre]
-            outs.append(y.view(*xi.shape[:-1], y.shape[-1]))
+        ws = [w.to(dtype) for w in params[0::2]]
+        bs = [None if b is None else b.to(dtype) for b in params[1::2]]
+        # two layers reading every position with one weight layout (k and v): one launch for both
+        fan = _pair([i for i, (pos, act) in enumerate(plan) if pos is None and act is None],
+                    lambda i, j: kernels.matmul_fits_fan(ws[i], bs[i], ws[j], bs[j]))
+        outs, saved = [None] * len(plan), [xc] + [None] * (2 * len(plan))
+        for i, (pos, act) in enumerate(plan):
+            xi, w, pre = _flat(_rows(xc, pos), runs), ws[i], None
+            if fan and i == fan[1]:
+                continue  # (made with fan[0])
+            if fan and i == fan[0]:
+                j = fan[1]
+                y, outs[j] = kernels.matmul_fan(xi, w.transpose(-1, -2), bs[i], ws[j].transpose(-1, -2), bs[j])
+                saved[1 + 2 * j] = ws[j]
+            elif act is None:
+                y = kernels.matmul(xi, w.transpose(-1, -2), bs[i])  # the tensor cores, a pack in one launch
+            else:
+                y, pre = kernels.matmul(xi, w.transpose(-1, -2), bs[i], act)
+            saved[1 + 2 * i:3 + 2 * i] = [w, pre]
+            outs[i] = y
+        outs = [y.view(*_rows(xc, pos).shape[:-1], y.shape[-1]) for y, (pos, _) in zip(outs, plan)]
         ctx.save_for_backward(*saved)
         ctx.set_materialize_grads(False)  # an output the loss does not read gets None, not zeros to multiply
         ctx.plan, ctx.residual, ctx.pending, ctx.params, ctx.x_dtype = plan, residual, pending, params, x.dtype
@@ -189,16 +204,20 @@ class _Linears(torch.autograd.Function):
         if g_res is not None and g_res.dtype != ctx.x_dtype:
             g_res = g_res.to(ctx.x_dtype)
         dx = None
-        # every-position layers first (the first one writes dx whole), then the rows, which add into theirs
-        for i in sorted(range(len(plan)), key=lambda i: plan[i][0] is not None):
-            (pos, act), dy = plan[i], grads[i]
-            if dy is None:  # an output the loss does not read: no gradient, no weight gradient
-                continue
+        # every-position layers first (the first one writes dx whole), then the rows, which add into theirs; an
+        # output the loss does not read has no gradient, and its layer no weight gradient
+        order = [i for i in sorted(range(len(plan)), key=lambda i: plan[i][0] is not None) if grads[i] is not None]
+        dys = {i: _operand(grads[i], runs, saved[2 * i].dtype) for i in order}
+        # two every-position layers without activation (k and v): dx = dk Wk + dv Wv in one launch
+        pair = _pair([i for i in order if plan[i] == (None, None)],
+                     lambda i, j: dys[i].shape == dys[j].shape and dys[i].stride() == dys[j].stride()
+                     and saved[2 * i].shape == saved[2 * j].shape and saved[2 * i].stride() == saved[2 * j].stride())
+        for i in order:
+            (pos, act), dy2 = plan[i], dys[i]
             w, pre = saved[2 * i], saved[2 * i + 1]
-            dy2 = _flat(dy, runs)
-            if dy2.stride(-1) != 1:
-                dy2 = dy2.contiguous()
-            dy2 = dy2.to(w.dtype)
+            if want_dx and pair and i == pair[1]:  # (its product made with pair[0]'s)
+                ctx.pending.items.append((_flat(xc, runs), dy2, ctx.params[2 * i], ctx.params[2 * i + 1]))
+                continue
             out, add = None, ()
             if want_dx:
                 whole = dx is None and pos is None  # the first product writes dx whole; the others add to it
@@ -210,7 +229,8 @@ class _Linears(torch.autograd.Function):
                     add, g_res = (*add, _flat(g_res, runs)), None
             if act is None:
                 if want_dx:
-                    kernels.matmul(dy2, w, add=add, out=out)
+                    two = None if not pair or i != pair[0] else (dys[pair[1]], saved[2 * pair[1]])
+                    kernels.matmul(dy2, w, add=add, out=out, pair=two)
             else:  # the product's gradient, dy act'(pre), comes from the same launch
                 _, dy2 = kernels.matmul_act_grad(dy2, pre, w, act, add=add, out=out)
             ctx.pending.items.append((_flat(_rows(xc, pos), runs), dy2, ctx.params[2 * i], ctx.params[2 * i + 1]))
@@ -219,6 +239,23 @@ class _Linears(torch.autograd.Function):
                 dx = torch.zeros(xc.shape, dtype=ctx.x_dtype, device=xc.device)
             _rows(dx, ctx.residual).add_(g_res)
         return (dx, None, None, None, *([None] * len(ctx.params)))
+
+
+def _pair(candidates: list[int], fits) -> tuple[int, int] | None:
+    """The first two of ``candidates`` that ``fits(i, j)`` accepts, or None."""
+    for n, i in enumerate(candidates):
+        for j in candidates[n + 1:]:
+            if fits(i, j):
+                return i, j
+    return None
+
+
+def _operand(dy: torch.Tensor, runs: bool, dtype: torch.dtype) -> torch.Tensor:
+    """An output's gradient as a product's operand: flat rows, contiguous along them, in the weight's dtype."""
+    dy2 = _flat(dy, runs)
+    if dy2.stride(-1) != 1:
+        dy2 = dy2.contiguous()
+    return dy2.to(dtype)
 
 
 def linear_norm(x: torch.Tensor, linear: nn.Module, norm: nn.Module, residual: torch.Tensor) -> torch.Tensor:

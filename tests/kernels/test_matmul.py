@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.matmul import matmul, matmul_act_grad, matmul_layer_norm, matmul_reference
+from kernels.matmul import matmul, matmul_act_grad, matmul_fan, matmul_layer_norm, matmul_reference
 from tests.kernels.launch_spy import LaunchSpy
 
 mm_mod = importlib.import_module("kernels.matmul")
@@ -139,6 +139,65 @@ def test_gradients_that_meet_are_added_into_a_strided_out(dtype, out_dtype, runs
     fresh = matmul(mult, w, add=extra) if act is None else matmul_act_grad(mult, pre, w, act, add=extra)[0]
     assert fresh.dtype == out_dtype and fresh.is_contiguous()
     assert _err(fresh, extra.double() + want_dy @ w.double()) <= 2 * TOL[dtype]
+
+
+def _two_layers(g, runs, k, n, dtype, bias):
+    """Two layers' weights (and biases) of one shape, as the optimiser holds them: solo, two tensors; a pack,
+    views of one run-major buffer, so both have its run stride."""
+    if runs is None:
+        ws = [torch.randn(n, k, generator=g).to(dtype) for _ in range(2)]
+        bs = [None if bias is None else torch.randn(n, generator=g).to(torch.float32 if bias == "fp32" else dtype)
+              for _ in range(2)]
+        return ws, bs
+    size = n * k + (0 if bias is None else n)
+    flat = torch.randn(runs, 2 * size + 5, generator=g).to(dtype if bias != "fp32" else dtype)
+    ws = [flat[:, i * size:i * size + n * k].view(runs, n, k) for i in range(2)]
+    bs = [None if bias is None else flat[:, i * size + n * k:(i + 1) * size].to(torch.float32 if bias == "fp32"
+                                                                               else dtype) for i in range(2)]
+    return ws, bs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs,m,k,n", [(None, 70, 40, 37), (3, 19, 24, 65)])
+@pytest.mark.parametrize("bias", [None, "fp32", "same"])
+def test_two_layers_on_one_input_in_one_launch(dtype, runs, m, k, n, bias, monkeypatch):
+    """matmul_fan: the attention's k and v projections, (x Wkᵀ + bk, x Wvᵀ + bv), from one launch; and their
+    input gradients' sum, dk Wk + dv Wv (+ an addend, into a strided out), from one more. Outputs NaN-poisoned;
+    checked in float64."""
+    spy = LaunchSpy(mm_mod._matmul_kernel)
+    monkeypatch.setattr(mm_mod, "_matmul_kernel", spy)
+    real_empty = torch.empty
+    monkeypatch.setattr(mm_mod.torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    g = torch.Generator().manual_seed(m + n + (runs or 0))
+    x, _ = _linear_operands(g, runs, m, k, n, dtype)
+    (wk, wv), (bk, bv) = _two_layers(g, runs, k, n, dtype, bias)
+    k_out, v_out = matmul_fan(x, wk.transpose(-1, -2), bk, wv.transpose(-1, -2), bv)
+    assert _err(k_out, _want(x, wk.transpose(-1, -2), bk)) <= TOL[dtype]
+    assert _err(v_out, _want(x, wv.transpose(-1, -2), bv)) <= TOL[dtype]
+    assert len(spy.calls) == 1
+
+    lead = () if runs is None else (runs,)
+    dk, dv = (torch.randn(*lead, m, n + 2, generator=g).to(dtype)[..., :n] for _ in range(2))  # strided rows
+    dx = torch.randn(*lead, m, 3, k, generator=g).to(dtype)
+    before, extra = dx.clone(), torch.randn(*lead, m, k, generator=g).to(dtype)
+    row = dx[..., 1, :]
+    matmul(dk, wk, add=(row, extra), out=row, pair=(dv, wv))
+    want = before[..., 1, :].double() + extra.double() + dk.double() @ wk.double() + dv.double() @ wv.double()
+    assert _err(dx[..., 1, :], want) <= 2 * TOL[dtype]
+    assert torch.equal(dx[..., [0, 2], :], before[..., [0, 2], :])
+    assert len(spy.calls) == 2
+
+
+def test_two_layers_need_one_layout():
+    a, w, w2 = torch.randn(5, 4), torch.randn(3, 4), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="b2 and bias2 must have b's and bias's"):
+        matmul_fan(a, w.t(), None, w2, None)  # contiguous where b is transposed
+    with pytest.raises(ValueError, match="b2 and bias2 must have b's and bias's"):
+        matmul_fan(a, w.t(), torch.zeros(3), w.t(), None)
+    with pytest.raises(ValueError, match="pair=\\(a2, b2\\) must have"):
+        matmul(torch.randn(5, 3), w, pair=(torch.randn(3, 5).t(), w))
+    with pytest.raises(ValueError, match="add, out and pair are for products without act"):
+        matmul(a, w.t(), act="tanh", pair=(a, w.t()))
 
 
 def test_addends_and_out_are_checked():

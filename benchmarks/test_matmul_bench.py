@@ -5,7 +5,9 @@ every position and the FFN's first layer at the readout rows, for the modular ta
 tokens, hidden 128, FFN 512) solo and as a pack of 64 runs, and the IMDB key/value projection
 (128 × 256 tokens). Competitors: ``kernels.matmul``; PyTorch fp32 with TF32 off (its default, the paper's
 setting: CUDA cores); PyTorch with TF32 on (tensor cores, 10-bit mantissas: not the same numbers).
-Each timed call ends with ``torch.cuda.synchronize()``.
+Then the k and v projections and their input gradients: one launch for both (``matmul_fan``, ``matmul``'s
+``pair``) against two launches and PyTorch's two products. Each timed call ends with
+``torch.cuda.synchronize()``.
 
 Run: ``pytest benchmarks/test_matmul_bench.py``. Skipped without a CUDA device.
 """
@@ -62,6 +64,56 @@ def test_linear_forward_product(benchmark, shape, impl):
 
     def step():
         fn(x, w.transpose(-1, -2), b)
+        torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    benchmark(step)
+
+
+# the k and v projections (and their input gradients): one launch for both against two, and PyTorch's two
+KV_SHAPES = {k: SHAPES[k] for k in ("modular-kv", "modular-pack64-kv")}
+
+
+def _kv_impls(direction: str):
+    from kernels.matmul import matmul_fan
+
+    if direction == "forward":
+        return {"triton-one-launch": lambda x, ws, bs: matmul_fan(x, ws[0].transpose(-1, -2), bs[0],
+                                                                   ws[1].transpose(-1, -2), bs[1]),
+                "triton-two-launches": lambda x, ws, bs: [matmul(x, w.transpose(-1, -2), b) for w, b in zip(ws, bs)],
+                "torch-fp32": lambda x, ws, bs: [_torch(False)(x, w.transpose(-1, -2), b) for w, b in zip(ws, bs)]}
+    return {"triton-one-launch": lambda dys, ws: matmul(dys[0], ws[0], pair=(dys[1], ws[1])),
+            "triton-two-launches": lambda dys, ws: matmul(dys[1], ws[1], add=matmul(dys[0], ws[0])),
+            "torch-fp32": lambda dys, ws: torch.matmul(dys[0], ws[0]).add_(torch.matmul(dys[1], ws[1]))}
+
+
+@pytest.mark.parametrize("impl", ["triton-one-launch", "triton-two-launches", "torch-fp32"])
+@pytest.mark.parametrize("direction", ["forward", "input-gradient"])
+@pytest.mark.parametrize("shape", list(KV_SHAPES))
+def test_k_and_v_projections(benchmark, shape, direction, impl):
+    import triton
+
+    runs, m, k, n = KV_SHAPES[shape]
+    lead = () if runs is None else (runs,)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    size = n * k + n  # a pack's weights: views of one buffer, one run stride (PackedAdamW's layout)
+    flat = torch.randn(*lead, 2 * size, device="cuda", generator=g)
+    ws = [flat[..., i * size:i * size + n * k].view(*lead, n, k) for i in range(2)]
+    bs = [flat[..., i * size + n * k:(i + 1) * size] for i in range(2)]
+    fn = _kv_impls(direction)[impl]
+    if direction == "forward":
+        x = torch.randn(*lead, m, k, device="cuda", generator=g)
+        args = (x, ws, bs)
+    else:
+        args = ([torch.randn(*lead, m, n, device="cuda", generator=g) for _ in range(2)], ws)
+    benchmark.group = f"k and v {direction} {shape} ({'' if runs is None else f'{runs} x '}{m} x {k} -> 2 x {n}) fp32"
+    benchmark.extra_info.update(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                                triton=triton.__version__, impl=impl, shape=shape,
+                                gflop=2 * 2 * (runs or 1) * m * k * n / 1e9)
+
+    def step():
+        fn(*args)
         torch.cuda.synchronize()
 
     for _ in range(3):

@@ -333,19 +333,21 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, a
     all in a's dtype or all float32 (then c is float32, as autocast's gradients of an fp32 stream are).
     Gradients that meet at one tensor, summed in the product's launch; not with ``act``.
 
-    ``pair=(a2, b2)``: ``c = a @ b + a2 @ b2 (+ bias) (+ Σ add)`` in the same launch, a2 of a's shape, dtype and
-    strides, b2 of b's -- the input gradient of two layers that read one input (``matmul_fan``'s)."""
+    ``pair=(a2, b2)``: ``c = a @ b + a2 @ b2 (+ Σ add)`` in the same launch, a2 of a's shape, dtype and strides,
+    b2 of b's, no bias -- the input gradient of two layers that read one input (``matmul_fan``'s)."""
     _check(a, b, bias)
     _check_act(act)
     add, dtype = _check_out(a, b, add, out)
     if act is not None and (add or out is not None or pair is not None):
         raise ValueError("matmul: add, out and pair are for products without act")
+    if pair is not None and bias is not None:
+        raise ValueError("matmul: pair is for input gradients, without bias")
     if pair is not None and not (_same_layout(a, pair[0]) and _same_layout(b, pair[1])):
         raise ValueError("matmul: pair=(a2, b2) must have a's and b's shapes, dtypes and strides")
     if not use_triton(a, b, bias, *add, out, *(pair or ())) or a.numel() == 0 or b.numel() == 0:
         if pair is None:  # (nothing to multiply, or the CPU)
             return matmul_reference(a, b, bias, act, add=add, out=out)
-        return _finish(matmul_reference(a, b, bias) + torch.matmul(*pair), add, out, dtype)
+        return _finish(matmul_reference(a, b).to(dtype) + torch.matmul(*pair).to(dtype), add, out, dtype)
     shape = (*a.shape[:-1], b.shape[-1])
     c = torch.empty(shape, dtype=dtype, device=a.device) if out is None else out
     pre = None if act is None else torch.empty(shape, dtype=a.dtype, device=a.device)
@@ -354,8 +356,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, a
 
 
 def matmul_fits_fan(w: torch.Tensor, bias: torch.Tensor | None, w2: torch.Tensor, bias2: torch.Tensor | None) -> bool:
-    """Whether two layers' weights (N, K) / (R, N, K) and biases can share a ``matmul_fan`` launch."""
-    return _same_layout(w, w2) and _same_layout(bias, bias2)
+    """Whether two layers' weights (N, K) / (R, N, K) and biases can share a ``matmul_fan`` launch (whose grid
+    holds two programs' rows per run: up to half of ``_MAX_GRID_Y`` runs)."""
+    runs = 1 if w.dim() == 2 else w.shape[0]
+    return _same_layout(w, w2) and _same_layout(bias, bias2) and 2 * runs <= _MAX_GRID_Y
 
 
 def matmul_fan(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, b2: torch.Tensor,

@@ -27,9 +27,10 @@ type and LayerNorm sums to the weight-gradient launch as well, with zeros past t
 
 The products themselves are ``kernels.matmul`` (fp32 on the tensor cores in tf32x3, a pack's runs in one
 launch). Layers that read one input (q, k, v; the FFN's first layer) go through ``fan_out``, whose backward
-sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step); two of
-them reading every position with one weight layout (k and v) share a launch each way, ``kernels.matmul_fan``
-forward and ``matmul``'s ``pair`` for ``dk Wk + dv Wv`` (modular 25 -> 23, IMDB 28 -> 26); and
+sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step); the
+first two of them reading every position with one weight layout share a launch each way, ``kernels.matmul_fan``
+forward and ``matmul``'s ``pair`` for ``dk Wk + dv Wv`` -- k and v in the readout layer, q and k in a layer
+that computes every row (modular 25 -> 23, IMDB 28 -> 26); and
 a projection followed by post-LN's add and normalise goes through ``linear_norm``: the LayerNorm's forward in
 the product's epilogue (32 -> 30), and the sums of its backward's partials for its weight and bias in the
 weight-gradient launch (29 -> 27).
@@ -166,7 +167,8 @@ class _Linears(torch.autograd.Function):
         runs = params[0].dim() == 3
         ws = [w.to(dtype) for w in params[0::2]]
         bs = [None if b is None else b.to(dtype) for b in params[1::2]]
-        # two layers reading every position with one weight layout (k and v): one launch for both
+        # the first two layers reading every position with one weight layout (k and v; q and k where q reads every
+        # row): one launch for both
         fan = _pair([i for i, (pos, act) in enumerate(plan) if pos is None and act is None],
                     lambda i, j: kernels.matmul_fits_fan(ws[i], bs[i], ws[j], bs[j]))
         outs, saved = [None] * len(plan), [xc] + [None] * (2 * len(plan))
@@ -208,7 +210,8 @@ class _Linears(torch.autograd.Function):
         # output the loss does not read has no gradient, and its layer no weight gradient
         order = [i for i in sorted(range(len(plan)), key=lambda i: plan[i][0] is not None) if grads[i] is not None]
         dys = {i: _operand(grads[i], runs, saved[2 * i].dtype) for i in order}
-        # two every-position layers without activation (k and v): dx = dk Wk + dv Wv in one launch
+        # the first two every-position layers without activation (k and v, as forward): dx = dk Wk + dv Wv in one
+        # launch
         pair = _pair([i for i in order if plan[i] == (None, None)],
                      lambda i, j: dys[i].shape == dys[j].shape and dys[i].stride() == dys[j].stride()
                      and saved[2 * i].shape == saved[2 * j].shape and saved[2 * i].stride() == saved[2 * j].stride())

@@ -150,7 +150,7 @@ def _two_layers(g, runs, k, n, dtype, bias):
               for _ in range(2)]
         return ws, bs
     size = n * k + (0 if bias is None else n)
-    flat = torch.randn(runs, 2 * size + 5, generator=g).to(dtype if bias != "fp32" else dtype)
+    flat = torch.randn(runs, 2 * size + 5, generator=g).to(dtype)
     ws = [flat[:, i * size:i * size + n * k].view(runs, n, k) for i in range(2)]
     bs = [None if bias is None else flat[:, i * size + n * k:(i + 1) * size].to(torch.float32 if bias == "fp32"
                                                                                else dtype) for i in range(2)]
@@ -198,6 +198,24 @@ def test_two_layers_need_one_layout():
         matmul(torch.randn(5, 3), w, pair=(torch.randn(3, 5).t(), w))
     with pytest.raises(ValueError, match="add, out and pair are for products without act"):
         matmul(a, w.t(), act="tanh", pair=(a, w.t()))
+    with pytest.raises(ValueError, match="pair is for input gradients, without bias"):
+        matmul(a, w.t(), torch.zeros(3), pair=(a, w.t()))
+    # two programs' rows a run on grid axis 1: a pack past half its limit takes two launches instead
+    big = torch.zeros(40000, 1, 1)
+    assert mm_mod.matmul_fits_fan(big[:2], None, big[:2], None) and not mm_mod.matmul_fits_fan(big, None, big, None)
+
+
+def test_a_pair_on_the_cpu_sums_in_the_float32_out(monkeypatch):
+    # bf16 operands into autocast's fp32 gradient on the CPU: each product is PyTorch's bf16 one (as a lone
+    # product's reference is), and they are summed in float32 -- not rounded to bf16 again as a sum
+    monkeypatch.setattr(mm_mod, "use_triton", lambda *t: False)
+    g = torch.Generator().manual_seed(3)
+    a, a2 = (torch.randn(64, 32, generator=g).bfloat16() for _ in range(2))
+    b, b2 = (torch.randn(32, 48, generator=g).bfloat16() for _ in range(2))
+    out = torch.empty(64, 48)
+    matmul(a, b, out=out, pair=(a2, b2))
+    want = (a @ b).double() + (a2 @ b2).double()
+    assert _err(out, want) <= 1e-6
 
 
 def test_addends_and_out_are_checked():

@@ -152,6 +152,7 @@ def _linear64(x, w, b, act):
     ([(None, "gelu_tanh"), (1, None)], 3),  # a residual at a row no product reads alone
     ([(2, None), (None, None)], None),  # a whole residual with a row layer
     ([(None, None), (0, None)], 0),  # the second output unread: no gradient for it, none for its weights
+    ([(None, None), (None, None)], 2),  # k and v in one launch forward, v's output unread: k's product alone back
 ])
 def test_fan_out_sums_the_gradients_that_meet_at_its_input(arrangement, runs):
     from grokfast_train.models.deferred import fan_out
@@ -165,7 +166,7 @@ def test_fan_out_sums_the_gradients_that_meet_at_its_input(arrangement, runs):
     for m in modules:
         for p in m.parameters():
             p.data.normal_(generator=g)
-    unread = arrangement == ([(None, None), (0, None)], 0)
+    unread = arrangement in (([(None, None), (0, None)], 0), ([(None, None), (None, None)], 2))
     seeds = [torch.randn(*lead, 5, 1 if pos is not None else 6, 24, generator=g) for pos, _ in layers]
     seed_res = torch.randn(*lead, 5, 1 if residual is not None else 6, 16, generator=g)
 

@@ -348,8 +348,12 @@ MUTANTS: list[Mutant] = [
        "            wave = waves[0] if waves else None"),
       "deferred linear: a weight used twice written by two programs of one launch", [T_DEF]),
     M("DW3", "models", "grokfast_train/models/deferred.py",
-      ("ctx.params[2 * i], ctx.params[2 * i + 1]))", "ctx.params[2 * i], None))"),
+      ("(_flat(_rows(xc, pos), runs), dy2, ctx.params[2 * i], ctx.params[2 * i + 1]))",
+       "(_flat(_rows(xc, pos), runs), dy2, ctx.params[2 * i], None))"),
       "deferred linear: the bias gradient is dropped", [T_DEF]),
+    M("DW18", "models", "grokfast_train/models/deferred.py",
+      ("(_flat(xc, runs), dy2, ctx.params[2 * i], ctx.params[2 * i + 1]))", "(_flat(xc, runs), dy2, ctx.params[2 * i], None))"),
+      "fan-out: the paired layer's (v's) bias gradient dropped", [T_DEF]),
     # -- models ----------------------------------------------------------------------------------
     M("MO1", "models", "grokfast_train/models/encoder.py",
       ("return self.head(torch.tanh(self.pooler(first)))", "return self.head(self.pooler(first))"),

@@ -118,7 +118,7 @@ def test_an_encoder_step_keeps_its_embedding_gradients_in_place_and_its_tanh_in_
     # (zeroed there: the one fill) and its position, type and LayerNorm sums -- with zeros past the rows it
     # uses -- join the weight-gradient launch: no sums, pads or copies of its own, solo or packed
     small = dict(hidden=64, heads=4, ffn=64)
-    for runs in (1, 3):
+    for runs in (1, 2):
         counts = census.step_census("imdb", "triton", runs, str(tmp_path / f"r{runs}"), vocab=300, **small)
         assert not [name for name in counts if name.startswith("sync.")]
         assert counts["triton._emb_ln_fwd_kernel"] == counts["triton._emb_ln_bwd_kernel"] == 1

@@ -342,7 +342,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, a
         raise ValueError("matmul: add, out and pair are for products without act")
     if pair is not None and bias is not None:
         raise ValueError("matmul: pair is for input gradients, without bias")
-    if pair is not None and not (_same_layout(a, pair[0]) and _same_layout(b, pair[1])):
+    if pair is not None and not matmul_fits_pair(a, b, *pair):
         raise ValueError("matmul: pair=(a2, b2) must have a's and b's shapes, dtypes and strides")
     if not use_triton(a, b, bias, *add, out, *(pair or ())) or a.numel() == 0 or b.numel() == 0:
         if pair is None:  # (nothing to multiply, or the CPU)
@@ -353,6 +353,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, a
     pre = None if act is None else torch.empty(shape, dtype=a.dtype, device=a.device)
     _launch(a, b, bias, c, pre, None, _ACT[act], 0, add, two=None if pair is None else ("pair", *pair))
     return c if act is None else (c, pre)
+
+
+def matmul_fits_pair(a: torch.Tensor, b: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> bool:
+    """Whether ``a @ b + a2 @ b2`` can be one launch (``matmul``'s ``pair``): a2 read with a's strides, b2
+    with b's."""
+    return _same_layout(a, a2) and _same_layout(b, b2)
 
 
 def matmul_fits_fan(w: torch.Tensor, bias: torch.Tensor | None, w2: torch.Tensor, bias2: torch.Tensor | None) -> bool:

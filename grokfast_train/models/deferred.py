@@ -213,8 +213,7 @@ class _Linears(torch.autograd.Function):
         # the first two every-position layers without activation (k and v, as forward): dx = dk Wk + dv Wv in one
         # launch
         pair = _pair([i for i in order if plan[i] == (None, None)],
-                     lambda i, j: dys[i].shape == dys[j].shape and dys[i].stride() == dys[j].stride()
-                     and saved[2 * i].shape == saved[2 * j].shape and saved[2 * i].stride() == saved[2 * j].stride())
+                     lambda i, j: kernels.matmul_fits_pair(dys[i], saved[2 * i], dys[j], saved[2 * j]))
         for i in order:
             (pos, act), dy2 = plan[i], dys[i]
             w, pre = saved[2 * i], saved[2 * i + 1]

@@ -233,7 +233,7 @@ def test_matmul_matches_reference_at_the_step_shapes(dtype):
         b = torch.randn(*lead, n, device="cuda", generator=g)
         want = x.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2)
         got = kernels.matmul(x, w.transpose(-1, -2), b)
-        assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, m, k, n)
+        assert _rel_err(got, want) <= tol, (runs, m, k, n)
     # the FFN's first layer with its GELU, solo and as a 64-run pack (the modular readout rows), both forms;
     # the encoder's pooler (tanh) at IMDB's readout rows
     for runs, form, rows in ((None, "gelu_tanh", 512), (64, "gelu", 512), (8, "tanh", 128)):
@@ -245,7 +245,7 @@ def test_matmul_matches_reference_at_the_step_shapes(dtype):
         dx, dpre = kernels.matmul_act_grad(dh, pre, w1, form)
         want_h, want_dpre = _act_reference(pre, dh, form)
         for got, want in ((h, want_h), (dpre, want_dpre), (dx, dpre.double() @ w1.double())):
-            assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), (runs, form)
+            assert _rel_err(got, want) <= tol, (runs, form)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -264,11 +264,16 @@ def test_k_and_v_in_one_launch_each_way(dtype, runs):
     k, v = kernels.matmul_fan(x, ws[0].transpose(-1, -2), bs[0], ws[1].transpose(-1, -2), bs[1])
     for got, w, b in ((k, ws[0], bs[0]), (v, ws[1], bs[1])):
         want = x.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2)
-        assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+        assert _rel_err(got, want) <= tol
     dk, dv = (torch.randn(*lead, 3072, 128, device="cuda", generator=g).to(dtype) for _ in range(2))
     dx = kernels.matmul(dk, ws[0], pair=(dv, ws[1]))
     want = dk.double() @ ws[0].double() + dv.double() @ ws[1].double()
-    assert (dx.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+    assert _rel_err(dx, want) <= tol
+
+
+def _rel_err(got, want):
+    """max |got - want| over max(1, max |want|), in float64."""
+    return (got.double() - want).abs().max().item() / max(1.0, want.abs().max().item())
 
 
 def _act_reference(pre, dy, form):
@@ -324,7 +329,7 @@ def test_matmul_layer_norm_at_the_step_shapes(dtype, runs, m, k):
     tol = 5e-5 if dtype == torch.float32 else 1e-2
     for got, want in ((z, z64), (y, y64)):
         assert got.dtype == torch.float32
-        assert (got.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+        assert _rel_err(got, want) <= tol
 
 
 def test_matmul_with_tf32_allowed_runs_its_tf32_tiles():

@@ -17,7 +17,8 @@ from .weight_grads import WeightGrad, linear_weight_grads, linear_weight_grads_r
 from .token_embedding import (token_position_embedding, token_position_embedding_backward,
                               token_position_embedding_backward_reference, token_position_embedding_reference)
 from .matmul import (MAX_NORM_N, matmul, matmul_act_grad, matmul_act_grad_reference, matmul_fan, matmul_fits_fan,
-                     matmul_fits_pair, matmul_layer_norm, matmul_layer_norm_reference, matmul_reference)
+                     matmul_fits_pair, matmul_layer_norm, matmul_layer_norm_grad, matmul_layer_norm_grad_reference,
+                     matmul_layer_norm_reference, matmul_reference)
 
 __all__ = [
     "attention", "attention_reference",
@@ -33,5 +34,6 @@ __all__ = [
     "token_position_embedding_backward_reference",
     "matmul", "matmul_reference", "matmul_act_grad", "matmul_act_grad_reference", "matmul_fan", "matmul_fits_fan",
     "matmul_fits_pair",
-    "matmul_layer_norm", "matmul_layer_norm_reference", "MAX_NORM_N",
+    "matmul_layer_norm", "matmul_layer_norm_reference", "matmul_layer_norm_grad", "matmul_layer_norm_grad_reference",
+    "MAX_NORM_N",
 ]

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
-from .fused_layer_norm import _affine_fp32, _packed_affine_fp32
+from .fused_layer_norm import _affine_fp32, _packed_affine_fp32, layer_norm_backward_reference
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand mode: spill-free for sm_80 and sm_90 under
@@ -95,10 +95,19 @@ def _act_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, A2, B2, BIAS2, C2, M, N, K, a_rs, a_ms,
-                   a_ks, b_rs, b_ks, b_ns, bias_rs, c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms, ln_rs, eps,
+def _norm_in(dy, Z, W, mask, k_ok, mean, rstd):
+    """LayerNorm's backward at one (rows, K) chunk: x̂ of the stored z (0 outside the mask) and g = dy · w."""
+    z = tl.load(Z, mask=mask, other=0.0).to(tl.float32)
+    xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+    return xhat, dy * tl.load(W, mask=k_ok, other=0.0)[None, :]
+
+
+@triton.jit
+def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, PART, A2, B2, BIAS2, C2, M, N, K, a_rs,
+                   a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs, c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms, ln_rs, eps,
                    HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr, ADDS: tl.constexpr,
-                   NORM: tl.constexpr, TWO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   NORM: tl.constexpr, NORM_IN: tl.constexpr, TWO: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # ACT_OUT (a layer followed by an activation): C gets act(a @ b + bias) and PRE (M, N) the product itself.
     # ACT_IN (that layer's input gradient): PRE is the forward's (M, K) product, contiguous; A's tiles
@@ -109,6 +118,12 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, A2, B
     # NORM (post-LN's add and normalise; one column tile holds whole rows): z = a @ b + bias + D1 goes to PRE
     # (contiguous, C's shape), C gets LayerNorm(z) with run r's LNW and LNB rows, MEAN and RSTD (R, M) the
     # statistics -- the arithmetic of fused_layer_norm's forward kernel, which its backward then reads.
+    # NORM_IN (that LayerNorm's backward, then its projection's input gradient): A is dy, PRE the forward's z
+    # (contiguous, A's shape), MEAN and RSTD its rows' statistics, LNW the LayerNorm's weight rows. A first
+    # pass over each row gives the two means of the backward; the K loop then multiplies
+    # dz = rstd (g - mean(g) - x̂ mean(g x̂)), g = dy w, as it loads it. The first column of programs writes dz
+    # to DPRE and its rows' partial sums of dweight (Σ dy x̂) and dbias (Σ dy) to PART (2, R, row tiles, K),
+    # fused_layer_norm's backward arithmetic, for the weight-gradient launch to sum.
     # TWO 1 (two layers reading one input, e.g. k and v): grid axis 1 holds (run, layer); layer 1's programs
     # read B2 and BIAS2 and write C2, strided as B, BIAS and C. TWO 2 (the gradients of two such layers meeting
     # at their input): C = A @ B + A2 @ B2, A2 strided as A and B2 as B, one K loop after the other.
@@ -127,6 +142,24 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, A2, B
     A += run * a_rs + offs_m.to(tl.int64)[:, None] * a_ms
     B += run * b_rs + offs_n.to(tl.int64)[None, :] * b_ns
 
+    if NORM_IN:
+        LNW += run * ln_rs
+        mean = tl.load(MEAN + run * M + offs_m, mask=m_ok, other=0.0)
+        rstd = tl.load(RSTD + run * M + offs_m, mask=m_ok, other=0.0)
+        c1 = tl.zeros([BLOCK_M], dtype=tl.float32)  # Σ g x̂, then its mean
+        c2 = tl.zeros([BLOCK_M], dtype=tl.float32)  # Σ g
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + ks
+            a_mask = m_ok[:, None] & (k < K)[None, :]
+            rows = run * M * K + offs_m.to(tl.int64)[:, None] * K + k[None, :]
+            dy = tl.load(A + k[None, :] * a_ks, mask=a_mask, other=0.0).to(tl.float32)
+            xhat, g = _norm_in(dy, PRE + rows, LNW + k, a_mask, k < K, mean, rstd)
+            c1 += tl.sum(g * xhat, axis=1)
+            c2 += tl.sum(g, axis=1)
+        c1, c2 = c1 / K, c2 / K
+        PART += (run * tl.cdiv(M, BLOCK_M) + pid // tiles_n) * K
+        part_half = tl.num_programs(1) * tl.cdiv(M, BLOCK_M) * K  # dbias's partials after dweight's
+
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + ks
@@ -138,6 +171,15 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, A2, B
             a = da.to(A.dtype.element_ty)
             if tile_n == 0:  # the weight gradient's dy, written once
                 tl.store(DPRE + rows, a, mask=a_mask)
+        if NORM_IN:
+            rows = run * M * K + offs_m.to(tl.int64)[:, None] * K + k[None, :]
+            dy = a.to(tl.float32)
+            xhat, g = _norm_in(dy, PRE + rows, LNW + k, a_mask, k < K, mean, rstd)
+            a = ((g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]).to(A.dtype.element_ty)
+            if tile_n == 0:  # dz and the LayerNorm's partial sums, written once
+                tl.store(DPRE + rows, a, mask=a_mask)
+                tl.store(PART + k, tl.sum(dy * xhat, axis=0), mask=k < K)
+                tl.store(PART + part_half + k, tl.sum(dy, axis=0), mask=k < K)
         b = tl.load(B + k[:, None] * b_ks, mask=(k < K)[:, None] & n_ok[None, :], other=0.0)
         if UPCAST:  # the interpreter's bf16 dot multiplies bit patterns; bf16 products are exact in fp32
             a, b = a.to(tl.float32), b.to(tl.float32)
@@ -188,8 +230,9 @@ def _mode(dtype: torch.dtype) -> str:
 
 def _config(mode: str, act_in: int, norm_n: int = 0, pair: bool = False) -> tuple[tuple[int, int, int, int, int], str]:
     """The launch's tiles and tl.dot precision (the launcher and compile_specs share this one rule);
-    ``norm_n``: the row width of a ``matmul_layer_norm``, whose one column tile holds whole rows; ``pair``: a
-    product with ``matmul``'s pair."""
+    ``act_in``: a gradient transformed as it is loaded (an activation's derivative, or ``matmul_layer_norm_grad``'s
+    LayerNorm backward); ``norm_n``: the row width of a ``matmul_layer_norm``, whose one column tile holds whole
+    rows; ``pair``: a product with ``matmul``'s pair."""
     precision = "tf32" if mode == "16bit" else mode
     if pair:
         return _PAIR_TILES[mode], precision
@@ -283,16 +326,17 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, t.stride(0)) if t.dim() == 2 else (t.stride(0), t.stride(1))
 
 
-def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None, two=None) -> None:
-    """``norm``: (LN weight, LN bias, their run stride, mean, rstd, eps) for ``matmul_layer_norm``; ``two``:
-    ("fan", b2, bias2, c2) for ``matmul_fan``'s second layer, ("pair", a2, b2) for ``matmul``'s ``pair``."""
+def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None, norm_in=None, two=None) -> None:
+    """``norm``: (LN weight, LN bias, their run stride, mean, rstd, eps) for ``matmul_layer_norm``; ``norm_in``:
+    (LN weight, its run stride, mean, rstd, partials) for ``matmul_layer_norm_grad``; ``two``: ("fan", b2, bias2,
+    c2) for ``matmul_fan``'s second layer, ("pair", a2, b2) for ``matmul``'s ``pair``."""
     runs = 1 if a.dim() == 2 else a.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     mode = {None: 0, "fan": 1, "pair": 2}[None if two is None else two[0]]
     if runs * (2 if mode == 1 else 1) > _MAX_GRID_Y:
         raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y // (2 if mode == 1 else 1)}")
-    (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in, n if norm else 0,
-                                                                    mode == 2)
+    (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in or norm_in is not None,
+                                                                    n if norm else 0, mode == 2)
     a_rs, a_ms, a_ks = (0, *a.stride()) if a.dim() == 2 else a.stride()
     b_rs, b_ks, b_ns = (0, *b.stride()) if b.dim() == 2 else b.stride()
     if bias is not None and bias.stride(-1) != 1:
@@ -301,16 +345,20 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None, two=No
     d1, d2 = (*add, None, None)[:2]
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), runs * (2 if mode == 1 else 1))
     lnw, lnb, ln_rs, mean, rstd, eps = norm or (c, c, 0, c, c, 0.0)
+    part = c
+    if norm_in is not None:
+        lnw, ln_rs, mean, rstd, part = norm_in
     a2, b2, bias2, c2 = a, b, bias, c  # (unread unless TWO says so)
     if mode == 1:
         _, b2, bias2, c2 = two
     elif mode == 2:
         _, a2, b2 = two
     _matmul_kernel[grid](a, b, c if bias is None else bias, c, c if pre is None else pre, c if dpre is None else dpre,
-                         c if d1 is None else d1, c if d2 is None else d2, lnw, lnb, mean, rstd, a2, b2,
+                         c if d1 is None else d1, c if d2 is None else d2, lnw, lnb, mean, rstd, part, a2, b2,
                          c if bias2 is None else bias2, c2, m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
                          *_strides(c), *_strides(d1), *_strides(d2), ln_rs, eps, HAS_BIAS=bias is not None,
-                         ACT_OUT=act_out, ACT_IN=act_in, ADDS=len(add), NORM=norm is not None, TWO=mode,
+                         ACT_OUT=act_out, ACT_IN=act_in, ADDS=len(add), NORM=norm is not None,
+                         NORM_IN=norm_in is not None, TWO=mode,
                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
                          UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
 
@@ -460,11 +508,54 @@ def matmul_layer_norm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | Non
     return y, z, mean, rstd
 
 
+def matmul_layer_norm_grad_reference(dy, z, ln_weight, mean, rstd, b, *, out=None):
+    """The executable spec of ``matmul_layer_norm_grad``: ``layer_norm_backward_reference``, then ``dz @ b``;
+    its weight and bias gradients as one partial each, (1, K) or (R, 1, K)."""
+    dz, dw, db = layer_norm_backward_reference(z, ln_weight, mean, rstd, dy)
+    return matmul_reference(dz, b, out=out), dz, dw.unsqueeze(-2), db.unsqueeze(-2)
+
+
+def matmul_layer_norm_grad(dy: torch.Tensor, z: torch.Tensor, ln_weight: torch.Tensor, mean: torch.Tensor,
+                           rstd: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None):
+    """The backward of ``matmul_layer_norm`` in one launch: the LayerNorm's backward, dz, computed as the
+    projection's input gradient ``dz @ b`` loads it (``b`` the layer's weight (K, N) or a pack's (R, K, N) -- the
+    input gradient of x Wᵀ reads W as it is). ``dy`` is the gradient of the LayerNorm's output (rows of any
+    stride), ``z``, ``mean``, ``rstd`` what ``matmul_layer_norm`` returned, ``ln_weight`` (K,) or (R, K); dy, z
+    and b of one dtype. Returns ``(dx, dz, dweight, dbias)``: dz is the residual's gradient and the layer's
+    weight gradient's dy; the LayerNorm's weight and bias gradients come as fp32 partial sums, (P, K) or a pack's
+    (R, P, K), for the caller to sum over P (``layer_norm_backward(reduce=False)``'s contract). ``out`` as for
+    ``matmul`` (dx's place, rows of any stride)."""
+    _check(dy, b, None)
+    shape = tuple(dy.shape)
+    lead = shape[:-2]
+    if tuple(z.shape) != shape or z.dtype != dy.dtype or tuple(ln_weight.shape) != (*lead, shape[-1]) \
+            or tuple(mean.shape) != shape[:-1] or tuple(rstd.shape) != shape[:-1] \
+            or mean.dtype != torch.float32 or rstd.dtype != torch.float32:
+        raise ValueError(f"matmul_layer_norm_grad: z of dy's shape and dtype {shape} {dy.dtype}, LayerNorm weight "
+                         f"{(*lead, shape[-1])} and float32 mean and rstd {shape[:-1]}; got {tuple(z.shape)} {z.dtype}, "
+                         f"{tuple(ln_weight.shape)}, {tuple(mean.shape)} {mean.dtype}, {tuple(rstd.shape)} {rstd.dtype}")
+    _, dtype = _check_out(dy, b, (), out)
+    if dtype != dy.dtype:
+        raise ValueError(f"matmul_layer_norm_grad: out must be {dy.dtype}, as dy; got {dtype}")
+    if not use_triton(dy, z, ln_weight, mean, rstd, b, out) or dy.numel() == 0 or b.numel() == 0:
+        return matmul_layer_norm_grad_reference(dy, z, ln_weight, mean, rstd, b, out=out)
+    z, mean, rstd = z.contiguous(), mean.contiguous(), rstd.contiguous()
+    runs, m, k = (1, *shape) if dy.dim() == 2 else shape
+    lnw, _, ln_rs = _ln_rows(ln_weight, ln_weight)
+    c = torch.empty((*shape[:-1], b.shape[-1]), dtype=dtype, device=dy.device) if out is None else out
+    dz = torch.empty_like(z)
+    block_m = _config(_mode(dy.dtype), 1)[0][0]  # a program's rows: one partial sum each
+    part = torch.empty((2, runs, triton.cdiv(m, block_m), k), dtype=torch.float32, device=dy.device)
+    _launch(dy, b, None, c, z, dz, 0, 0, norm_in=(lnw, ln_rs, mean, rstd, part))
+    return (c, dz, *(part[i] if dy.dim() == 3 else part[i, 0] for i in (0, 1)))
+
+
 def compile_specs() -> list[CompileSpec]:
-    """Every configuration ``matmul``, ``matmul_act_grad`` and ``matmul_fan`` can launch: a forward (operand
-    dtype, fp32 in both precisions, x bias dtype x an activation after it or not; two layers at once), and an
-    input gradient (an activation's derivative before it or not x 0, 1 or 2 addends x c in the operands' dtype
-    or float32; two layers' summed)."""
+    """Every configuration ``matmul``, ``matmul_act_grad``, ``matmul_fan``, ``matmul_layer_norm`` and its ``_grad``
+    can launch: a forward (operand dtype, fp32 in both precisions, x bias dtype x an activation after it or not;
+    two layers at once; a LayerNorm after it), and an input gradient (an activation's derivative before it or
+    not x 0, 1 or 2 addends x c in the operands' dtype or float32; two layers' summed; a LayerNorm's backward
+    before it)."""
     specs = []
     for dtype in SUPPORTED_DTYPES:
         ty = SIGNATURE_DTYPES[dtype]
@@ -480,25 +571,27 @@ def compile_specs() -> list[CompileSpec]:
             variants += [(bias, 0, 0, 0, ty, 0, 1) for bias in biases]  # matmul_fan
             variants += [(None, 0, 0, adds, cty, 0, 2) for adds in (0, 1, 2)  # matmul's pair
                          for cty in dict.fromkeys((ty, "fp32"))]
-            for bias, act_out, act_in, adds, cty, norm_n, two in variants:
-                (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in, norm_n, two == 2)
+            variants = [(*v, False) for v in variants] + [(None, 0, 0, 0, ty, 0, 0, True)]  # matmul_layer_norm_grad
+            for bias, act_out, act_in, adds, cty, norm_n, two, norm_in in variants:
+                (block_m, block_n, block_k, warps, stages), precision = _config(mode, act_in or norm_in, norm_n,
+                                                                                two == 2)
                 sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or cty}", C=f"*{cty}",
                            PRE=f"*{cty if norm_n else ty}", DPRE=f"*{ty}", D1=f"*{cty}", D2=f"*{cty}", LNW="*fp32",
-                           LNB="*fp32", MEAN="*fp32", RSTD="*fp32", A2=f"*{ty}", B2=f"*{ty}",
+                           LNB="*fp32", MEAN="*fp32", RSTD="*fp32", PART="*fp32", A2=f"*{ty}", B2=f"*{ty}",
                            BIAS2=f"*{bias or cty}", C2=f"*{cty}", M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32",
                            a_ks="i32", b_rs="i32", b_ks="i32", b_ns="i32", bias_rs="i32", c_rs="i32", c_ms="i32",
                            d1_rs="i32", d1_ms="i32", d2_rs="i32", d2_ms="i32", ln_rs="i32", eps="fp32",
                            HAS_BIAS="constexpr", ACT_OUT="constexpr", ACT_IN="constexpr", ADDS="constexpr",
-                           NORM="constexpr", TWO="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
+                           NORM="constexpr", NORM_IN="constexpr", TWO="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
                            DOT_PRECISION="constexpr", UPCAST="constexpr")
-                norm = f",norm={block_n}" if norm_n else ""
+                norm = f",norm={block_n}" if norm_n else ",norm_in" if norm_in else ""
                 pair = {0: "", 1: ",fan", 2: ",pair"}[two]
                 specs.append(CompileSpec(
                     name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in},adds={adds},c={cty}"
                          f"{norm}{pair}]",
                     fn=_matmul_kernel, signature=sig,
                     constexprs=dict(HAS_BIAS=bias is not None, ACT_OUT=act_out, ACT_IN=act_in, ADDS=adds,
-                                    NORM=bool(norm_n), TWO=two, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                    NORM=bool(norm_n), NORM_IN=norm_in, TWO=two, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                                     DOT_PRECISION=precision, UPCAST=False),
                     num_warps=warps, num_stages=stages, tensor_cores=True))
     return specs

@@ -32,8 +32,9 @@ first two of them reading every position with one weight layout share a launch e
 forward and ``matmul``'s ``pair`` for ``dk Wk + dv Wv`` -- k and v in the readout layer, q and k in a layer
 that computes every row (modular 25 -> 23, IMDB 28 -> 26); and
 a projection followed by post-LN's add and normalise goes through ``linear_norm``: the LayerNorm's forward in
-the product's epilogue (32 -> 30), and the sums of its backward's partials for its weight and bias in the
-weight-gradient launch (29 -> 27).
+the product's epilogue (32 -> 30), the sums of its backward's partials for its weight and bias in the
+weight-gradient launch (29 -> 27), and the backward itself in the input gradient's prologue (23 -> 21, IMDB
+26 -> 24).
 Under bf16 autocast a layer computes in bf16, as ``F.linear`` does there; its weight gradient lands in fp32
 in the fp32 parameter's ``.grad``, and its input gradient in fp32 straight from the product's accumulator.
 """
@@ -262,9 +263,11 @@ def _operand(dy: torch.Tensor, runs: bool, dtype: torch.dtype) -> torch.Tensor:
 
 def linear_norm(x: torch.Tensor, linear: nn.Module, norm: nn.Module, residual: torch.Tensor) -> torch.Tensor:
     """``norm(linear(x) + residual)``: post-LN's projection, add and normalise, the forward in one launch
-    (``kernels.matmul_layer_norm``) where it took a product and a LayerNorm; the backward is LayerNorm's kernel
-    and the product's input gradient, the product's weight gradient and the sums of the LayerNorm's partials for
-    its weight and bias deferred to the weight-gradient launch. For rows of up to
+    (``kernels.matmul_layer_norm``) where it took a product and a LayerNorm; the backward likewise, the
+    LayerNorm's backward computed as the product's input gradient loads it (``kernels.matmul_layer_norm_grad``;
+    under autocast, where dy and W differ in dtype, LayerNorm's kernel and then the product), the product's
+    weight gradient and the sums of the LayerNorm's partials for its weight and bias deferred to the
+    weight-gradient launch. For rows of up to
     ``kernels.matmul.MAX_NORM_N``; ``fits_linear_norm`` says whether a layer qualifies."""
     return _LinearNorm.apply(x, residual, _active[-1], float(norm.eps), linear.weight, linear.bias, norm.weight,
                              norm.bias)
@@ -301,11 +304,17 @@ class _LinearNorm(torch.autograd.Function):
 
         x2, w, z, ln_w, mean, rstd = ctx.saved_tensors
         x_shape, x_dtype, r_shape, r_dtype = ctx.shapes
-        # the LayerNorm's weight and bias gradients are its programs' partial sums, summed with the deferred rest
-        dz, part_w, part_b = kernels.layer_norm_backward(z, ln_w, mean, rstd, dy, reduce=False)
-        dz2 = dz.to(w.dtype)
+        runs = w.dim() == 3
         dx = torch.empty(x_shape, dtype=x_dtype, device=z.device)
-        kernels.matmul(dz2, w, out=_flat(dx, w.dim() == 3))
+        # the LayerNorm's weight and bias gradients are its programs' partial sums, summed with the deferred rest
+        dy2 = _flat(dy, runs)
+        if dy2.dtype == z.dtype == w.dtype == x_dtype:  # (not under autocast) the LayerNorm's backward in the product
+            _, dz, part_w, part_b = kernels.matmul_layer_norm_grad(dy2, z, ln_w, mean, rstd, w, out=_flat(dx, runs))
+            dz2 = dz
+        else:
+            dz, part_w, part_b = kernels.layer_norm_backward(z, ln_w, mean, rstd, dy, reduce=False)
+            dz2 = dz.to(w.dtype)
+            kernels.matmul(dz2, w, out=_flat(dx, runs))
         ctx.pending.items.append((x2, dz2, *ctx.params))
         for part, p, need in zip((part_w, part_b), ctx.norm, ctx.needs_input_grad[6:]):
             if need:

@@ -332,6 +332,28 @@ def test_matmul_layer_norm_at_the_step_shapes(dtype, runs, m, k):
         assert _rel_err(got, want) <= tol
 
 
+@pytest.mark.parametrize("runs,m,n", [(None, 512, 128), (None, 512, 512), (64, 512, 512), (None, 128, 128)])
+def test_matmul_layer_norm_grad_at_the_step_shapes(runs, m, n):
+    # the backward of post-LN's LayerNorm and its projection's input gradient (o: n 128, fc2: n 512) at the readout
+    # rows, fp32 (the path the trainer takes outside autocast), against float64 autograd of LayerNorm(z)
+    g = torch.Generator(device="cuda").manual_seed(10)
+    lead = () if runs is None else (runs,)
+    x = torch.randn(*lead, m, n, device="cuda", generator=g)
+    w = torch.randn(*lead, 128, n, device="cuda", generator=g) / n ** 0.5
+    b, lw, lb = (torch.randn(*lead, 128, device="cuda", generator=g) for _ in range(3))
+    res = torch.randn(*lead, m, 128, device="cuda", generator=g)
+    _, z, mean, rstd = kernels.matmul_layer_norm(x, w.transpose(-1, -2), b, res, lw, lb, 1e-5)
+    dy = torch.randn(*lead, m, 128, device="cuda", generator=g)
+    dx, dz, part_w, part_b = kernels.matmul_layer_norm_grad(dy, z, lw, mean, rstd, w)
+    z64, lw64 = z.double().requires_grad_(), lw.double().requires_grad_()
+    lb64 = lb.double().requires_grad_()
+    xhat = (z64 - z64.mean(-1, keepdim=True)) / (z64.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    (xhat * lw64.unsqueeze(-2) + lb64.unsqueeze(-2)).backward(dy.double())
+    for got, want in ((dz, z64.grad), (dx, z64.grad @ w.double()), (part_w.sum(-2), lw64.grad),
+                      (part_b.sum(-2), lb64.grad)):
+        assert _rel_err(got, want) <= 5e-5
+
+
 def test_matmul_with_tf32_allowed_runs_its_tf32_tiles():
     # TF32 on (10-bit mantissas): its own tiles and the GELU' prologue in that mode, against float64
     g = torch.Generator(device="cuda").manual_seed(7)

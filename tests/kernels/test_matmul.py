@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.matmul import matmul, matmul_act_grad, matmul_fan, matmul_layer_norm, matmul_reference
+from kernels.matmul import (matmul, matmul_act_grad, matmul_fan, matmul_layer_norm, matmul_layer_norm_grad,
+                            matmul_reference)
 from tests.kernels.launch_spy import LaunchSpy
 
 mm_mod = importlib.import_module("kernels.matmul")
@@ -349,3 +350,59 @@ def test_matmul_layer_norm_refuses_what_it_does_not_fuse():
                     torch.randn(300), 1e-5)
     with pytest.raises(ValueError, match="a bias, a residual"):
         matmul_layer_norm(a, b, bias, res, torch.randn(2, 5), torch.randn(2, 5), 1e-5)
+
+
+def _layer_norm_grads64(dy, z, lw, eps):
+    """LayerNorm's backward in float64 autograd, of z as stored: dz, dweight, dbias."""
+    z64 = z.double().requires_grad_()
+    lw64 = lw.double().requires_grad_()
+    lb64 = torch.zeros_like(lw64, requires_grad=True)
+    xhat = (z64 - z64.mean(-1, keepdim=True)) / (z64.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+    per_run = (lambda t: t.unsqueeze(-2)) if lw.dim() == 2 else (lambda t: t)
+    (xhat * per_run(lw64) + per_run(lb64)).backward(dy.double())
+    return z64.grad, lw64.grad, lb64.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs,m,k,n", [(None, 37, 24, 20), (None, 130, 128, 70), (3, 9, 40, 100), (2, 67, 7, 1)])
+def test_a_layer_norms_backward_and_its_projections_input_gradient_in_one_launch(dtype, runs, m, k, n, monkeypatch):
+    """matmul_layer_norm_grad against float64 autograd: dz (LayerNorm's backward from the stored z, mean and
+    1/std), dx = dz W into the rows of a strided out, and the partials of the LayerNorm's weight and bias
+    gradients, which must sum to them. dy's rows are strided, a pack's LayerNorm weights rows of a flat buffer;
+    dz and the partials are NaN-poisoned (every element written once, by one column of programs: n spans up to
+    four column tiles, m three row tiles)."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(mm_mod.torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(mm_mod.torch, "empty_like", lambda *a, **kw: real_empty_like(*a, **kw).fill_(float("nan")))
+    g = torch.Generator().manual_seed(m * k + n)
+    x, w = _linear_operands(g, runs, m, n, k, dtype)  # the layer x Wᵀ: W (K, N), here read as the input gradient's b
+    lead = () if runs is None else (runs,)
+    if runs is None:
+        lw, lb = torch.randn(k, generator=g), torch.randn(k, generator=g)
+    else:
+        flat = torch.randn(runs, 2 * k + 5, generator=g)
+        lw, lb = flat[:, :k], flat[:, k + 3:2 * k + 3]
+    residual = torch.randn(*lead, m, k, generator=g).to(dtype)
+    _, z, mean, rstd = matmul_layer_norm(x, w.transpose(-1, -2), torch.randn(*lead, k, generator=g).to(dtype),
+                                         residual, lw, lb, 1e-5)
+    dy = torch.randn(*lead, m, 2, k, generator=g).to(dtype)[..., 0, :]  # rows 2·K apart
+    out = torch.zeros(*lead, m, 3, n, dtype=dtype)[..., 1, :]  # dx's place: rows 3·N apart
+    dx, dz, part_w, part_b = matmul_layer_norm_grad(dy, z, lw, mean, rstd, w, out=out)
+    dz64, dw64, db64 = _layer_norm_grads64(dy, z, lw, 1e-5)
+    assert dx.data_ptr() == out.data_ptr() and dz.dtype == dtype and part_w.dtype == torch.float32
+    assert part_w.shape == part_b.shape == (*lead, -(-m // 64 if dtype == torch.float32 else -m // 32), k)
+    assert _err(dz, dz64) <= TOL[dtype]
+    assert _err(dx, dz.double() @ w.double()) <= TOL[dtype]
+    assert _err(part_w.sum(-2), dw64) <= 1e-5 and _err(part_b.sum(-2), db64) <= 1e-5
+
+
+def test_matmul_layer_norm_grad_refuses_what_it_does_not_fuse():
+    dy, z, lw, stat, w = torch.randn(3, 5), torch.randn(3, 5), torch.randn(5), torch.randn(3), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="z of dy's shape"):
+        matmul_layer_norm_grad(dy, z.double(), lw, stat, stat, w)
+    with pytest.raises(ValueError, match="z of dy's shape"):
+        matmul_layer_norm_grad(dy, z, torch.randn(4), stat, stat, w)
+    with pytest.raises(ValueError, match="float32 mean"):
+        matmul_layer_norm_grad(dy, z, lw, stat.double(), stat, w)
+    with pytest.raises(ValueError, match="out must be"):
+        matmul_layer_norm_grad(dy.bfloat16(), z.bfloat16(), lw, stat, stat, w.bfloat16(), out=torch.empty(3, 4))

@@ -75,7 +75,7 @@ def build_parser(prog: str = PROG, conflict_handler: str = "error") -> argparse.
     r.add_argument("--seed", type=int, help="seed of the subset, init and batch order (default 0)")
     r.add_argument("--eval-every", type=int, help="steps between full test-set evaluations "
                                                   "(default 10 modular, 1000 text)")
-    r.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 1024)")
+    r.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 1024 for text, 4096 for modular)")
     r.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 1000 rounded up "
                                                         "to a multiple of --eval-every)")
     r.add_argument("--gen-threshold", type=float, help="test accuracy that counts as generalised "

@@ -20,7 +20,8 @@ the host) -- it asks for at most ``limit`` steps, and a replay of ``unroll`` ste
 
 ``GraphEval`` evaluates the test set by replaying one captured chunk of ``eval_batch_size`` examples
 at a device-side offset; the rows of the last chunk past the end of the set are masked out of the sums,
-which are read once per evaluation together with the weight norm. What a chunk computes is the run's
+which are read once per evaluation together with the weight norm. A test set that fits one chunk is
+evaluated whole, with nothing to gather, offset or mask (the modular preset's 3,193 pairs). What a chunk computes is the run's
 (``run.eval_chunk``, ``run.weight_norms``): one run's sums, or a pack's (R, ...) of them (``pack.py``).
 
 Memory: all graphs share one private pool. That is safe because no tensor allocated during a capture
@@ -39,7 +40,6 @@ import weakref
 import torch
 
 from .errors import UsageError
-from .metrics import weight_norm_tensor
 
 WARMUP = 3  # eager steps before capture (PyTorch's recipe; DDP-style lazy init needs up to 3)
 MAX_UNROLL = 8  # steps per replay at most: past ~8 the launch cost is amortised and captures get slow
@@ -122,16 +122,6 @@ class EagerSteps:
         return 1
 
 
-class EagerEval:
-    """``eager_test_sums(run)`` per call: the evaluation launched op by op."""
-
-    def __init__(self, run):
-        self.run = weakref.proxy(run)
-
-    def __call__(self) -> torch.Tensor:
-        return eager_test_sums(self.run)
-
-
 class GraphSteps:
     """``run.train_step`` captured (``unroll`` steps per graph, and a one-step graph) and replayed.
 
@@ -197,6 +187,7 @@ class GraphEval:
         dev = run.device
         self.start = torch.zeros((), dtype=torch.long, device=dev)  # first row of the next chunk
         self.lanes = torch.arange(self.chunk, device=dev)
+        self.ones = torch.ones(self.n, device=dev) if self.chunks == 1 else None
         # (..., 3): loss sum, correct, rows, added to by each chunk; (3,) for a run, (R, 3) for a pack
         self.sums = torch.zeros(*run.runs_shape, 3, dtype=torch.float64, device=dev)
         self.result = torch.zeros_like(self.sums)  # loss sum, correct, weight norm
@@ -204,17 +195,20 @@ class GraphEval:
         self.graphs: tuple | None = None
 
     def _chunk(self) -> None:
+        if self.chunks == 1:  # the whole test set, every row weighed 1 (made once)
+            self.run.eval_chunk(None, self.ones, self.sums)
+            return
         rows = self.start + self.lanes
-        valid = rows < self.n
-        rows = rows.clamp_max(self.n - 1)  # the ragged tail re-reads the last row; masked out by the run
-        self.run.eval_chunk(rows, valid, self.sums)
+        weight = (rows < self.n).float()  # the ragged tail re-reads the last row, weighed 0: out of the sums
+        self.run.eval_chunk(rows.clamp_max(self.n - 1), weight, self.sums)
         self.start += self.chunk
 
     def _finish(self) -> None:
         self.result[..., :2] = self.sums[..., :2]  # (the rows counted, sums[..., 2], are n by construction)
         self.result[..., 2] = self.run.weight_norms()
         self.sums.zero_()
-        self.start.zero_()
+        if self.chunks > 1:
+            self.start.zero_()
 
     def _eager(self) -> None:
         for _ in range(self.chunks):
@@ -253,6 +247,13 @@ class GraphEval:
         self.graphs = (_record(self._chunk, pool, side), _record(self._finish, pool, side))
 
 
+def test_rows(task, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The test set's (x, y, mask) at ``rows`` (a device tensor of indices), or all of it for None."""
+    if rows is None:
+        return task.test_x, task.test_y, task.test_mask
+    return task.test_x[rows], task.test_y[rows], None if task.test_mask is None else task.test_mask[rows]
+
+
 class _eval_mode:
     """model.eval() inside, the previous mode restored after (the models have no dropout; kept for parity)."""
 
@@ -268,9 +269,11 @@ class _eval_mode:
 
 
 def eager_test_sums(run) -> torch.Tensor:
-    """``GraphEval``'s result without graphs: [loss sum, correct, weight norm], float64, on the device."""
+    """The plain modules' evaluation (``metrics.evaluate_sums``, no fused products, no chunk offsets) and the
+    run's weight norm: [loss sum, correct, weight norm], float64, on the device -- what ``GraphEval`` is
+    checked against."""
     from .metrics import evaluate_sums
 
     task = run.task
     sums = evaluate_sums(run.model, task.test_x, task.test_y, task.test_mask, run.cfg.eval_batch_size, run.autocast)
-    return torch.cat([sums, weight_norm_tensor(run.model.parameters()).double().reshape(1)])
+    return torch.cat([sums, run.weight_norms().double().reshape(1)])

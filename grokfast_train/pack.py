@@ -223,18 +223,17 @@ class PackedRun:
         return n
 
     # -- evaluation ----------------------------------------------------------------------------
-    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor, sums: torch.Tensor) -> None:
-        """Adds each run's [loss sum, correct, rows] over the shared test rows ``rows`` where ``valid`` to its
-        row of ``sums`` (R, 3)."""
-        task, R = self.task, len(self.members)
-        x = task.test_x[rows]
-        mask = None if task.test_mask is None else task.test_mask[rows]
-        with self.autocast():
+    def eval_chunk(self, rows: torch.Tensor | None, weight: torch.Tensor, sums: torch.Tensor) -> None:
+        """Adds each run's [loss sum, correct, rows] over the shared test rows ``rows`` (None: all) of nonzero
+        ``weight`` to its row of ``sums`` (R, 3)."""
+        R = len(self.members)
+        x, y, mask = graph.test_rows(self.task, rows)
+        with deferred(on=self.cfg.backend == "triton"), self.autocast():
             if self.stacked:
                 logits = self.model(x.expand(R, -1, -1), None if mask is None else mask.expand(R, -1, -1))
             else:
                 logits = torch.stack([model(x, mask) for model in self.run_models])
-        ops.cross_entropy(logits, task.test_y[rows], valid.float(), sums, self.cfg.backend)
+        ops.cross_entropy(logits, y, weight, sums, self.cfg.backend)
 
     def weight_norms(self) -> torch.Tensor:
         return self.opt.weight_norms()

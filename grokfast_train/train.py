@@ -76,6 +76,7 @@ class Run:
         self.model = model.to(self.device).train()
         self.opt, self.grad_filter = build_optimizer(cfg, self.model, cfg.backend)
         self.grad_views = self.opt.grad_views() if cfg.backend == "triton" else {}  # FusedAdamW's
+        self._norm_from_optimizer = cfg.backend == "triton" and self.opt.holds(self.model.parameters())
         n_train = self.task.train_x.shape[0]
         batch = n_train if cfg.batch_size == FULL_BATCH else cfg.batch_size
         self.sampler = EpochSampler(n_train, batch, cfg.seed, self.device, cfg.order)
@@ -88,7 +89,7 @@ class Run:
             self.test_sums = graph.GraphEval(self, pool=self.stepper.pool)
         else:
             self.stepper = graph.EagerSteps(self)
-            self.test_sums = graph.EagerEval(self)
+            self.test_sums = graph.GraphEval(self).eager  # the same evaluation, op by op
         self.step = 0
         self.history: list[dict] = []
         self.elapsed_s = 0.0  # training wall time over all sessions of this run
@@ -116,15 +117,20 @@ class Run:
             self.grad_filter.apply_()
         self.opt.step()
 
-    def eval_chunk(self, rows: torch.Tensor, valid: torch.Tensor, sums: torch.Tensor) -> None:
-        """Adds [loss sum, correct, rows] over the test rows ``rows`` where ``valid`` to ``sums`` (GraphEval's chunk)."""
-        task = self.task
-        mask = None if task.test_mask is None else task.test_mask[rows]
-        with self.autocast():
-            logits = self.model(task.test_x[rows], mask)
-        ops.cross_entropy(logits, task.test_y[rows], valid.float(), sums, self.cfg.backend)
+    def eval_chunk(self, rows: torch.Tensor | None, weight: torch.Tensor, sums: torch.Tensor) -> None:
+        """Adds [loss sum, correct, rows] over the test rows ``rows`` (None: all) of nonzero ``weight`` to ``sums``
+        (GraphEval's chunk). On triton the forward takes the step's fused products (``deferred``, with no gradient
+        to defer)."""
+        x, y, mask = graph.test_rows(self.task, rows)
+        with deferred(on=self.cfg.backend == "triton"), self.autocast():
+            logits = self.model(x, mask)
+        ops.cross_entropy(logits, y, weight, sums, self.cfg.backend)
 
     def weight_norms(self) -> torch.Tensor:
+        """The L2 norm of every weight: one reduction over FusedAdamW's flat buffer, which holds each parameter
+        (a tied one once) and zeros between groups."""
+        if self._norm_from_optimizer:
+            return self.opt.weight_norm()
         return weight_norm_tensor(self.model.parameters())
 
     # -- state ------------------------------------------------------------------------------

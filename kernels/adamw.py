@@ -357,6 +357,15 @@ class FusedAdamW(Optimizer):
         if absent:
             torch._foreach_zero_(absent)
 
+    def holds(self, params) -> bool:
+        """Whether the flat buffer holds exactly these parameters (each once)."""
+        return {id(p) for p, _, _, _ in self._bindings} == {id(p) for p in params}
+
+    def weight_norm(self) -> torch.Tensor:
+        """The L2 norm of every parameter together, 0-dim fp32 on the device: one reduction over the flat buffer
+        (the zeros between groups stay zero -- no gradient reaches them -- and add nothing)."""
+        return torch.linalg.vector_norm(self._flat_param)
+
     def grad_views(self) -> dict[torch.Tensor, torch.Tensor]:
         """Each parameter's view of the flat gradient buffer. A gradient written into its view, with ``.grad``
         set to that very view, is where ``step()`` reads it: nothing to gather (``deferred(into=...)``)."""

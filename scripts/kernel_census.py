@@ -133,6 +133,16 @@ def step_census(dataset: str, backend: str, runs: int, out: str, vocab: int = 30
                 **overrides) -> collections.Counter:
     """The ops of one training step (after one warm-up step) of the benchmark's shape; ``overrides``:
     Config fields to change and ``vocab`` IMDB's table size (a test's smaller model)."""
+    run = _build(dataset, backend, runs, out, vocab, **overrides)
+    with cuda_path():
+        run.train_step()
+        with counting() as counts:
+            run.train_step()
+    return counts
+
+
+def _build(dataset: str, backend: str, runs: int, out: str, vocab: int, **overrides):
+    """A run (or a stacked pack of ``runs``) of the benchmark's shape on the CPU."""
     from grokfast_train.config import Config, resolve
     from grokfast_train.pack import PackedRun
     from grokfast_train.train import Run
@@ -144,14 +154,24 @@ def step_census(dataset: str, backend: str, runs: int, out: str, vocab: int = 30
                            seed=i, out=f"{out}/run{i}", **kw)) for i in range(runs)]
     with cuda_path():
         if runs == 1:
-            run = Run(cfgs[0], log=lambda _: None, task=task)
-        else:
-            run = PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, stacked=True,
-                            tasks=None if task is None else [task] * runs)
-        run.train_step()
+            return Run(cfgs[0], log=lambda _: None, task=task)
+        return PackedRun(cfgs, log=lambda _: None, run_logs=[lambda _: None] * runs, stacked=True,
+                         tasks=None if task is None else [task] * runs)
+
+
+def eval_census(dataset: str, backend: str, runs: int, out: str, vocab: int = 30522,
+                **overrides) -> tuple[collections.Counter, int]:
+    """The ops of one evaluation of the test set as ``graph.GraphEval`` captures it (its chunks and its
+    finish, after one warm-up), and the number of chunks; arguments as ``step_census``."""
+    from grokfast_train import graph
+
+    run = _build(dataset, backend, runs, out, vocab, **overrides)
+    with cuda_path():
+        evaluation = graph.GraphEval(run)
+        evaluation.eager()
         with counting() as counts:
-            run.train_step()
-    return counts
+            evaluation.eager()
+    return counts, evaluation.chunks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,11 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=["modular", "imdb"], default="modular")
     parser.add_argument("--backend", choices=["triton", "torch"], default="triton")
     parser.add_argument("--runs", type=int, default=1, help="R > 1: a stacked pack of R runs")
+    parser.add_argument("--eval", action="store_true", help="count one evaluation of the test set, not a step")
     parser.add_argument("--out", default="/tmp/kernel-census", help="scratch run directories")
     args = parser.parse_args(argv)
-    counts = step_census(args.dataset, args.backend, args.runs, args.out)
+    if args.eval:
+        counts, chunks = eval_census(args.dataset, args.backend, args.runs, args.out)
+        what = f"per evaluation ({chunks} chunk{'s' if chunks > 1 else ''})"
+    else:
+        counts, what = step_census(args.dataset, args.backend, args.runs, args.out), "per step"
     syncs = {name: n for name, n in counts.items() if name.startswith("sync.")}
-    print(f"{args.dataset}, backend {args.backend}, R = {args.runs}: {kernels(counts)} kernels per step"
+    print(f"{args.dataset}, backend {args.backend}, R = {args.runs}: {kernels(counts)} kernels {what}"
           + (f", and {sum(syncs.values())} host synchronisations (a CUDA graph cannot capture them)" if syncs else ""))
     for name, n in counts.most_common():
         print(f"{n:5d}  {name}")

@@ -114,6 +114,21 @@ def test_a_step_is_counted_along_the_cuda_path(tmp_path):
     assert EmbeddingSum.worth_it(torch.zeros(4, 3, dtype=torch.long), torch.zeros(2, 8))
 
 
+def test_an_evaluation_is_the_steps_fused_forward_over_the_whole_test_set(tmp_path):
+    # the modular preset's test set fits one chunk: no gathers, offsets or masks; the forward is the training
+    # step's (6 products, the LayerNorms in two of them, the attention's one kernel), the loss pair, and the
+    # weight norm one reduction over the optimiser's flat buffer -- solo and packed
+    for runs in (1, 2):
+        counts, chunks = census.eval_census("modular", "triton", runs, str(tmp_path / f"r{runs}"), **SMALL)
+        assert chunks == 1 and not [name for name in counts if name.startswith("sync.")]
+        assert counts["triton._matmul_kernel"] == 6 and counts["triton._attn_fwd"] == 1
+        assert counts["triton._ce_fwd_kernel"] == counts["triton._ce_reduce_kernel"] == 1
+        assert counts["aten.linalg_vector_norm"] == 1
+        assert not {"aten.addmm", "aten.mm", "aten.bmm", "aten.gelu", "aten.index", "aten.lt", "aten.add_",
+                    "triton._layer_norm_fwd_kernel"} & counts.keys(), runs
+        assert census.kernels(counts) == 14, counts
+
+
 def test_an_encoder_step_keeps_its_embedding_gradients_in_place_and_its_tanh_in_a_product(tmp_path):
     # IMDB's model (small): the embedding block's backward adds the word gradient into the optimiser's buffer
     # (zeroed there: the one fill) and its position, type and LayerNorm sums -- with zeros past the rows it

@@ -150,10 +150,14 @@ def test_captured_evaluation_equals_the_eager_one(tmp_path, chunk):
     for _ in range(30):
         run.advance(1)
     ev = graph.GraphEval(run)
-    want = graph.eager_test_sums(run)
+    want = graph.GraphEval(run).eager().clone()  # the same arithmetic op by op (what --cuda-graph off runs)
     for _ in range(3):  # warm-up + capture, then replays
         torch.testing.assert_close(ev().clone(), want, rtol=1e-6, atol=1e-9)
     assert 0 < want[1] < run.task.test_x.shape[0]
+    # and the plain modules' evaluation (cuBLAS products where the chunk has the step's fused ones)
+    plain = graph.eager_test_sums(run)
+    assert abs(want[0] - plain[0]) <= 1e-5 * plain[0] and abs(want[1] - plain[1]) <= 1
+    assert abs(want[2] - plain[2]) <= 1e-6 * plain[2]
 
 
 def test_bf16_stays_within_tolerance_of_fp32(tmp_path):

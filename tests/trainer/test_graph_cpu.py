@@ -159,6 +159,30 @@ def test_chunked_evaluation_masks_the_ragged_last_chunk(tmp_path, chunk):
     assert ev.start.item() == 0 and ev.sums.abs().sum().item() == 0
 
 
+@pytest.mark.parametrize("chunk", [50, 1000])
+def test_a_triton_evaluation_takes_the_fused_forward_and_matches_the_plain_modules(tmp_path, chunk):
+    """On the triton backend an evaluation chunk runs the step's fused products (``deferred``'s forward; Triton
+    under the interpreter) and the weight norm is one reduction over FusedAdamW's flat buffer. Against the plain
+    modules' forward and per-row cross-entropies in float64, and the norm of the unique parameters in float64:
+    in three chunks (the last ragged) and in one, the whole set."""
+    run = Run(config_from_args([*SMALL, "--backend", "triton", "--steps", "1", "--eval-batch-size", str(chunk),
+                                "--out", str(tmp_path)]), log=lambda _: None)
+    task = run.task
+    with torch.no_grad():
+        logits = run.model(task.test_x).double()  # (outside deferred(): nn.Linear's products)
+    task.test_y[::2] = logits[::2].argmax(-1)  # half the answers right, so that the correct count is checked too
+    ev = graph.GraphEval(run)
+    assert ev.chunks == (1 if chunk == 1000 else 3)
+    got = ev.eager().clone()
+    want_loss = torch.nn.functional.cross_entropy(logits, task.test_y, reduction="sum").item()
+    want_correct = (logits.argmax(-1) == task.test_y).sum().item()
+    unique = {id(p): p for p in run.model.parameters()}.values()
+    want_norm = sum(p.double().square().sum() for p in unique).sqrt().item()
+    assert abs(got[0].item() - want_loss) <= 1e-5 * want_loss
+    assert want_correct > 0 and abs(got[1].item() - want_correct) <= 1  # (a near tie may fall either way)
+    assert abs(got[2].item() - want_norm) <= 1e-6 * want_norm
+
+
 def test_graph_eval_call_refuses_cpu(tmp_path):
     run = Run(config_from_args([*SMALL, "--steps", "5", "--out", str(tmp_path)]), log=lambda _: None)
     with pytest.raises(UsageError, match="needs a CUDA device"):

@@ -24,6 +24,9 @@ def test_modular_preset_is_the_papers_full_batch_run():
     assert (cfg.n_layers, cfg.hidden, cfg.heads, cfg.steps) == (1, 128, 4, 100_000)
     assert cfg.eval_every <= 10  # fine enough for the paper's smoothing, sigma = 100 steps
     assert cfg.checkpoint_every % cfg.eval_every == 0 and cfg.checkpoint_every >= 1000
+    # the test set (25 % of 113² pairs) in one evaluation chunk; the paper's IMDB eval batch for text
+    assert cfg.eval_batch_size >= 3193 and config_from_args(["--dataset", "imdb"]).eval_batch_size == 1024
+    assert config_from_args(["--dataset", "modular", "--eval-batch-size", "100"]).eval_batch_size == 100
 
 
 def test_text_preset_keeps_the_ffn_and_heads_as_hidden_varies():

@@ -269,11 +269,12 @@ class _eval_mode:
 
 
 def eager_test_sums(run) -> torch.Tensor:
-    """The plain modules' evaluation (``metrics.evaluate_sums``, no fused products, no chunk offsets) and the
-    run's weight norm: [loss sum, correct, weight norm], float64, on the device -- what ``GraphEval`` is
+    """The plain computation of an evaluation: the modules' forward in batches (``metrics.evaluate_sums``: no
+    fused products, no chunk offsets) and a norm per parameter tensor (``metrics.weight_norm_tensor``, not the
+    optimiser's flat buffer): [loss sum, correct, weight norm], float64, on the device -- what ``GraphEval`` is
     checked against."""
-    from .metrics import evaluate_sums
+    from .metrics import evaluate_sums, weight_norm_tensor
 
     task = run.task
     sums = evaluate_sums(run.model, task.test_x, task.test_y, task.test_mask, run.cfg.eval_batch_size, run.autocast)
-    return torch.cat([sums, run.weight_norms().double().reshape(1)])
+    return torch.cat([sums, weight_norm_tensor(run.model.parameters()).double().reshape(1)])

@@ -366,15 +366,17 @@ def auto_pack_width(cfg: Config, count: int) -> int:
 
     free, _ = torch.cuda.mem_get_info()
     seq = 256 if cfg.max_len is None else cfg.max_len
+    eval_rows = cfg.eval_batch_size  # an evaluation chunk's rows per run
     if cfg.dataset == "modular":
-        from .data.modular import pool_size
+        from .data.modular import pool_size, test_size
 
         seq, vocab = 7, cfg.p + 4
         batch = pool_size(cfg.p, cfg.op) if cfg.batch_size == "full" else cfg.batch_size
+        eval_rows = min(eval_rows, test_size(cfg.p, cfg.op))  # (a chunk is never larger than the test set)
     else:
         vocab, batch = cfg.vocab_size or 30522, cfg.batch_size
     params = (vocab + seq) * cfg.hidden + cfg.n_layers * (4 * cfg.hidden ** 2 + 2 * cfg.hidden * cfg.ffn)
-    rows = max(batch, cfg.eval_batch_size)  # an evaluation chunk is eval_batch_size rows per run
+    rows = max(batch, eval_rows)
     activations = rows * seq * (12 * cfg.hidden + 2 * cfg.ffn) * cfg.n_layers * 4
     per_run = 24 * params + activations
     return max(1, min(MAX_AUTO_PACK, count, int(free * 0.5 // per_run)))

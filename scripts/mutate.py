@@ -434,6 +434,11 @@ MUTANTS: list[Mutant] = [
       ("self.run.eval_chunk(None, self.ones, self.sums)", "self.run.eval_chunk(None, None, self.sums)"),
       "one-chunk evaluation: the loss sum as the batch mean times its size (fp32), not each row's in fp64",
       ["tests/trainer/test_graph_cpu.py"]),
+    M("ME11", "metrics", "kernels/adamw.py",
+      ("return {id(p) for p, _, _, _ in self._bindings} == {id(p) for p in params}",
+       "return {id(p) for p, _, _, _ in self._bindings} >= {id(p) for p in params}"),
+      "FusedAdamW.holds: true for a subset, so a model's parameter outside the optimiser leaves the norm",
+      ["tests/kernels/test_adamw.py"]),
     # -- sampler ---------------------------------------------------------------------------------
     M("S1", "sampler", "kernels/batch_draw.py",
       ("tl.store(OFFSET + rs, (o + step) % size, mask=live)", "tl.store(OFFSET + rs, (o + step - 1) % size, mask=live)"),

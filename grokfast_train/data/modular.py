@@ -84,6 +84,11 @@ def pool_size(p: int, op: str) -> int:
     return n * TRAIN_SHARE[0] // TRAIN_SHARE[1]
 
 
+def test_size(p: int, op: str) -> int:
+    """Size of the test set (the pairs outside the training pool)."""
+    return p * p - (p if op == "div" else 0) - pool_size(p, op)
+
+
 def split(n: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the training pool (75 %) and the test set (25 %), fixed by ``split_seed``."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))

@@ -373,6 +373,21 @@ def test_set_lr_and_lr_tensor(path):
 
 # ----------------------------------------------------------------------------- bindings and errors
 
+def test_weight_norm_is_every_parameter_once_and_holds_names_exactly_the_buffers_parameters():
+    """One reduction over the flat buffer, with zeros between two groups and after steps of both, against the
+    float64 norm of the parameters; ``holds`` true for exactly the parameters given (the trainer's condition for
+    using it), false with one missing or one more."""
+    model = _model()
+    params = list(model.parameters())
+    opt = FusedAdamW([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.5}])
+    _run(model, opt, 3)
+    assert opt._numel > sum(p.numel() for p in params)  # (padding between the groups)
+    want = sum(p.detach().double().square().sum() for p in params).sqrt().item()
+    assert abs(opt.weight_norm().item() - want) <= 1e-6 * want
+    assert opt.holds(model.parameters()) and opt.holds(reversed(params))
+    assert not opt.holds(params[1:]) and not opt.holds([*params, torch.nn.Parameter(torch.zeros(1))])
+
+
 def test_grads_and_params_are_views_of_the_flat_buffers():
     model = _model()
     opt = FusedAdamW(model.parameters())

@@ -24,7 +24,8 @@ from tokenizers import Tokenizer
 from grokfast_train.config import Config, resolve
 from grokfast_train.data import TaskData, load_task, subset_indices
 from grokfast_train.data.cache import cache_root
-from grokfast_train.data.modular import all_examples, pool_size, test_size
+from grokfast_train.data.modular import all_examples, pool_size
+from grokfast_train.data.modular import test_size as modular_test_size  # (not collected as a test)
 from grokfast_train.data.text import MovieReviewsSource, stratified_split
 from grokfast_train.data.tokenizer import train_wordpiece
 from grokfast_train.errors import RunError, UsageError
@@ -90,7 +91,7 @@ def test_modular_split_is_75_25_and_fixed(op):
     n = p * p - (p if op == "div" else 0)
     assert full.pool_size == n * 3 // 4 and len(full.test_x) == n - full.pool_size
     assert len(full.train_x) == full.pool_size
-    assert (pool_size(p, op), test_size(p, op)) == (full.pool_size, len(full.test_x))  # known without the data
+    assert (pool_size(p, op), modular_test_size(p, op)) == (full.pool_size, len(full.test_x))  # known without the data
     assert not rows(full.train_x) & rows(full.test_x)
     assert len(rows(full.train_x) | rows(full.test_x)) == n
     assert full.vocab_size == full.num_classes == p + 4 and full.readout_pos == 5  # the paper's format

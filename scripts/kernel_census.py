@@ -1,4 +1,4 @@
-"""How many kernels one training step launches, counted on the CPU along the CUDA path.
+"""How many kernels one training step (or evaluation) launches, counted on the CPU along the CUDA path.
 
 Inside a CUDA graph a step of these tiny models costs about its number of kernels times a few
 microseconds (BENCHMARKS.md, the H200's modular step), so the count is the figure to bring down, and
@@ -11,7 +11,10 @@ CPU's per-run path, ``runs.run_layer_norm``). The count is a proxy: one op may b
 on CUDA (``embedding_dense_backward`` past 3,072 indices sorts and reduces in several, a reduction may
 take two, a matrix product a second for split-K), and cuBLAS's choices are not visible here.
 
-    python scripts/kernel_census.py [--dataset modular|imdb] [--backend triton|torch] [--runs R]
+    python scripts/kernel_census.py [--dataset modular|imdb] [--backend triton|torch] [--runs R] [--eval]
+
+``--eval`` counts one evaluation of the test set instead, as ``graph.GraphEval`` captures it (its chunks and
+its finish): at one evaluation per 10 steps the modular preset's had been a third of a run's kernels.
 
 IMDB runs at a reduced length (64 tokens, batch 8) to keep the interpreter quick; the count does not
 depend on the sizes.

@@ -185,6 +185,14 @@ def _packed_affine_fp32(t, n, fill, device):
     return t, t.stride(0)
 
 
+def weight_rows(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A LayerNorm weight (N,) or a pack's (R, N) as the backward kernels read it: fp32 rows and their run stride
+    (0 for one row)."""
+    if weight.dim() == 2:
+        return _packed_affine_fp32(weight, weight.shape[-1], 1.0, weight.device)
+    return weight.float().contiguous(), 0
+
+
 # A residual's rows are read with their own stride (the last layer's residual is the readout row of each
 # sequence, a strided slice: no copy) from BLOCK_N 64 on. At BLOCK_N 32 Triton 3.9's sm_90 backward spilled
 # 8 B (fp32, residual, packed) when x and the residual both took a runtime row stride, so narrow rows are
@@ -271,7 +279,7 @@ def layer_norm_backward(z: torch.Tensor, weight: torch.Tensor, mean: torch.Tenso
         return (dz, dw, db) if reduce else (dz, dw.unsqueeze(-2), db.unsqueeze(-2))  # one partial each
     n = z.shape[-1]
     packed = weight.dim() == 2
-    w, w_stride = _packed_affine_fp32(weight, n, 1.0, z.device) if packed else (weight.float().contiguous(), 0)
+    w, w_stride = weight_rows(weight)
     runs = weight.shape[0] if packed else 1
     dz, part = _backward_partials(z.reshape(-1, n), None, w, w_stride, mean.reshape(-1), rstd.reshape(-1), dy,
                                   runs, packed)

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
-from .fused_layer_norm import _affine_fp32, _packed_affine_fp32, layer_norm_backward_reference
+from .fused_layer_norm import _affine_fp32, _packed_affine_fp32, layer_norm_backward_reference, weight_rows
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per operand mode: spill-free for sm_80 and sm_90 under
@@ -541,7 +541,7 @@ def matmul_layer_norm_grad(dy: torch.Tensor, z: torch.Tensor, ln_weight: torch.T
         return matmul_layer_norm_grad_reference(dy, z, ln_weight, mean, rstd, b, out=out)
     z, mean, rstd = z.contiguous(), mean.contiguous(), rstd.contiguous()
     runs, m, k = (1, *shape) if dy.dim() == 2 else shape
-    lnw, _, ln_rs = _ln_rows(ln_weight, ln_weight)
+    lnw, ln_rs = weight_rows(ln_weight)
     c = torch.empty((*shape[:-1], b.shape[-1]), dtype=dtype, device=dy.device) if out is None else out
     dz = torch.empty_like(z)
     block_m = _config(_mode(dy.dtype), 1)[0][0]  # a program's rows: one partial sum each

@@ -7,6 +7,8 @@ For R runs of one shape, rows measured side by side on one device:
   pack-stacked  (CPU only) the stacked model on the CPU as well: what the CPU default is chosen against
   pack-bf16     (CUDA only, the widest R of each shape) the pack under ``--dtype bf16``: tensor-core products
                 where fp32 (the paper's setting, no TF32) has none; compared with the same fp32 solo runs
+  pack-pdl      (CUDA sm_90+ only, the widest R) the pack with every kernel launched with programmatic
+                dependent launch (kernels._pdl); against the same solo runs, which launch without it
   solo          R ordinary ``Run`` steps, one per run, one run after another (what a sweep without
                 packing does)
 Shapes (benchmarks/test_step_bench.py's): modular -- batch 512 of the paper's 7-token sequences (30 %
@@ -35,6 +37,7 @@ import torch
 
 from grokfast_train.pack import PackedRun
 from grokfast_train.train import Run
+from kernels import set_pdl
 
 from test_step_bench import _config, _task  # noqa: E402  (benchmarks/ is on sys.path under pytest)
 
@@ -70,13 +73,23 @@ def _solos(dataset, device, tmp_path, runs):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("row", ["pack", "pack-stacked", "pack-bf16", "solo"])
+@pytest.mark.parametrize("row", ["pack", "pack-stacked", "pack-bf16", "pack-pdl", "solo"])
 @pytest.mark.parametrize("dataset,runs", CASES, ids=[f"{d}-{r}" for d, r in CASES])
 def test_run_steps(benchmark, dataset, runs, row, device, tmp_path):
     if row == "pack-stacked" and device != "cpu":
         pytest.skip("on CUDA the pack row is the stacked model already")
-    if row == "pack-bf16" and (device != "cuda" or runs != max(WIDTHS[dataset])):
-        pytest.skip("bf16 packs: a GPU row, at the widest R")
+    if row in ("pack-bf16", "pack-pdl") and (device != "cuda" or runs != max(WIDTHS[dataset])):
+        pytest.skip(f"{row}: a GPU row, at the widest R")
+    if row == "pack-pdl" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90 or later")
+    previous = set_pdl(row == "pack-pdl")  # the pack's kernels launched (and captured) with PDL, or without
+    try:
+        _measure(benchmark, dataset, runs, row, device, tmp_path)
+    finally:
+        set_pdl(previous)
+
+
+def _measure(benchmark, dataset, runs, row, device, tmp_path):
     gc.collect()  # the previous rows' runs, their graphs and pools (torch's first optimiser keeps its frames in a cycle)
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -86,6 +99,7 @@ def test_run_steps(benchmark, dataset, runs, row, device, tmp_path):
     else:
         advance, info = _pack(dataset, device, tmp_path, runs, stacked=True if row == "pack-stacked" else None,
                               dtype="bf16" if row == "pack-bf16" else "fp32")
+        info["compute"] += ", PDL" * (row == "pack-pdl")
     per_round = STEPS_PER_ROUND[device]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 

@@ -7,7 +7,8 @@ the paper's 7-token "a + b % 113 = c" sequences (the real data), hidden 128, 1 l
 Rows (one pytest-benchmark group per shape and device, so every ratio is side by side):
   trainer-triton-graph       this trainer: Triton kernels + FusedAdamW, the step replayed from a CUDA
                              graph, K steps per replay (K = the trainer's choice for the preset's eval
-                             interval: 8 for IMDB, 5 for modular); -k1: one step per replay; -bf16: --dtype bf16
+                             interval: 8 for IMDB, 5 for modular); -k1: one step per replay; -bf16: --dtype bf16;
+                             -pdl: every kernel launched with programmatic dependent launch (sm_90+; kernels._pdl)
   trainer-triton             the same kernels launched op by op (--cuda-graph off)
   trainer-torch              the trainer's torch backend (PyTorch ops, torch.optim.AdamW foreach)
   trainer-torch-full         the same without "compute only what the loss reads" (every position, every layer)
@@ -41,6 +42,7 @@ from grokfast_train.config import Config, resolve
 from grokfast_train.data import load_task
 from grokfast_train.data.task import TaskData
 from grokfast_train.train import Run
+from kernels import pdl_enabled, set_pdl
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DATASETS = ["modular", "imdb"]
@@ -186,6 +188,7 @@ ROWS = {
     # name: (devices, builder). Ordered so that the compile rows, whose warm-up compiles for a minute or
     # more, come last: a time-capped run (scripts/gpu_check.sh) loses them first.
     "trainer-triton-graph": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton", cuda_graph="on")),
+    "trainer-triton-graph-pdl": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton", cuda_graph="on")),
     "trainer-triton-graph-k1": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton", cuda_graph="on", unroll=1)),
     "trainer-triton-graph-bf16": (("cuda",), lambda d, dev, t: _trainer(d, dev, t, "triton", cuda_graph="on",
                                                                         dtype="bf16")),
@@ -231,6 +234,17 @@ def test_train_step(benchmark, dataset, row, device, tmp_path):
     devices, build = ROWS[row]
     if device not in devices:
         pytest.skip(f"{row} runs on {' and '.join(devices)} only")
+    pdl = row.endswith("-pdl")
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90 or later")
+    previous = set_pdl(pdl)  # the row's kernels launched (and captured) with PDL, or without
+    try:
+        _measure(benchmark, dataset, row, device, tmp_path, build)
+    finally:
+        set_pdl(previous)
+
+
+def _measure(benchmark, dataset, row, device, tmp_path, build):
     torch.manual_seed(0)
     step, info = build(dataset, device, tmp_path)
     per_round = STEPS_PER_ROUND[device]
@@ -250,5 +264,5 @@ def test_train_step(benchmark, dataset, row, device, tmp_path):
     benchmark.extra_info.update(
         row=row, dataset=dataset, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         device_type=device, steps_per_round=per_round, threads=torch.get_num_threads(),
-        shape=dict(SHAPES[dataset], params=_PARAMS[dataset]), **_versions(), **info)
+        shape=dict(SHAPES[dataset], params=_PARAMS[dataset]), pdl=pdl_enabled(), **_versions(), **info)
     benchmark.pedantic(one_round, rounds=ROUNDS[(device, dataset)], iterations=1, warmup_rounds=0)

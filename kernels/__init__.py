@@ -19,6 +19,7 @@ from .token_embedding import (token_position_embedding, token_position_embedding
 from .matmul import (MAX_NORM_N, matmul, matmul_act_grad, matmul_act_grad_reference, matmul_fan, matmul_fits_fan,
                      matmul_fits_pair, matmul_layer_norm, matmul_layer_norm_grad, matmul_layer_norm_grad_reference,
                      matmul_layer_norm_reference, matmul_reference)
+from ._pdl import pdl_enabled, set_pdl
 
 __all__ = [
     "attention", "attention_reference",
@@ -36,4 +37,5 @@ __all__ = [
     "matmul_fits_pair",
     "matmul_layer_norm", "matmul_layer_norm_reference", "matmul_layer_norm_grad", "matmul_layer_norm_grad_reference",
     "MAX_NORM_N",
+    "set_pdl", "pdl_enabled",
 ]

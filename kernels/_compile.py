@@ -34,6 +34,7 @@ class CompileSpec:
     num_stages: int = 2
     tensor_cores: bool = False  # the PTX must contain mma/wgmma instructions
     ptx_counts: tuple[tuple[str, int], ...] = ()  # (regex, exactly how many times it must match the PTX)
+    archs: tuple[int, ...] = ARCHS  # the architectures it is built for
 
 
 @dataclasses.dataclass
@@ -109,7 +110,10 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileReport:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+    signature, constexprs = spec.signature, spec.constexprs
+    if "PDL" in spec.fn.arg_names and "PDL" not in signature:  # the launch-time default, off
+        signature, constexprs = {**signature, "PDL": "constexpr"}, {**constexprs, "PDL": False}
+    src = ASTSource(fn=spec.fn, signature=signature, constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     ptx = compiled.asm["ptx"]
@@ -118,7 +122,7 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileReport:
 
 
 def all_specs() -> list[CompileSpec]:
-    """Every shipped configuration of every kernel in the package."""
+    """Every shipped configuration of every kernel in the package, and its PDL builds (``pdl_specs``)."""
     import importlib
 
     specs: list[CompileSpec] = []
@@ -127,12 +131,46 @@ def all_specs() -> list[CompileSpec]:
         mod = importlib.import_module(f"kernels.{module}")
         if hasattr(mod, "compile_specs"):
             specs.extend(mod.compile_specs())
-    return specs
+    return specs + pdl_specs(specs)
+
+
+def pdl_specs(specs: list[CompileSpec]) -> list[CompileSpec]:
+    """Each kernel's first and last configuration built with ``PDL`` (programmatic dependent launch,
+    ``kernels._pdl``), for sm_90 only: the instructions need it. ``problems`` checks their PTX waits
+    before it touches memory."""
+    firsts: dict[Callable, CompileSpec] = {}
+    lasts: dict[Callable, CompileSpec] = {}
+    for spec in specs:
+        firsts.setdefault(spec.fn, spec)
+        lasts[spec.fn] = spec
+    picked = {spec.name: spec for spec in [*firsts.values(), *lasts.values()]}.values()
+    return [dataclasses.replace(spec, name=spec.name[:-1] + ",PDL]", archs=(90,),
+                                signature={**spec.signature, "PDL": "constexpr"},
+                                constexprs={**spec.constexprs, "PDL": True}) for spec in picked]
+
+
+# An instruction that touches memory (not a kernel parameter), and a branch: with PDL, a kernel's
+# griddepcontrol.wait must come before both -- in the straight-line start of the kernel, ahead of any access.
+_MEMORY_OP = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:ld|st|atom|red|cp|prefetch|mbarrier)\.(?!param)", re.M)
+_BRANCH = re.compile(r"^\s*(?:@!?%p\d+\s+)?bra(?:\.uni)?\s", re.M)
+
+
+def _pdl_problems(ptx: str) -> list[str]:
+    waits = [m.start() for m in re.finditer(r"\bgriddepcontrol\.wait\b", ptx)]
+    signals = re.findall(r"\bgriddepcontrol\.launch_dependents\b", ptx)
+    if len(waits) != 1 or len(signals) != 1:
+        return [f"PDL build with {len(waits)} griddepcontrol.wait and {len(signals)} launch_dependents, "
+                "expected 1 each"]
+    first = [m.start() for m in (_MEMORY_OP.search(ptx), _BRANCH.search(ptx)) if m]
+    if first and min(first) < waits[0]:
+        return ["PDL build touches memory or branches before griddepcontrol.wait"]
+    return []
 
 
 def problems(report: CompileReport) -> list[str]:
     """What is wrong with a compiled configuration: spills (but the one allowed above), no tensor-core
-    instructions where expected, or a PTX instruction count other than the spec's ``ptx_counts``."""
+    instructions where expected, a PTX instruction count other than the spec's ``ptx_counts``, or a PDL
+    build that may touch memory before its wait."""
     out = []
     if report.spill_bytes and not allowed_spill(report):
         out.append(f"{report.spill_bytes} B spilled")
@@ -142,6 +180,8 @@ def problems(report: CompileReport) -> list[str]:
         got = len(re.findall(pattern, report.ptx))
         if got != want:
             out.append(f"{got} matches of {pattern!r} in the PTX, expected {want}")
+    if report.spec.constexprs.get("PDL"):
+        out.extend(_pdl_problems(report.ptx))
     return out
 
 
@@ -156,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for spec in all_specs():
         for arch in args.arch or ARCHS:
+            if arch not in spec.archs:
+                continue
             report = compile_spec(spec, arch)
             issues = problems(report)
             failed += bool(issues)

@@ -58,6 +58,7 @@ from torch.optim import Optimizer
 
 from ._compile import CompileSpec
 from ._dispatch import check_dtype, use_triton
+from ._pdl import enter, pdl
 
 SUPPORTED_DTYPES = (torch.float32,)
 BLOCK = 2048  # elements per program: 8 per thread at 8 warps (two 16-byte accesses per array)
@@ -68,7 +69,8 @@ _HYPER_COLS = 8  # the table's row stride (one spare column)
 
 @triton.jit
 def _fused_adamw_kernel(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, h_ptr, step_ptr, group_ptr, hyper_ptr,
-                        BLOCK: tl.constexpr, GROKFAST: tl.constexpr):
+                        BLOCK: tl.constexpr, GROKFAST: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     pid = tl.program_id(0)
     # This program's step counter: read and incremented by ONE atomic, which returns the old value. Not a
     # plain load + store: every thread loads, one thread stores, and a warp that loads after that store
@@ -399,7 +401,7 @@ class FusedAdamW(Optimizer):
             _fused_adamw_kernel[(self._num_programs,)](
                 self._flat_param, self._flat_grad, self._exp_avg, self._exp_avg_sq,
                 self._exp_avg if self._h is None else self._h, self._steps, self._prog_group, self._hyper,
-                BLOCK=BLOCK, GROKFAST=self._grokfast, num_warps=NUM_WARPS)
+                BLOCK=BLOCK, GROKFAST=self._grokfast, num_warps=NUM_WARPS, **pdl(self._flat_param))
         else:
             self._reference_step()
         return loss

@@ -35,6 +35,7 @@ import triton.language as tl
 
 from ._compile import CompileSpec
 from ._dispatch import use_triton
+from ._pdl import enter, pdl
 
 _TILE = 512  # elements of a row block a program copies (rows x padded row length)
 MAX_L = 1024  # longest row the kernel takes (a program copies at least one whole row); longer: the reference
@@ -57,7 +58,8 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 def _draw_kernel(PERM, OFFSET, N, BATCH, BASE, X, Y, M, OUT_X, OUT_Y, OUT_M, COUNTER,
                  R, width, L, perm_stride, blocks,
                  HAS_MASK: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
-                 BLOCK_R: tl.constexpr):
+                 BLOCK_R: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     run = tl.program_id(1)
     lanes = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     ok = lanes < width
@@ -145,7 +147,7 @@ def draw_batch(perm: torch.Tensor, offset: torch.Tensor, n: torch.Tensor, batch:
             out_x, out_y, out_x if out_m is None else out_m.view(torch.uint8), counter,
             runs, width, length, perm.stride(0), blocks,
             HAS_MASK=mask is not None, HAS_BASE=base is not None, BLOCK_B=block_b, BLOCK_L=block_l,
-            BLOCK_R=_BLOCK_R, num_warps=_WARPS)
+            BLOCK_R=_BLOCK_R, num_warps=_WARPS, **pdl(perm))
     else:  # nothing drawn; the offsets still advance, as the reference's do
         offset.add_(batch).remainder_(n)
     return out_x, out_y, out_m

@@ -56,6 +56,7 @@ from torch.autograd.function import once_differentiable
 
 from ._dispatch import INTERPRET, check_dtype, use_triton
 from ._dispatch import dot_precision as _dot_precision  # (a module name: the tests patch it)
+from ._pdl import enter, pdl
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 128
@@ -192,7 +193,8 @@ def _attn_fwd(Q, K, V, Mask, O, LSE,
               H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale,
               BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+              DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     D = BLOCK_D if EVEN_D else D
     q_row, kv_row = _row_strides(D, EVEN_D, Q_ROW, KV_ROW)
     bh = tl.program_id(0).to(tl.int64)
@@ -258,9 +260,10 @@ def _attn_bwd_dkdv(Q, K, V, Mask, DO, LSE, Delta, DK, DV,
                    H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale, sm_scale,
                    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr = False):
     # Works in the transposed orientation (keys along rows) so that dK and dV come out of the
     # matmuls in the (BLOCK_N, BLOCK_D) layout they are stored in.
+    enter(PDL)
     D = BLOCK_D if EVEN_D else D
     q_row, kv_row = _row_strides(D, EVEN_D, Q_ROW, KV_ROW)
     bh = tl.program_id(0).to(tl.int64)
@@ -319,10 +322,11 @@ def _attn_bwd_dq(Q, K, V, Mask, DO, O, LSE, Delta, DQ, DK, DV,
                  H, Lq, Lk, D, q_sb, q_sh, kv_sb, kv_sh, shift, mask_len, qk_scale, sm_scale,
                  BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, Q_ROW: tl.constexpr, KV_ROW: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, DKDV: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, DKDV: tl.constexpr, PDL: tl.constexpr = False):
     # DKDV (the "dqkv" launch): one block holds every query of its (batch, head) -- Lq <= BLOCK_M, as in the
     # last layer that computes one position -- so each key block's dK and dV are complete once this loop has
     # seen it: they are written here, and the dK/dV kernel is not launched. DK, DV are unused otherwise.
+    enter(PDL)
     D = BLOCK_D if EVEN_D else D
     q_row, kv_row = _row_strides(D, EVEN_D, Q_ROW, KV_ROW)
     bh = tl.program_id(0).to(tl.int64)
@@ -486,7 +490,7 @@ def _launch(kind: str, grid, *args, d: int, lq: int, dtype: torch.dtype, precisi
     cfg = _block_config(kind, block_d, d == block_d, _mode(dtype, precision), lq)
     _KERNELS[kind][grid(cfg)](*args, BLOCK_D=block_d, EVEN_D=d == block_d, Q_ROW=rows[0], KV_ROW=rows[1],
                               DOT_PRECISION=precision, UPCAST=INTERPRET and dtype == torch.bfloat16,
-                              **_kind_constexprs(kind), **cfg)
+                              **_kind_constexprs(kind), **cfg, **pdl(args[0]))
 
 
 def _kind_constexprs(kind: str) -> dict:

@@ -41,6 +41,7 @@ import triton.language as tl
 
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import check_dtype, use_triton
+from ._pdl import enter, pdl
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_V = 4096
@@ -65,7 +66,9 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 @triton.jit
 def _ce_fwd_kernel(LOGITS, TARGETS, WEIGHT, DLOGITS, PART, B, V, tiles, t_run_stride, w_run_stride, inv_b,
-                   HAS_WEIGHT: tl.constexpr, STORE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr):
+                   HAS_WEIGHT: tl.constexpr, STORE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr,
+                   PDL: tl.constexpr = False):
+    enter(PDL)
     pid = tl.program_id(0)
     run = pid // tiles  # tiles programs per run: a tile never straddles two runs
     rows = (pid - run * tiles) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -103,7 +106,9 @@ def _ce_fwd_kernel(LOGITS, TARGETS, WEIGHT, DLOGITS, PART, B, V, tiles, t_run_st
 
 
 @triton.jit
-def _ce_reduce_kernel(PART, LOSS, SUMS, tiles, HAS_SUMS: tl.constexpr, BLOCK_T: tl.constexpr):
+def _ce_reduce_kernel(PART, LOSS, SUMS, tiles, HAS_SUMS: tl.constexpr, BLOCK_T: tl.constexpr,
+                      PDL: tl.constexpr = False):
+    enter(PDL)
     run = tl.program_id(0)
     lanes = tl.arange(0, BLOCK_T)
     acc = tl.zeros([BLOCK_T, 4], dtype=tl.float64)  # the programs' fp32 partials (_PARTS = 4) summed in fp64
@@ -141,9 +146,10 @@ def _launch(logits, targets, weight, sums, store_grad: bool):
         _ce_fwd_kernel[(runs * tiles,)](
             x, t, part if w is None else w, dlogits if store_grad else part, part, b, v, tiles,
             t.stride(0) if t.dim() == 2 else 0, 0 if w is None or w.dim() == 1 else w.stride(0), 1.0 / b,
-            HAS_WEIGHT=w is not None, STORE_GRAD=store_grad, BLOCK_B=block_b, BLOCK_V=block_v, num_warps=warps)
+            HAS_WEIGHT=w is not None, STORE_GRAD=store_grad, BLOCK_B=block_b, BLOCK_V=block_v, num_warps=warps,
+            **pdl(x))
     _ce_reduce_kernel[(runs,)](part, loss, part if sums is None else sums, max(tiles, 1),
-                               HAS_SUMS=sums is not None, BLOCK_T=_REDUCE_BLOCK, num_warps=4)
+                               HAS_SUMS=sums is not None, BLOCK_T=_REDUCE_BLOCK, num_warps=4, **pdl(part))
     return loss, dlogits
 
 

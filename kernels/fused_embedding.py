@@ -75,6 +75,7 @@ import triton.language as tl
 
 from ._compile import CompileSpec
 from ._dispatch import check_dtype, use_triton
+from ._pdl import enter, pdl
 
 ID_DTYPES = (torch.int64, torch.int32)
 WEIGHT_DTYPES = (torch.float32,)
@@ -124,7 +125,8 @@ def _emb_ln_fwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, B, Y, MEAN, RSTD, M, L, N,
                        rows_per_run, tiles_per_run, word_run_stride, pos_run_stride, type_run_stride,
                        w_run_stride, b_run_stride,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr,
-                       PACKED: tl.constexpr):
+                       PACKED: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     pid = tl.program_id(0)
     if PACKED:  # tiles_per_run programs per run; a tile never straddles two runs
         run = pid // tiles_per_run
@@ -173,7 +175,8 @@ def _emb_ln_bwd_kernel(IDS, TIDS, WORD, POS, TYPE, W, DY, MEAN, RSTD,
                        Bsz, L, N, T, padding_idx, batches_per_program,
                        dword_run_stride, word_run_stride, pos_run_stride, type_run_stride, w_run_stride,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TYPE_IDS: tl.constexpr,
-                       PACKED: tl.constexpr):
+                       PACKED: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     if PACKED:  # axis 0 is (run, position block); every program stays within one run
         pos_blocks = tl.cdiv(L, BLOCK_M)
         run = tl.program_id(0) // pos_blocks
@@ -318,7 +321,7 @@ def _forward(ids, type_ids, word, pos, typ, weight, bias, eps):
             ids_c, ids_c if tids_c is None else tids_c, word, pos, typ, weight, bias, y, mean, rstd,
             m, length, n, eps, *packed_args,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids_c is not None, PACKED=packed,
-            num_warps=warps)
+            num_warps=warps, **pdl(y))
     return y, mean, rstd, (ids_c, tids_c, word, pos, typ, weight)
 
 
@@ -350,7 +353,7 @@ def _backward_parts(dy, ids, tids, word, pos, typ, weight, mean, rstd, padding_i
         dword, dpos_part, dword if dtype_ is None else dtype_, parts[0], parts[1], parts[2],
         batch, length, n, n_types, padding_idx, per_program, *packed_args,
         BLOCK_M=block_m, BLOCK_N=block_n, HAS_TYPE_IDS=tids is not None, PACKED=packed,
-        num_warps=warps)
+        num_warps=warps, **pdl(dy2))
     return dword, dpos_part.view(runs, chunks, length, n), parts.view(3, runs, pos_blocks * chunks, n), dtype_
 
 

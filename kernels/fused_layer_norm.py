@@ -47,6 +47,7 @@ import triton.language as tl
 
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import check_dtype, use_triton
+from ._pdl import enter, pdl
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_N = 4096
@@ -78,7 +79,8 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, r_row_stride,
                            rows_per_run, tiles_per_run, w_run_stride, b_run_stride,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                           PACKED: tl.constexpr, R_STRIDED: tl.constexpr):
+                           PACKED: tl.constexpr, R_STRIDED: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     pid = tl.program_id(0)
     if PACKED:  # tiles_per_run programs per run; a tile never straddles two runs
         run = pid // tiles_per_run
@@ -117,7 +119,8 @@ def _layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, r_row_stride,
 def _layer_norm_bwd_kernel(X, R, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, r_row_stride,
                            rows_per_program, rows_per_run, programs_per_run, w_run_stride,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                           PACKED: tl.constexpr, R_STRIDED: tl.constexpr):
+                           PACKED: tl.constexpr, R_STRIDED: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     pid = tl.program_id(0)
     if PACKED:  # programs_per_run programs per run, each within its run: partials never mix runs
         run = pid // programs_per_run
@@ -243,7 +246,7 @@ class _LayerNormFn(torch.autograd.Function):
                 x2, x2 if r2 is None else r2, w, b, y, mean, rstd, m, n, eps, n if r2 is None else r2.stride(0),
                 rows_per_run if packed else 0, tiles_per_run, w_stride, b_stride,
                 BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
-                R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps)
+                R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps, **pdl(x2))
         ctx.save_for_backward(x2, r2, w, mean, rstd)
         ctx.packed, ctx.runs, ctx.w_stride = packed, runs, w_stride
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -343,7 +346,7 @@ def _backward_partials(x2: torch.Tensor, r2: torch.Tensor | None, w: torch.Tenso
             n if r2 is None else r2.stride(0), rows_per_program,
             rows_per_run if packed else 0, per_run if packed else 0, w_stride,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=r2 is not None, PACKED=packed,
-            R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps)
+            R_STRIDED=_r_strided(r2 is not None, block_n), num_warps=warps, **pdl(x2))
     else:
         part.zero_()
     return dx, part

@@ -31,6 +31,7 @@ import triton.language as tl
 
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
+from ._pdl import enter, pdl
 from .fused_layer_norm import _affine_fp32, _packed_affine_fp32, layer_norm_backward_reference, weight_rows
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
@@ -108,7 +109,7 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, PART,
                    HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr, ADDS: tl.constexpr,
                    NORM: tl.constexpr, NORM_IN: tl.constexpr, TWO: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                   BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr = False):
     # ACT_OUT (a layer followed by an activation): C gets act(a @ b + bias) and PRE (M, N) the product itself.
     # ACT_IN (that layer's input gradient): PRE is the forward's (M, K) product, contiguous; A's tiles
     # are multiplied by act'(PRE) on the way in, and the first column of programs also writes them to
@@ -127,6 +128,7 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, PART,
     # TWO 1 (two layers reading one input, e.g. k and v): grid axis 1 holds (run, layer); layer 1's programs
     # read B2 and BIAS2 and write C2, strided as B, BIAS and C. TWO 2 (the gradients of two such layers meeting
     # at their input): C = A @ B + A2 @ B2, A2 strided as A and B2 as B, one K loop after the other.
+    enter(PDL)
     pid, run = tl.program_id(0), tl.program_id(1).to(tl.int64)
     if TWO == 1:
         layer = run % 2
@@ -360,7 +362,8 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None, norm_i
                          ACT_OUT=act_out, ACT_IN=act_in, ADDS=len(add), NORM=norm is not None,
                          NORM_IN=norm_in is not None, TWO=mode,
                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
-                         UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
+                         UPCAST=INTERPRET and a.dtype == torch.bfloat16, num_warps=warps, num_stages=stages,
+                         **pdl(a))
 
 
 def _same_layout(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:

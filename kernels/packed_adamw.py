@@ -29,6 +29,7 @@ import triton
 
 from ._dispatch import check_dtype, use_triton
 from .adamw import BLOCK, NUM_WARPS, _check_hyper, _fused_adamw_kernel, adamw_reference_step
+from ._pdl import pdl
 
 _STATE = ("exp_avg", "exp_avg_sq", "grokfast_h")
 # A parameter rebound to a strided view of the run-major buffer has its gradient accumulated in place;
@@ -146,7 +147,8 @@ class PackedAdamW:
         if self.kernel:
             _fused_adamw_kernel[(self._steps.numel(),)](
                 f["param"], f["grad"], f["exp_avg"], f["exp_avg_sq"], f.get("grokfast_h", f["exp_avg"]),
-                self._steps, self._run_of, self._hyper, BLOCK=BLOCK, GROKFAST=self.grokfast, num_warps=NUM_WARPS)
+                self._steps, self._run_of, self._hyper, BLOCK=BLOCK, GROKFAST=self.grokfast, num_warps=NUM_WARPS,
+                **pdl(self._steps))
         else:
             self._step_rows()
 

@@ -34,6 +34,7 @@ import triton.language as tl
 
 from ._compile import CompileSpec
 from ._dispatch import check_dtype, use_triton
+from ._pdl import enter, pdl
 
 MAX_V = 2048  # rows of tok + pos the one-hot backward takes
 MAX_C = 1024
@@ -55,7 +56,8 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 @triton.jit
 def _embed_fwd_kernel(IDS, TOK, POS, OUT, n_rows, L, C, ids_rs, ids_bs, tok_rs, pos_rs, blocks,
-                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     pid = tl.program_id(0)
     run = (pid // blocks).to(tl.int64)
     rows = (pid % blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -71,7 +73,8 @@ def _embed_fwd_kernel(IDS, TOK, POS, OUT, n_rows, L, C, ids_rs, ids_bs, tok_rs, 
 @triton.jit
 def _embed_bwd_kernel(IDS, DX, DTOK, DPOS, n_rows, L, C, V, P, ids_rs, ids_bs, dtok_rs, dpos_rs, tok_blocks, d_blocks,
                       BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      DOT_PRECISION: tl.constexpr):
+                      DOT_PRECISION: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     run = tl.program_id(1).to(tl.int64)
     blk = tl.program_id(0) // d_blocks
     cols = (tl.program_id(0) % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -120,7 +123,7 @@ def _forward(ids, tok, pos):
     if runs * blocks:
         _embed_fwd_kernel[(runs * blocks,)](ids, tok3, pos3, out, n_rows, length, c, *_id_strides(ids),
                                             tok3.stride(0), pos3.stride(0), blocks, BLOCK_R=block_r, BLOCK_C=block_c,
-                                            num_warps=4)
+                                            num_warps=4, **pdl(out))
     return out
 
 
@@ -134,7 +137,7 @@ def _backward(ids, dx, dtok, dpos):
     grid = ((tok_blocks + triton.cdiv(p, _BLOCK_V)) * d_blocks, runs)
     _embed_bwd_kernel[grid](ids, dx.float().contiguous(), dtok, dpos, n_rows, length, c, v, p, *_id_strides(ids),
                             _runs(dtok).stride(0), _runs(dpos).stride(0), tok_blocks, d_blocks, BLOCK_V=_BLOCK_V,
-                            BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=_PRECISION, num_warps=4)
+                            BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=_PRECISION, num_warps=4, **pdl(dtok))
     return dtok, dpos
 
 

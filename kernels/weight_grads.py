@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
+from ._pdl import enter, pdl
 
 MAX_PROBLEMS = 16  # a 1-layer encoder's step: 8 linear layers and 8 sums (2 LayerNorms', the embedding block's 4)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
@@ -68,7 +69,8 @@ def _pick(p, slots, P: tl.constexpr):
 @triton.jit
 def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
                         P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                        DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr = False):
+    enter(PDL)
     pid = tl.program_id(0)
     p = pid * 0  # which problem: the last whose first program is <= pid (the table lists them in order)
     for i in tl.static_range(1, P):
@@ -155,7 +157,7 @@ def _launch(problems: list[WeightGrad]) -> None:
     _weight_grad_kernel[(programs,)](meta, xs, tuple(q.dy for q in problems), dws, dbs, P=len(problems),
                                      BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                                      DOT_PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype == torch.bfloat16,
-                                     num_warps=warps)
+                                     num_warps=warps, **pdl(meta))
 
 
 # A step's table depends only on its shapes and strides: made once per distinct table and device, kept

@@ -24,8 +24,8 @@ from pathlib import Path
 PEAKS = [("H200", (4.3e12, 400e12, 790e12)), ("H100", (3.0e12, 400e12, 790e12))]
 PEERS = ["trainer-torch", "compile-default", "compile-max-autotune-no-cudagraphs", "compile-reduce-overhead",
          "paper-hf"]
-ORDER = ["trainer-triton-graph", "trainer-triton-graph-k1", "trainer-triton-graph-bf16", "trainer-triton",
-         "trainer-torch", "trainer-torch-full", "compile-default", "compile-max-autotune-no-cudagraphs",
+ORDER = ["trainer-triton-graph", "trainer-triton-graph-pdl", "trainer-triton-graph-k1", "trainer-triton-graph-bf16",
+         "trainer-triton", "trainer-torch", "trainer-torch-full", "compile-default", "compile-max-autotune-no-cudagraphs",
          "compile-reduce-overhead", "paper-hf"]
 
 

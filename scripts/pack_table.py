@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_table beside t
 from bench_table import fmt_time, print_sources, readable  # noqa: E402
 
 DATASETS = ["modular", "imdb"]
-PACK_ROWS = ("pack", "pack-stacked", "pack-bf16")  # the device's default way, (CPU) the stacked model, (CUDA) bf16
+PACK_ROWS = ("pack", "pack-stacked", "pack-bf16", "pack-pdl")  # the device's default way, (CPU) the stacked model,
+# (CUDA) bf16, (CUDA) every kernel launched with programmatic dependent launch
 
 
 def load(paths: list[Path]) -> tuple[dict[tuple, dict], list[dict]]:
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     print_sources(headers, missing)
     print("- pack computes: stacked = one model whose every op serves all R runs; run by run = each run's forward "
           "and backward in turn through a solo model bound to the pack's weights, then one optimiser step; "
-          "bf16 = under --dtype bf16, against the same fp32 solo runs")
+          "bf16 = under --dtype bf16, against the same fp32 solo runs; PDL = every kernel launched with programmatic "
+          "dependent launch, against the same solo runs launched without it")
     print("- pack step = one step of R packed runs; R solo steps = one step of each of R runs in turn (each the "
           "median round / steps per round); run-steps/s = R x steps per round / median round; K = steps per "
           "graph replay; pack / solo = pack run-steps/s / solo run-steps/s (> 1: packing wins)")

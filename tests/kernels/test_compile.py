@@ -41,7 +41,7 @@ def test_compiles_without_spills_and_with_tensor_cores(reports, arch):
     print(out)
     lines = [line for line in out.splitlines() if line.startswith(f"sm_{arch} ")]
     assert code == 0, "\n".join(line for line in out.splitlines() if "FAIL" in line) or err[-2000:]
-    assert len(lines) == len(all_specs())
+    assert len(lines) == len([spec for spec in all_specs() if arch in spec.archs])
     assert all("registers=" in line and "shared=" in line for line in lines)
 
 
@@ -82,3 +82,39 @@ def test_ptx_counts_are_exact():
     for ptx, got in (("ld.global.b32 %r1, [%rd1];\n", 0), (one * 2, 2)):
         (problem,) = problems(_report("fused_adamw[x]", 0, ptx, counts))
         assert problem.startswith(f"{got} matches of") and problem.endswith("expected 1")
+
+
+def test_every_kernel_has_a_pdl_build_for_sm_90_only():
+    """Each kernel takes the PDL constexpr (kernels._pdl) and ships a build with it on, for sm_90 alone."""
+    specs = all_specs()
+    kernels = {spec.fn for spec in specs if not spec.constexprs.get("PDL")}
+    pdl = [spec for spec in specs if spec.constexprs.get("PDL")]
+    assert {spec.fn for spec in pdl} == kernels
+    assert all("PDL" in fn.arg_names for fn in kernels)
+    assert all(spec.archs == (90,) and spec.name.endswith(",PDL]") for spec in pdl)
+    assert all(spec.archs == ARCHS for spec in specs if not spec.constexprs.get("PDL"))
+
+
+_PDL_PTX = ("\tld.param.b64 \t%rd1, [k_param_0];\n\tgriddepcontrol.wait ;\n\tgriddepcontrol.launch_dependents ;\n"
+            "\tsetp.lt.s32 \t%p1, %r1, 4;\n\t@%p1 ld.global.b32 \t%r2, [ %rd1 + 0 ];\n\t@!%p1 bra \t$L__BB0_2;\n")
+
+
+def _pdl_report(ptx):
+    spec = CompileSpec(name="k[PDL]", fn=None, signature={}, constexprs={"PDL": True})
+    return CompileReport(spec, 90, 0, 4, 64, 0, ptx)
+
+
+def test_a_pdl_build_must_wait_before_it_touches_memory_or_branches():
+    assert problems(_pdl_report(_PDL_PTX)) == []
+    wait = "\tgriddepcontrol.wait ;\n"
+    for early in ("\t@%p1 ld.global.b32 \t%r2, [ %rd1 + 0 ];\n", "\tst.shared.b32 \t[%r1], %r2;\n",
+                  "\tcp.async.ca.shared.global [ %r1 + 0 ], [ %rd1 + 0 ], 0x4, %r2;\n",
+                  "\tatom.global.gpu.relaxed.add.u32 %r4, [ %rd8 + 0 ], %r5;\n", "\tbra.uni \t$L__BB0_1;\n"):
+        (problem,) = problems(_pdl_report(_PDL_PTX.replace(wait, early + wait)))
+        assert "before griddepcontrol.wait" in problem, early
+    for ptx in (_PDL_PTX.replace(wait, ""), _PDL_PTX.replace(wait, wait * 2),
+                _PDL_PTX.replace("\tgriddepcontrol.launch_dependents ;\n", "")):
+        (problem,) = problems(_pdl_report(ptx))
+        assert "expected 1 each" in problem
+    no_pdl = CompileReport(CompileSpec(name="k", fn=None, signature={}, constexprs={}), 90, 0, 4, 64, 0, "")
+    assert problems(no_pdl) == []

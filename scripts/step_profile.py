@@ -2,7 +2,8 @@
 
 For each shape of the step benchmark (benchmarks/test_step_bench.py: modular batch 512, IMDB 128 x 256)
 and each variant -- the trainer's Triton step launched op by op, the same step replayed from a CUDA
-graph, and (modular) the graph step with the decoder's first layer projected from its tables, which
+graph, the graph with every kernel launched with programmatic dependent launch (sm_90+; kernels/_pdl.py),
+and (modular) the graph step with the decoder's first layer projected from its tables, which
 the trainer does on the CPU only -- it prints
   - the step time without the profiler (median of 5 timed blocks of ``--steps`` steps, synchronised);
   - under torch.profiler: device events (kernels, copies, memsets) per step, their summed device time
@@ -36,6 +37,7 @@ import test_step_bench as bench  # noqa: E402
 from grokfast_train.models.embedding_sum import EmbeddingSum  # noqa: E402
 from grokfast_train.pack import PackedRun  # noqa: E402
 from grokfast_train.train import Run  # noqa: E402
+import kernels  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -47,6 +49,16 @@ def table_projection():
         yield
     finally:
         EmbeddingSum.worth_it = worth_it
+
+
+@contextlib.contextmanager
+def pdl(on: bool):
+    """Every kernel launched (and captured) with programmatic dependent launch, or as the default says."""
+    previous = kernels.set_pdl(on or kernels.pdl_enabled())
+    try:
+        yield
+    finally:
+        kernels.set_pdl(previous)
 
 
 def build(dataset: str, device: str, out: Path, variant: str, runs: int = 0) -> Run | PackedRun:
@@ -122,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"step profile on {name}; torch {torch.__version__}; {args.steps} steps per block")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     for dataset in args.dataset:
-        variants = ["eager", "graph", "graph + table projection"] if cuda else ["eager"]
+        variants = ["eager", "graph", "graph + PDL", "graph + table projection"] if cuda else ["eager"]
+        if cuda and torch.cuda.get_device_capability()[0] < 9:
+            variants.remove("graph + PDL")  # (programmatic dependent launch needs sm_90)
         if args.pack:
             variants = [f"pack of {args.pack}, {v}" for v in (variants[1:] if cuda else variants)]
         if dataset != "modular":
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def profile(dataset: str, device: str, variant: str, args, activities, sync, cuda: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp, \
-            (table_projection() if "table" in variant else contextlib.nullcontext()):
+            (table_projection() if "table" in variant else contextlib.nullcontext()), pdl("PDL" in variant):
         run = build(dataset, device, Path(tmp), variant, args.pack)
         take(run, 2 * args.steps, sync)  # warm-up: compilation, capture, allocator
         t = step_time(run, args.steps, sync)

@@ -23,7 +23,7 @@ def steps_to_host_work(run) -> int:
     return stop if epoch is None else min(stop, epoch)
 
 
-def drive(run, reporter, record: Callable[[float], None], save: Callable[[float], None],
+def drive(run, reporter, record: Callable[[float], Callable[[], None] | None], save: Callable[[float], None],
           check_finite: Callable[[], None], live: Callable[[], bool] = lambda: True) -> tuple[bool, float]:
     """Advance ``run`` (its cfg, step, sampler and ``advance(limit)``) to ``cfg.steps``.
 
@@ -33,23 +33,39 @@ def drive(run, reporter, record: Callable[[float], None], save: Callable[[float]
     Stops early, with a checkpoint, once ``live()`` is false (a run that has been generalised for
     --stop-after-generalising steps; a pack none of whose runs still trains).
     Returns (stopped by Ctrl-C, wall seconds).
+
+    ``record`` reads the evaluation and decides (non-finite, early stop); it may return the evaluation's
+    output -- metrics files, loggers, lines -- as a callable, which is called once the next steps are
+    queued: on a GPU the device trains on while the host writes, instead of idling after the read. It is
+    called before any checkpoint (which never holds an evaluation the metrics file lacks) and before
+    this function returns or raises.
     """
     cfg, start, t0 = run.cfg, run.step, time.perf_counter()
+    pending: list[Callable[[], None]] = []
 
     def now() -> float:
         return time.perf_counter() - t0
 
-    with StopFlag() as stop:
-        while run.step < cfg.steps and live():
-            run.advance(steps_to_host_work(run))
-            reporter.step(run.step, (run.step - start) / max(now(), 1e-9))
-            at_eval = run.step % cfg.eval_every == 0 or run.step == cfg.steps
-            if at_eval:
-                record(now())
-            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or stop.set or not live():
-                if stop.set and not at_eval:
-                    check_finite()
-                save(now())
-            if stop.set and run.step < cfg.steps and live():  # (a Ctrl-C at the end or at a stop: finished)
-                return True, now()
-    return False, now()
+    def publish() -> None:
+        while pending:
+            pending.pop()()
+
+    try:
+        with StopFlag() as stop:
+            while run.step < cfg.steps and live():
+                run.advance(steps_to_host_work(run))
+                publish()  # the last evaluation's output, now that the device has these steps
+                reporter.step(run.step, (run.step - start) / max(now(), 1e-9))
+                at_eval = run.step % cfg.eval_every == 0 or run.step == cfg.steps
+                if at_eval and (output := record(now())) is not None:
+                    pending.append(output)
+                if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or stop.set or not live():
+                    if stop.set and not at_eval:
+                        check_finite()
+                    publish()
+                    save(now())
+                if stop.set and run.step < cfg.steps and live():  # (a Ctrl-C at the end or at a stop: finished)
+                    return True, now()
+        return False, now()
+    finally:
+        publish()

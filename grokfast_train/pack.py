@@ -379,7 +379,10 @@ class PackedRun:
                 results.append(self._finish(m, wall, start_step))
         return results
 
-    def _record(self, rows: list[dict], now: float, reporter: Reporter) -> None:
+    def _record(self, rows: list[dict], now: float, reporter: Reporter):
+        """Judge each run's evaluation (non-finite: frozen; stopped early: written, checkpointed and finished
+        now); return the others' output, which the loop writes once the next steps are queued (loop.drive)."""
+        later = []
         for r in list(self.active):
             m, row = self.members[r], rows[r]
             row["elapsed_s"] = round(m.elapsed_s + now, 3)
@@ -387,20 +390,25 @@ class PackedRun:
                 self._fail(r, row["step"])
                 continue
             m.history.append(row)
-            m.metrics_file.write(json.dumps(row) + "\n")
-            m.metrics_file.flush()
-            for logger in m.loggers:
-                logger.log_eval(row)
-            m.log(format_eval(row, m.cfg.steps))
-            for line in m.marks.update(row):
-                m.log(line)
+            lines = m.marks.update(row)
             if m.marks.stop:
+                _write(m, row, lines)
                 self._stop_early(r, now)
+            else:
+                later.append((m, row, lines))
+        step, note = self.step, None
         if self.active:
             train = [rows[r]["train_acc"] for r in self.active]
             test = [rows[r]["test_acc"] for r in self.active]
-            reporter.note(self.step, f"{len(self.active)} runs: train acc {min(train):.3f}-{max(train):.3f}, "
-                                     f"test acc {min(test):.3f}-{max(test):.3f}")
+            note = (f"{len(self.active)} runs: train acc {min(train):.3f}-{max(train):.3f}, "
+                    f"test acc {min(test):.3f}-{max(test):.3f}")
+
+        def output() -> None:
+            for entry in later:
+                _write(*entry)
+            if note is not None:
+                reporter.note(step, note)
+        return output
 
     def _fail(self, r: int, step: int) -> None:
         """Run r went non-finite: freeze it, keep its last good checkpoint, go on with the others."""
@@ -448,6 +456,17 @@ class PackedRun:
         m.log(f"done: {landmarks_text(summary)}; best test acc {summary['best_test_acc']:.4f}; "
               f"{summary['steps_per_s']:.3g} steps/s (packed with {len(self.members) - 1} others); results in {m.dir}")
         return summary
+
+
+def _write(m: _Member, row: dict, lines: list[str]) -> None:
+    """One run's evaluation out: its metrics file, its loggers, its log."""
+    m.metrics_file.write(json.dumps(row) + "\n")
+    m.metrics_file.flush()
+    for logger in m.loggers:
+        logger.log_eval(row)
+    m.log(format_eval(row, m.cfg.steps))
+    for line in lines:
+        m.log(line)
 
 
 def train_pack(cfgs: list[Config], log: Callable[[str], None] = print) -> list[dict | None]:

@@ -228,18 +228,24 @@ class Run:
         start_step = self.step
         marks = _Milestones(cfg, self.history, self.step)
 
-        def record(now: float) -> None:
+        def record(now: float):
+            """Read and judge the evaluation; return its output, which the loop writes once the next steps
+            are queued (loop.drive)."""
             row = self.evaluate(self.elapsed_s + now)
             if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "weight_norm")):
                 raise RunError(self._non_finite_message())
             self.history.append(row)
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            for logger in loggers:
-                logger.log_eval(row)
-            reporter.eval(row)
-            for line in marks.update(row):
-                reporter.print(line)
+            lines = marks.update(row)  # (decides an early stop)
+
+            def output() -> None:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                for logger in loggers:
+                    logger.log_eval(row)
+                reporter.eval(row)
+                for line in lines:
+                    reporter.print(line)
+            return output
 
         def check_finite() -> None:
             if not self._state_is_finite():

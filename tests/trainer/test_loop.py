@@ -68,3 +68,45 @@ def test_a_second_ctrl_c_stops_at_once():
         with StopFlag():
             signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGINT)
+
+
+class Logged(Counter):
+    """Counter that logs its steps, and fails on ``fail_at``."""
+
+    def __init__(self, events, fail_at=None, **kw):
+        super().__init__(**kw)
+        self.events, self.fail_at = events, fail_at
+
+    def advance(self, limit):
+        if self.step + limit == self.fail_at:
+            raise RuntimeError("device error")
+        n = super().advance(limit)
+        self.events.append(("advance", self.step))
+        return n
+
+
+def _logged_drive(run, events):
+    def record(now):
+        step = run.step
+        events.append(("record", step))
+        return lambda: events.append(("output", step))
+
+    return loop.drive(run, Quiet(), record=record, save=lambda now: events.append(("save", run.step)),
+                      check_finite=lambda: None)
+
+
+def test_an_evaluations_output_is_written_once_the_next_steps_are_queued_and_before_a_checkpoint():
+    events = []
+    _logged_drive(Logged(events, steps=50, checkpoint_every=30), events)
+    assert events == [("advance", 10), ("record", 10),
+                      ("advance", 20), ("output", 10), ("record", 20),
+                      ("advance", 30), ("output", 20), ("record", 30), ("output", 30), ("save", 30),
+                      ("advance", 40), ("record", 40),
+                      ("advance", 50), ("output", 40), ("record", 50), ("output", 50), ("save", 50)]
+
+
+def test_an_evaluations_output_is_written_when_the_next_steps_fail():
+    events = []
+    with pytest.raises(RuntimeError, match="device error"):
+        _logged_drive(Logged(events, fail_at=30), events)
+    assert events[-2:] == [("record", 20), ("output", 20)]

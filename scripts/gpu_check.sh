@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, within 8 minutes on the lent machine's image (python3, torch + Triton, rich,
 # transformers, pytest, pytest-benchmark; no datasets, no network, the repository not pip-installed):
-#   1. versions;  2. the CUDA tests (tests/gpu: packed runs vs solo runs, kernels vs references, graph vs
-#   eager, resume, bf16);  3. the training-step benchmarks, one pytest run per shape, JSON out, without
-#   the torch.compile rows;  4. a kernel profile of one step per shape (scripts/step_profile.py);
-#   5. the torch.compile reduce-overhead rows, one pytest run per shape;  6. one end-to-end
-#   `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at 30 %, eval every 10
-#   steps), timed (its steady rate, if the cap stops it first);  7. the pack benchmarks
+#   1. versions;  2. the CUDA tests (tests/gpu, a pytest process per file: kernels vs references, graph vs
+#   eager, resume, bf16, PDL, packed runs vs solo runs);  3. the training-step benchmarks, one pytest run
+#   per shape, JSON out, without the torch.compile rows;  4. a kernel profile of one step per shape
+#   (scripts/step_profile.py);  5. the torch.compile reduce-overhead rows, one pytest run per shape;
+#   6. one end-to-end `grokfast-train --dataset modular --steps 100000` (the paper preset: full batch at
+#   30 %, eval every 10 steps), timed (its steady rate, if the cap stops it first);  7. the pack benchmarks
 #   (benchmarks/test_pack_bench.py: R runs packed vs the same R runs solo), JSON out, then the linear layers'
 #   products (benchmarks/test_matmul_bench.py: kernels.matmul vs PyTorch) and its candidate tiles
 #   (scripts/tune_matmul.py);  8. if time is left,
@@ -27,6 +27,7 @@ out=${1:-${OUT:-gpu-check}}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 PY=${PYTHON:-python3}
+export PY
 export TRITON_INTERPRET=0  # real kernels (tests/conftest.py would default to the interpreter)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -102,8 +103,19 @@ bench() {  # bench NAME CAP RESERVE JSON -k EXPR: one pytest-benchmark run of th
   section "$name" "$cap" "$reserve" "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline \
     benchmarks/test_step_bench.py --benchmark-json="$out/$json" --benchmark-columns=min,median,rounds "$@"
 }
-section "CUDA tests" 120 355 "$PY" -m pytest -v -p no:cacheprovider -p scripts.pytest_deadline tests/gpu/test_pack_cuda.py \
-  tests/gpu/test_graph_cuda.py tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py
+# one pytest process per file, the kernels' first: a kernel that faults (an illegal address leaves the
+# process's CUDA context unusable) costs its own file's tests, not every test after it
+cuda_tests() {
+  local rc=0 f stopped=0
+  trap 'stopped=1' INT  # the section's cap: the running pytest ends with its summary, and no file starts after it
+  for f in tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py tests/gpu/test_graph_cuda.py tests/gpu/test_pack_cuda.py; do
+    ((stopped)) && break
+    "$PY" -m pytest -v -p no:cacheprovider -p scripts.pytest_deadline "$f" || rc=$?
+  done
+  return "$rc"
+}
+export -f cuda_tests
+section "CUDA tests" 120 355 bash -c cuda_tests
 bench "step benchmarks (modular)" 55 300 bench-modular.json -k "$bench_k and modular and not compile"
 bench "step benchmarks (imdb)" 65 235 bench-imdb.json -k "$bench_k and imdb and not compile"
 section "step profile" 35 200 "$PY" scripts/step_profile.py --steps "$profile_steps"
@@ -139,7 +151,7 @@ EOF2
   return "$rc"  # the section's exit status is the training run's, not this summary's
 }
 export -f e2e
-export out steps e2e_device PY
+export out steps e2e_device
 section "end-to-end: grokfast-train --dataset modular --steps $steps" 40 70 bash -c e2e
 # R = 1, 8, 64 modular then 1, 8 IMDB, pack and solo rows side by side: a time cap loses IMDB first
 section "pack benchmarks" 65 5 "$PY" -m pytest -q -p no:cacheprovider -p scripts.pytest_deadline benchmarks/test_pack_bench.py \

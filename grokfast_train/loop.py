@@ -9,6 +9,7 @@ checkpointed and the loop returns, so a resumed run continues the same trajector
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
@@ -37,8 +38,8 @@ def drive(run, reporter, record: Callable[[float], Callable[[], None] | None], s
     ``record`` reads the evaluation and decides (non-finite, early stop); it may return the evaluation's
     output -- metrics files, loggers, lines -- as a callable, which is called once the next steps are
     queued: on a GPU the device trains on while the host writes, instead of idling after the read. It is
-    called before any checkpoint (which never holds an evaluation the metrics file lacks) and before
-    this function returns or raises.
+    called before any checkpoint (which never holds an evaluation the metrics file lacks), so before
+    this function returns, and when it raises.
     """
     cfg, start, t0 = run.cfg, run.step, time.perf_counter()
     pending: list[Callable[[], None]] = []
@@ -67,5 +68,7 @@ def drive(run, reporter, record: Callable[[float], Callable[[], None] | None], s
                 if stop.set and run.step < cfg.steps and live():  # (a Ctrl-C at the end or at a stop: finished)
                     return True, now()
         return False, now()
-    finally:
-        publish()
+    except BaseException:  # (every other way out passes a checkpoint, which writes the output first)
+        with contextlib.suppress(Exception):  # write what can be written; the error in flight is the one to report
+            publish()
+        raise

@@ -61,15 +61,15 @@ class Reporter:
         if self._progress is None:
             self.print(format_eval(row, self.total))
             return
-        self._progress.update(self._task, completed=row["step"],
-                              metrics=f"train {row['train_acc']:.3f} test {row['test_acc']:.3f}")
+        # (the step is the bar's own, from ``step``: an evaluation's output may come after later steps are queued)
+        self._progress.update(self._task, metrics=f"train {row['train_acc']:.3f} test {row['test_acc']:.3f}")
 
     def note(self, step: int, text: str) -> None:
         """An evaluation summarised in ``text`` (a pack's spread over its runs): the bar's metrics, or a line."""
         if self._progress is None:
             self.print(f"step {step:>{len(str(self.total))}}/{self.total}  {text}")
             return
-        self._progress.update(self._task, completed=step, metrics=text)
+        self._progress.update(self._task, metrics=text)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -134,36 +134,41 @@ def all_specs() -> list[CompileSpec]:
     return specs + pdl_specs(specs)
 
 
-def pdl_specs(specs: list[CompileSpec]) -> list[CompileSpec]:
-    """Each kernel's first and last configuration built with ``PDL`` (programmatic dependent launch,
-    ``kernels._pdl``), for sm_90 only: the instructions need it. ``problems`` checks their PTX waits
-    before it touches memory."""
-    firsts: dict[Callable, CompileSpec] = {}
-    lasts: dict[Callable, CompileSpec] = {}
-    for spec in specs:
-        firsts.setdefault(spec.fn, spec)
-        lasts[spec.fn] = spec
-    picked = {spec.name: spec for spec in [*firsts.values(), *lasts.values()]}.values()
+def pdl_specs(specs: list[CompileSpec], every: bool = False) -> list[CompileSpec]:
+    """Each kernel's first and last configuration (``every``: all of them) built with ``PDL`` (programmatic
+    dependent launch, ``kernels._pdl``), for sm_90 only: the instructions need it. ``problems`` checks that
+    their PTX waits before anything else it does."""
+    picked: list[CompileSpec] = specs
+    if not every:
+        firsts: dict[Callable, CompileSpec] = {}
+        lasts: dict[Callable, CompileSpec] = {}
+        for spec in specs:
+            firsts.setdefault(spec.fn, spec)
+            lasts[spec.fn] = spec
+        picked = list({spec.name: spec for spec in [*firsts.values(), *lasts.values()]}.values())
     return [dataclasses.replace(spec, name=spec.name[:-1] + ",PDL]", archs=(90,),
                                 signature={**spec.signature, "PDL": "constexpr"},
                                 constexprs={**spec.constexprs, "PDL": True}) for spec in picked]
 
 
-# An instruction that touches memory (not a kernel parameter), and a branch: with PDL, a kernel's
-# griddepcontrol.wait must come before both -- in the straight-line start of the kernel, ahead of any access.
-_MEMORY_OP = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:ld|st|atom|red|cp|prefetch|mbarrier)\.(?!param)", re.M)
-_BRANCH = re.compile(r"^\s*(?:@!?%p\d+\s+)?bra(?:\.uni)?\s", re.M)
+# With PDL a kernel's griddepcontrol.wait must come first: before it, the entry block may hold only what
+# touches no memory and decides nothing -- parameter loads and register moves (and directives, labels,
+# comments, braces). An allow-list, so that an instruction form not foreseen here fails the check.
+_BEFORE_WAIT_OK = re.compile(r"^(?:ld\.param|mov)\b")
 
 
 def _pdl_problems(ptx: str) -> list[str]:
-    waits = [m.start() for m in re.finditer(r"\bgriddepcontrol\.wait\b", ptx)]
+    waits = re.findall(r"\bgriddepcontrol\.wait\b", ptx)
     signals = re.findall(r"\bgriddepcontrol\.launch_dependents\b", ptx)
     if len(waits) != 1 or len(signals) != 1:
         return [f"PDL build with {len(waits)} griddepcontrol.wait and {len(signals)} launch_dependents, "
                 "expected 1 each"]
-    first = [m.start() for m in (_MEMORY_OP.search(ptx), _BRANCH.search(ptx)) if m]
-    if first and min(first) < waits[0]:
-        return ["PDL build touches memory or branches before griddepcontrol.wait"]
+    for line in ptx[:ptx.index("griddepcontrol.wait")].splitlines():
+        code = line.split("//")[0].strip(" \t{}();")
+        if not code or code.startswith((".", "$")):  # directives (.entry, .param, .reg, .loc ...), labels
+            continue
+        if not _BEFORE_WAIT_OK.match(code):  # (a predicated instruction, "@%p1 ...", is not allowed either)
+            return [f"PDL build runs {code.split()[0]!r} before griddepcontrol.wait"]
     return []
 
 
@@ -192,9 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels._compile")
     parser.add_argument("--arch", type=int, action="append", choices=ARCHS,
                         help="compute capability x10 (default: all of 80, 90)")
+    parser.add_argument("--pdl-all", action="store_true",
+                        help="build every configuration with PDL too (sm_90), not each kernel's first and last")
     args = parser.parse_args(argv)
     failed = 0
-    for spec in all_specs():
+    specs = all_specs()
+    if args.pdl_all:
+        base = [spec for spec in specs if not spec.constexprs.get("PDL")]
+        specs = base + pdl_specs(base, every=True)
+    for spec in specs:
         for arch in args.arch or ARCHS:
             if arch not in spec.archs:
                 continue

@@ -108,7 +108,8 @@ bench() {  # bench NAME CAP RESERVE JSON -k EXPR: one pytest-benchmark run of th
 cuda_tests() {
   local rc=0 f stopped=0
   trap 'stopped=1' INT  # the section's cap: the running pytest ends with its summary, and no file starts after it
-  for f in tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py tests/gpu/test_graph_cuda.py tests/gpu/test_pack_cuda.py; do
+  for f in tests/gpu/test_cuda.py tests/gpu/test_attention_cuda.py tests/gpu/test_graph_cuda.py tests/gpu/test_pack_cuda.py \
+      tests/gpu/test_pdl_cuda.py; do
     ((stopped)) && break
     "$PY" -m pytest -v -p no:cacheprovider -p scripts.pytest_deadline "$f" || rc=$?
   done

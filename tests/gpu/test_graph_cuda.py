@@ -27,8 +27,6 @@ from grokfast_train.cli import config_from_args, main  # noqa: E402
 from grokfast_train.errors import RunError  # noqa: E402
 from grokfast_train.loop import steps_to_host_work  # noqa: E402
 from grokfast_train.train import Run  # noqa: E402
-from kernels import set_pdl  # noqa: E402
-from kernels._pdl import pdl  # noqa: E402
 
 SMALL = ["--dataset", "modular", "--p", "23", "--frac", "0.5", "--quiet", "--device", "cuda", "--backend", "triton",
          "--eval-every", "10", "--checkpoint-every", "10", "--eval-batch-size", "50"]  # test set 133: ragged chunk
@@ -213,25 +211,3 @@ def test_encoder_graph_matches_eager(tmp_path):
     eager = worst(rows["off"], rows["off again"])
     graph_ = worst(rows["off"], rows["on"])
     assert graph_ <= max(1e-3, 10 * eager), (graph_, eager)
-
-
-SM90 = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
-                          reason="programmatic dependent launch needs sm_90 or later")
-
-
-@SM90
-@pytest.mark.parametrize("cuda_graph", ["on", "off"])
-def test_programmatic_dependent_launch_changes_no_number(tmp_path, cuda_graph):
-    """Every kernel launched with PDL (kernels._pdl): each waits for the one before it, so the run is the same
-    run -- any kernel that touched memory before its wait would race, and show here. Grokfast on, shuffled."""
-    args = [*SMALL, "--steps", "60", "--cuda-graph", cuda_graph, "--order", "shuffle", "--batch-size", "32",
-            "--grokfast-alpha", "0.9"]
-    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
-    previous = set_pdl(True)
-    try:
-        assert pdl(torch.zeros(1, device="cuda")) == {"PDL": True, "launch_pdl": True}
-        assert main([*args, "--out", str(tmp_path / "pdl")]) == 0
-    finally:
-        set_pdl(previous)
-    _same_rows(_rows(tmp_path / "plain"), _rows(tmp_path / "pdl"))
-    _same_weights(_weights(tmp_path / "plain"), _weights(tmp_path / "pdl"))

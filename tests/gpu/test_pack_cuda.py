@@ -54,7 +54,6 @@ from grokfast_train import graph  # noqa: E402
 from grokfast_train.config import Config, resolve  # noqa: E402
 from grokfast_train.pack import PackedRun  # noqa: E402
 from grokfast_train.train import Run  # noqa: E402
-from kernels import set_pdl  # noqa: E402
 
 KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm")
 ACC = ("train_acc", "test_acc")
@@ -159,19 +158,6 @@ def test_a_pack_graph_on_and_off_give_the_same_metrics(fp32, tmp_path):
             if k.endswith(".k.bias"):  # no effect on the function: see NOISE_ONLY
                 continue
             torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
-
-
-@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
-                    reason="programmatic dependent launch needs sm_90 or later")
-def test_a_pack_with_programmatic_dependent_launch_gives_the_same_metrics(fp32, tmp_path):
-    """The captured pack with every kernel launched with PDL (kernels._pdl) against the one without."""
-    previous = set_pdl(True)
-    try:
-        pack(tmp_path, "pdl", RUNS, cuda_graph="on")
-    finally:
-        set_pdl(previous)
-    for i in range(len(RUNS)):
-        assert_close_rows(fp32 / f"pack{i}", tmp_path / f"pdl{i}", SAME)
 
 
 def test_a_bf16_pack_follows_its_bf16_solo_runs(fp32, tmp_path):

@@ -110,3 +110,19 @@ def test_an_evaluations_output_is_written_when_the_next_steps_fail():
     with pytest.raises(RuntimeError, match="device error"):
         _logged_drive(Logged(events, fail_at=30), events)
     assert events[-2:] == [("record", 20), ("output", 20)]
+
+
+def test_an_output_that_fails_while_an_error_is_in_flight_does_not_hide_it():
+    events = []
+    run = Logged(events, fail_at=30)
+
+    def record(now):
+        def output():
+            raise OSError("disk full")
+        return output if run.step == 20 else None  # pending when the steps to 30 fail
+
+    with pytest.raises(RuntimeError, match="device error"):
+        loop.drive(run, Quiet(), record=record, save=lambda now: None, check_finite=lambda: None)
+    run = Logged([], steps=30)
+    with pytest.raises(OSError, match="disk full"):  # with nothing else in flight, the output's own error
+        loop.drive(run, Quiet(), record=record, save=lambda now: None, check_finite=lambda: None)

@@ -33,7 +33,6 @@ from torch import nn
 
 from ._compile import CompileSpec
 from ._dispatch import check_dtype, use_triton
-from ._pdl import enter, pdl
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024
@@ -91,8 +90,7 @@ def scaled_init_reference_(module: nn.Module, std: float = 0.02, alpha: float = 
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _init_kernel(TABLE, seed, std, alpha, DTYPE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
-    enter(PDL)
+def _init_kernel(TABLE, seed, std, alpha, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     row = TABLE + tl.program_id(0) * 8
     ptr = tl.load(row).to(tl.pointer_type(DTYPE))
     start = tl.load(row + 1)
@@ -189,7 +187,7 @@ def _launch(tensors: list[torch.Tensor], modes: list[int], zero_rows: list[list[
         table[:, 1] = (torch.arange(table.shape[0]) - first.repeat_interleave(blocks)) * BLOCK
         table = table.to(tensors[idxs[0]].device)
         _init_kernel[(table.shape[0],)](table, seed, float(std), float(alpha), DTYPE=_TL[dtype], BLOCK=BLOCK,
-                                        num_warps=NUM_WARPS, **pdl(table))
+                                        num_warps=NUM_WARPS)
     for t, rows_left in zip(tensors, zero_rows):
         for r in rows_left:
             t[r].zero_()

@@ -104,8 +104,9 @@ def _norm_in(dy, Z, W, mask, k_ok, mean, rstd):
 
 
 @triton.jit
-def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, PART, A2, B2, BIAS2, C2, M, N, K, a_rs,
-                   a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs, c_rs, c_ms, d1_rs, d1_ms, d2_rs, d2_ms, ln_rs, eps,
+def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, PART, A2, B2, BIAS2, C2, A3, B3, BIAS3, C3,
+                   M, N, K, M3, a_rs, a_ms, a_ks, a3_ms, b_rs, b_ks, b_ns, bias_rs, c_rs, c_ms, c3_rs, d1_rs, d1_ms,
+                   d2_rs, d2_ms, ln_rs, eps,
                    HAS_BIAS: tl.constexpr, ACT_OUT: tl.constexpr, ACT_IN: tl.constexpr, ADDS: tl.constexpr,
                    NORM: tl.constexpr, NORM_IN: tl.constexpr, TWO: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr,
@@ -126,21 +127,30 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, PART,
     # to DPRE and its rows' partial sums of dweight (Σ dy x̂) and dbias (Σ dy) to PART (2, R, row tiles, K),
     # fused_layer_norm's backward arithmetic, for the weight-gradient launch to sum.
     # TWO 1 (two layers reading one input, e.g. k and v): grid axis 1 holds (run, layer); layer 1's programs
-    # read B2 and BIAS2 and write C2, strided as B, BIAS and C. TWO 2 (the gradients of two such layers meeting
-    # at their input): C = A @ B + A2 @ B2, A2 strided as A and B2 as B, one K loop after the other.
+    # read B2 and BIAS2 and write C2, strided as B, BIAS and C. TWO 3: a third layer too, reading its own M3
+    # rows of that input (the query at the readout row: A3, rows a3_ms apart, runs a_rs), B3 and BIAS3 strided
+    # as B and BIAS, writing C3 (rows c_ms apart, runs c3_rs); the grid's rows are the larger layers', and a
+    # third-layer program past M3 walks no K. TWO 2 (the gradients of two such layers meeting at their input):
+    # C = A @ B + A2 @ B2, A2 strided as A and B2 as B, one K loop after the other.
     enter(PDL)
     pid, run = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    if TWO == 1:
-        layer = run % 2
-        run = run // 2
+    k_stop = K
+    if TWO == 1 or TWO == 3:
+        layer = run % ((TWO + 3) // 2)  # (2 layers, or 3)
+        run = run // ((TWO + 3) // 2)
         if layer == 1:
             B, BIAS, C = B2, BIAS2, C2
+        if TWO == 3:
+            if layer == 2:
+                A, B, BIAS, C, M, a_ms, c_rs = A3, B3, BIAS3, C3, M3, a3_ms, c3_rs
     tiles_n = tl.cdiv(N, BLOCK_N)
     tile_n = pid % tiles_n
     offs_m = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
     m_ok, n_ok = offs_m < M, offs_n < N
+    if TWO == 3:
+        k_stop = tl.where((pid // tiles_n) * BLOCK_M < M, K, 0)  # (a tile of no row: nothing to multiply)
     A += run * a_rs + offs_m.to(tl.int64)[:, None] * a_ms
     B += run * b_rs + offs_n.to(tl.int64)[None, :] * b_ns
 
@@ -163,7 +173,7 @@ def _matmul_kernel(A, B, BIAS, C, PRE, DPRE, D1, D2, LNW, LNB, MEAN, RSTD, PART,
         part_half = tl.num_programs(1) * tl.cdiv(M, BLOCK_M) * K  # dbias's partials after dweight's
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, k_stop, BLOCK_K):
         k = k0 + ks
         a_mask = m_ok[:, None] & (k < K)[None, :]
         a = tl.load(A + k[None, :] * a_ks, mask=a_mask, other=0.0)
@@ -331,12 +341,16 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
 def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None, norm_in=None, two=None) -> None:
     """``norm``: (LN weight, LN bias, their run stride, mean, rstd, eps) for ``matmul_layer_norm``; ``norm_in``:
     (LN weight, its run stride, mean, rstd, partials) for ``matmul_layer_norm_grad``; ``two``: ("fan", b2, bias2,
-    c2) for ``matmul_fan``'s second layer, ("pair", a2, b2) for ``matmul``'s ``pair``."""
+    c2) for ``matmul_fan``'s second layer, ("fan", b2, bias2, c2, a3, b3, bias3, c3) with its third,
+    ("pair", a2, b2) for ``matmul``'s ``pair``."""
     runs = 1 if a.dim() == 2 else a.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     mode = {None: 0, "fan": 1, "pair": 2}[None if two is None else two[0]]
-    if runs * (2 if mode == 1 else 1) > _MAX_GRID_Y:
-        raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y // (2 if mode == 1 else 1)}")
+    if mode == 1 and len(two) == 8:
+        mode = 3
+    layers = {1: 2, 3: 3}.get(mode, 1)  # programs per run along grid axis 1
+    if runs * layers > _MAX_GRID_Y:
+        raise ValueError(f"matmul: {runs} runs; supported: up to {_MAX_GRID_Y // layers}")
     (block_m, block_n, block_k, warps, stages), precision = _config(_mode(a.dtype), act_in or norm_in is not None,
                                                                     n if norm else 0, mode == 2)
     a_rs, a_ms, a_ks = (0, *a.stride()) if a.dim() == 2 else a.stride()
@@ -345,20 +359,25 @@ def _launch(a, b, bias, c, pre, dpre, act_out, act_in, add=(), norm=None, norm_i
         bias = bias.contiguous()
     bias_rs = 0 if bias is None or bias.dim() == 1 else bias.stride(0)
     d1, d2 = (*add, None, None)[:2]
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), runs * (2 if mode == 1 else 1))
     lnw, lnb, ln_rs, mean, rstd, eps = norm or (c, c, 0, c, c, 0.0)
     part = c
     if norm_in is not None:
         lnw, ln_rs, mean, rstd, part = norm_in
     a2, b2, bias2, c2 = a, b, bias, c  # (unread unless TWO says so)
-    if mode == 1:
-        _, b2, bias2, c2 = two
+    a3, b3, bias3, c3, m3 = a, b, bias, c, m
+    if mode in (1, 3):
+        b2, bias2, c2 = two[1:4]
     elif mode == 2:
         _, a2, b2 = two
+    if mode == 3:
+        a3, b3, bias3, c3 = two[4:]
+        m3 = a3.shape[-2]
+    grid = (triton.cdiv(max(m, m3), block_m) * triton.cdiv(n, block_n), runs * layers)
     _matmul_kernel[grid](a, b, c if bias is None else bias, c, c if pre is None else pre, c if dpre is None else dpre,
                          c if d1 is None else d1, c if d2 is None else d2, lnw, lnb, mean, rstd, part, a2, b2,
-                         c if bias2 is None else bias2, c2, m, n, k, a_rs, a_ms, a_ks, b_rs, b_ks, b_ns, bias_rs,
-                         *_strides(c), *_strides(d1), *_strides(d2), ln_rs, eps, HAS_BIAS=bias is not None,
+                         c if bias2 is None else bias2, c2, a3, b3, c if bias3 is None else bias3, c3, m, n, k, m3,
+                         a_rs, a_ms, a_ks, a3.stride(-2), b_rs, b_ks, b_ns, bias_rs, *_strides(c), _strides(c3)[0],
+                         *_strides(d1), *_strides(d2), ln_rs, eps, HAS_BIAS=bias is not None,
                          ACT_OUT=act_out, ACT_IN=act_in, ADDS=len(add), NORM=norm is not None,
                          NORM_IN=norm_in is not None, TWO=mode,
                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision,
@@ -412,30 +431,51 @@ def matmul_fits_pair(a: torch.Tensor, b: torch.Tensor, a2: torch.Tensor, b2: tor
     return _same_layout(a, a2) and _same_layout(b, b2)
 
 
-def matmul_fits_fan(w: torch.Tensor, bias: torch.Tensor | None, w2: torch.Tensor, bias2: torch.Tensor | None) -> bool:
-    """Whether two layers' weights (N, K) / (R, N, K) and biases can share a ``matmul_fan`` launch (whose grid
-    holds two programs' rows per run: up to half of ``_MAX_GRID_Y`` runs)."""
+def matmul_fits_fan(w: torch.Tensor, bias: torch.Tensor | None, w2: torch.Tensor, bias2: torch.Tensor | None,
+                    layers: int = 2) -> bool:
+    """Whether two layers' weights (N, K) / (R, N, K) and biases can share a ``matmul_fan`` launch (the second
+    with the first; ``layers`` 3: as its third layer), whose grid holds ``layers`` programs' rows per run."""
     runs = 1 if w.dim() == 2 else w.shape[0]
-    return _same_layout(w, w2) and _same_layout(bias, bias2) and 2 * runs <= _MAX_GRID_Y
+    return _same_layout(w, w2) and _same_layout(bias, bias2) and layers * runs <= _MAX_GRID_Y
 
 
 def matmul_fan(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, b2: torch.Tensor,
-               bias2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+               bias2: torch.Tensor | None, third: tuple | None = None) -> tuple[torch.Tensor, ...]:
     """Two layers reading one input in one launch: ``(a @ b + bias, a @ b2 + bias2)`` -- the attention's k and
     v projections. b2 (and bias2) must have b's (and bias's) shape, dtype and strides: the two layers' weights
     are of one shape, and a pack's are views of one buffer with one run stride. No activation. Per run for
-    3-D operands, as ``matmul``."""
+    3-D operands, as ``matmul``.
+
+    ``third`` = (a3, b3, bias3): a third layer in the same launch, ``a3 @ b3 + bias3`` appended to the result,
+    reading its own rows of the input -- the query at the readout row: a3 (M3, K) / (R, M3, K), rows of any
+    stride, with a's run stride and unit stride along K (``x[..., p, :]`` of the ``x`` whose rows are a); b3
+    and bias3 laid out as b and bias."""
     _check(a, b, bias)
     if not (_same_layout(b, b2) and _same_layout(bias, bias2)):
         raise ValueError("matmul_fan: b2 and bias2 must have b's and bias's shapes, dtypes and strides")
-    if not use_triton(a, b, bias, b2, bias2) or a.numel() == 0 or b.numel() == 0:
-        return matmul_reference(a, b, bias), matmul_reference(a, b2, bias2)
+    if third is not None:
+        a3, b3, bias3 = third
+        _check(a3, b3, bias3)
+        if not (_same_layout(b, b3) and _same_layout(bias, bias3)) or a3.dim() != a.dim() or a3.stride(-1) != 1 \
+                or a.stride(-1) != 1 or (a.dim() == 3 and a3.stride(0) != a.stride(0)):
+            raise ValueError("matmul_fan: the third layer's b3 and bias3 must have b's and bias's layouts, and a3 "
+                             "a's run stride and unit stride along K")
+    if not use_triton(a, b, bias, b2, bias2, *(third or ())) or a.numel() == 0 or b.numel() == 0:
+        return (matmul_reference(a, b, bias), matmul_reference(a, b2, bias2),
+                *(() if third is None else (matmul_reference(*third),)))
     shape = (*a.shape[:-1], b.shape[-1])
     c, c2 = (torch.empty(shape, dtype=a.dtype, device=a.device) for _ in range(2))
     if bias is not None and bias.stride(-1) != 1:
         bias, bias2 = bias.contiguous(), bias2.contiguous()
-    _launch(a, b, bias, c, None, None, 0, 0, two=("fan", b2, bias2, c2))
-    return c, c2
+    if third is None:
+        _launch(a, b, bias, c, None, None, 0, 0, two=("fan", b2, bias2, c2))
+        return c, c2
+    a3, b3, bias3 = third
+    if bias3 is not None and bias3.stride(-1) != 1:
+        bias3 = bias3.contiguous()
+    c3 = torch.empty((*a3.shape[:-1], b.shape[-1]), dtype=a.dtype, device=a.device)
+    _launch(a, b, bias, c, None, None, 0, 0, two=("fan", b2, bias2, c2, a3, b3, bias3, c3))
+    return c, c2, c3
 
 
 def matmul_act_grad(dy: torch.Tensor, pre: torch.Tensor, b: torch.Tensor, act: str,
@@ -556,7 +596,7 @@ def matmul_layer_norm_grad(dy: torch.Tensor, z: torch.Tensor, ln_weight: torch.T
 def compile_specs() -> list[CompileSpec]:
     """Every configuration ``matmul``, ``matmul_act_grad``, ``matmul_fan``, ``matmul_layer_norm`` and its ``_grad``
     can launch: a forward (operand dtype, fp32 in both precisions, x bias dtype x an activation after it or not;
-    two layers at once; a LayerNorm after it), and an input gradient (an activation's derivative before it or
+    two or three layers at once; a LayerNorm after it), and an input gradient (an activation's derivative before it or
     not x 0, 1 or 2 addends x c in the operands' dtype or float32; two layers' summed; a LayerNorm's backward
     before it)."""
     specs = []
@@ -571,7 +611,7 @@ def compile_specs() -> list[CompileSpec]:
             variants = [(*v, 0, 0) for v in variants] + [
                 (bias, 0, 0, 1, cty, n, 0) for n in (16, 32, 64, 128, 256) for cty in dict.fromkeys((ty, "fp32"))
                 for bias in dict.fromkeys(("fp32", ty))]  # matmul_layer_norm: every row width's tile
-            variants += [(bias, 0, 0, 0, ty, 0, 1) for bias in biases]  # matmul_fan
+            variants += [(bias, 0, 0, 0, ty, 0, two) for two in (1, 3) for bias in biases]  # matmul_fan (+ third)
             variants += [(None, 0, 0, adds, cty, 0, 2) for adds in (0, 1, 2)  # matmul's pair
                          for cty in dict.fromkeys((ty, "fp32"))]
             variants = [(*v, False) for v in variants] + [(None, 0, 0, 0, ty, 0, 0, True)]  # matmul_layer_norm_grad
@@ -581,14 +621,15 @@ def compile_specs() -> list[CompileSpec]:
                 sig = dict(A=f"*{ty}", B=f"*{ty}", BIAS=f"*{bias or cty}", C=f"*{cty}",
                            PRE=f"*{cty if norm_n else ty}", DPRE=f"*{ty}", D1=f"*{cty}", D2=f"*{cty}", LNW="*fp32",
                            LNB="*fp32", MEAN="*fp32", RSTD="*fp32", PART="*fp32", A2=f"*{ty}", B2=f"*{ty}",
-                           BIAS2=f"*{bias or cty}", C2=f"*{cty}", M="i32", N="i32", K="i32", a_rs="i32", a_ms="i32",
-                           a_ks="i32", b_rs="i32", b_ks="i32", b_ns="i32", bias_rs="i32", c_rs="i32", c_ms="i32",
-                           d1_rs="i32", d1_ms="i32", d2_rs="i32", d2_ms="i32", ln_rs="i32", eps="fp32",
+                           BIAS2=f"*{bias or cty}", C2=f"*{cty}", A3=f"*{ty}", B3=f"*{ty}", BIAS3=f"*{bias or cty}",
+                           C3=f"*{cty}", M="i32", N="i32", K="i32", M3="i32", a_rs="i32", a_ms="i32", a_ks="i32",
+                           a3_ms="i32", b_rs="i32", b_ks="i32", b_ns="i32", bias_rs="i32", c_rs="i32", c_ms="i32",
+                           c3_rs="i32", d1_rs="i32", d1_ms="i32", d2_rs="i32", d2_ms="i32", ln_rs="i32", eps="fp32",
                            HAS_BIAS="constexpr", ACT_OUT="constexpr", ACT_IN="constexpr", ADDS="constexpr",
                            NORM="constexpr", NORM_IN="constexpr", TWO="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
                            DOT_PRECISION="constexpr", UPCAST="constexpr")
                 norm = f",norm={block_n}" if norm_n else ",norm_in" if norm_in else ""
-                pair = {0: "", 1: ",fan", 2: ",pair"}[two]
+                pair = {0: "", 1: ",fan", 2: ",pair", 3: ",fan3"}[two]
                 specs.append(CompileSpec(
                     name=f"matmul[{ty},{precision},bias={bias},act_out={act_out},act_in={act_in},adds={adds},c={cty}"
                          f"{norm}{pair}]",

@@ -30,7 +30,8 @@ launch). Layers that read one input (q, k, v; the FFN's first layer) go through 
 sums their input gradients and the residual's inside the products (37 -> 32 kernels per modular step); the
 first two of them reading every position with one weight layout share a launch each way, ``kernels.matmul_fan``
 forward and ``matmul``'s ``pair`` for ``dk Wk + dv Wv`` -- k and v in the readout layer, q and k in a layer
-that computes every row (modular 25 -> 23, IMDB 28 -> 26); and
+that computes every row (modular 25 -> 23, IMDB 28 -> 26), and forward a third layer on its own rows in the
+same launch, the query at the readout row (21 -> 20, IMDB 24 -> 23); and
 a projection followed by post-LN's add and normalise goes through ``linear_norm``: the LayerNorm's forward in
 the product's epilogue (32 -> 30), the sums of its backward's partials for its weight and bias in the
 weight-gradient launch (29 -> 27), and the backward itself in the input gradient's prologue (23 -> 21, IMDB
@@ -169,18 +170,27 @@ class _Linears(torch.autograd.Function):
         ws = [w.to(dtype) for w in params[0::2]]
         bs = [None if b is None else b.to(dtype) for b in params[1::2]]
         # the first two layers reading every position with one weight layout (k and v; q and k where q reads every
-        # row): one launch for both
+        # row): one launch for both -- and a third layer without activation in it too, on its own rows (q at the
+        # readout row)
         fan = _pair([i for i, (pos, act) in enumerate(plan) if pos is None and act is None],
                     lambda i, j: kernels.matmul_fits_fan(ws[i], bs[i], ws[j], bs[j]))
+        third = None if fan is None else next(
+            (t for t, (pos, act) in enumerate(plan) if t not in fan and act is None
+             and kernels.matmul_fits_fan(ws[fan[0]], bs[fan[0]], ws[t], bs[t], layers=3)), None)
         outs, saved = [None] * len(plan), [xc] + [None] * (2 * len(plan))
         for i, (pos, act) in enumerate(plan):
             xi, w, pre = _flat(_rows(xc, pos), runs), ws[i], None
-            if fan and i == fan[1]:
+            if fan and i in (fan[1], third):
                 continue  # (made with fan[0])
             if fan and i == fan[0]:
                 j = fan[1]
-                y, outs[j] = kernels.matmul_fan(xi, w.transpose(-1, -2), bs[i], ws[j].transpose(-1, -2), bs[j])
+                more = None if third is None else (_flat(_rows(xc, plan[third][0]), runs),
+                                                   ws[third].transpose(-1, -2), bs[third])
+                y, outs[j], *rest = kernels.matmul_fan(xi, w.transpose(-1, -2), bs[i], ws[j].transpose(-1, -2), bs[j],
+                                                       third=more)
                 saved[1 + 2 * j] = ws[j]
+                if third is not None:
+                    outs[third], saved[1 + 2 * third] = rest[0], ws[third]
             elif act is None:
                 y = kernels.matmul(xi, w.transpose(-1, -2), bs[i])  # the tensor cores, a pack in one launch
             else:

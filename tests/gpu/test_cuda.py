@@ -251,19 +251,22 @@ def test_matmul_matches_reference_at_the_step_shapes(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("runs", [None, 64])
 def test_k_and_v_in_one_launch_each_way(dtype, runs):
-    # matmul_fan (k, v = x Wkᵀ + bk, x Wvᵀ + bv) and matmul's pair (dk Wk + dv Wv) at the modular keys' shape,
-    # a 64-run pack's weights as views of one buffer; against float64
+    # matmul_fan (k, v = x Wkᵀ + bk, x Wvᵀ + bv, and q = x[:, 5] Wqᵀ + bq at the readout row) and matmul's pair
+    # (dk Wk + dv Wv) at the modular shape (512 prompts of 6 positions), a 64-run pack's weights as views of one
+    # buffer; against float64
     g = torch.Generator(device="cuda").manual_seed(9)
     lead = () if runs is None else (runs,)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     x = torch.randn(*lead, 3072, 128, device="cuda", generator=g).to(dtype)
-    flat = torch.randn(*lead, 2 * (128 * 128 + 128) + 3, device="cuda", generator=g).to(dtype)
+    readout = x.view(*lead, 512, 6, 128)[..., 5, :]
+    flat = torch.randn(*lead, 3 * (128 * 128 + 128) + 3, device="cuda", generator=g).to(dtype)
     size = 128 * 128 + 128
-    ws = [flat[..., i * size:i * size + 128 * 128].view(*lead, 128, 128) for i in range(2)]
-    bs = [flat[..., i * size + 128 * 128:(i + 1) * size] for i in range(2)]
-    k, v = kernels.matmul_fan(x, ws[0].transpose(-1, -2), bs[0], ws[1].transpose(-1, -2), bs[1])
-    for got, w, b in ((k, ws[0], bs[0]), (v, ws[1], bs[1])):
-        want = x.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2)
+    ws = [flat[..., i * size:i * size + 128 * 128].view(*lead, 128, 128) for i in range(3)]
+    bs = [flat[..., i * size + 128 * 128:(i + 1) * size] for i in range(3)]
+    k, v, q = kernels.matmul_fan(x, ws[0].transpose(-1, -2), bs[0], ws[1].transpose(-1, -2), bs[1],
+                                 third=(readout, ws[2].transpose(-1, -2), bs[2]))
+    for got, a, w, b in ((k, x, ws[0], bs[0]), (v, x, ws[1], bs[1]), (q, readout, ws[2], bs[2])):
+        want = a.double() @ w.double().transpose(-1, -2) + b.double().unsqueeze(-2)
         assert _rel_err(got, want) <= tol
     dk, dv = (torch.randn(*lead, 3072, 128, device="cuda", generator=g).to(dtype) for _ in range(2))
     dx = kernels.matmul(dk, ws[0], pair=(dv, ws[1]))

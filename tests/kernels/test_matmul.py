@@ -142,19 +142,19 @@ def test_gradients_that_meet_are_added_into_a_strided_out(dtype, out_dtype, runs
     assert _err(fresh, extra.double() + want_dy @ w.double()) <= 2 * TOL[dtype]
 
 
-def _two_layers(g, runs, k, n, dtype, bias):
-    """Two layers' weights (and biases) of one shape, as the optimiser holds them: solo, two tensors; a pack,
-    views of one run-major buffer, so both have its run stride."""
+def _two_layers(g, runs, k, n, dtype, bias, count=2):
+    """``count`` layers' weights (and biases) of one shape, as the optimiser holds them: solo, separate tensors; a
+    pack, views of one run-major buffer, so all have its run stride."""
     if runs is None:
-        ws = [torch.randn(n, k, generator=g).to(dtype) for _ in range(2)]
+        ws = [torch.randn(n, k, generator=g).to(dtype) for _ in range(count)]
         bs = [None if bias is None else torch.randn(n, generator=g).to(torch.float32 if bias == "fp32" else dtype)
-              for _ in range(2)]
+              for _ in range(count)]
         return ws, bs
     size = n * k + (0 if bias is None else n)
-    flat = torch.randn(runs, 2 * size + 5, generator=g).to(dtype)
-    ws = [flat[:, i * size:i * size + n * k].view(runs, n, k) for i in range(2)]
+    flat = torch.randn(runs, count * size + 5, generator=g).to(dtype)
+    ws = [flat[:, i * size:i * size + n * k].view(runs, n, k) for i in range(count)]
     bs = [None if bias is None else flat[:, i * size + n * k:(i + 1) * size].to(torch.float32 if bias == "fp32"
-                                                                               else dtype) for i in range(2)]
+                                                                               else dtype) for i in range(count)]
     return ws, bs
 
 
@@ -189,6 +189,31 @@ def test_two_layers_on_one_input_in_one_launch(dtype, runs, m, k, n, bias, monke
     assert len(spy.calls) == 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("runs,batch,length,pos,k,n", [(None, 13, 6, 5, 40, 37), (3, 5, 7, 0, 24, 65),
+                                                       (2, 40, 2, 1, 33, 20), (None, 3, 30, 29, 16, 130)])
+@pytest.mark.parametrize("bias", [None, "fp32", "same"])
+def test_a_third_layer_on_its_own_rows_in_the_same_launch(dtype, runs, batch, length, pos, k, n, bias, monkeypatch):
+    """matmul_fan's third: k and v over every row of x (batch, length, k) and q over x[:, pos] alone -- the
+    readout row, rows ``length`` apart -- from one launch; the third's rows fewer than, or (batch 40 x 2 at
+    row tiles of 64) in the same tiles as, the others'. Outputs NaN-poisoned; checked in float64."""
+    spy = LaunchSpy(mm_mod._matmul_kernel)
+    monkeypatch.setattr(mm_mod, "_matmul_kernel", spy)
+    real_empty = torch.empty
+    monkeypatch.setattr(mm_mod.torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    g = torch.Generator().manual_seed(batch * length + pos + n + (runs or 0))
+    lead = () if runs is None else (runs,)
+    x = torch.randn(*lead, batch, length, k + 3, generator=g).to(dtype)[..., :k]  # rows of a larger stride
+    rows, readout = x.reshape(*lead, batch * length, k), x[..., pos, :]
+    (wk, wv, wq), (bk, bv, bq) = _two_layers(g, runs, k, n, dtype, bias, count=3)
+    outs = matmul_fan(rows, wk.transpose(-1, -2), bk, wv.transpose(-1, -2), bv,
+                      third=(readout, wq.transpose(-1, -2), bq))
+    assert len(outs) == 3 and len(spy.calls) == 1
+    for got, (a, w, b) in zip(outs, ((rows, wk, bk), (rows, wv, bv), (readout, wq, bq))):
+        assert got.dtype == dtype and got.shape == (*lead, a.shape[-2], n) and got.is_contiguous()
+        assert _err(got, _want(a, w.transpose(-1, -2), b)) <= TOL[dtype]
+
+
 def test_two_layers_need_one_layout():
     a, w, w2 = torch.randn(5, 4), torch.randn(3, 4), torch.randn(4, 3)
     with pytest.raises(ValueError, match="b2 and bias2 must have b's and bias's"):
@@ -204,6 +229,17 @@ def test_two_layers_need_one_layout():
     # two programs' rows a run on grid axis 1: a pack past half its limit takes two launches instead
     big = torch.zeros(40000, 1, 1)
     assert mm_mod.matmul_fits_fan(big[:2], None, big[:2], None) and not mm_mod.matmul_fits_fan(big, None, big, None)
+    # three with a third layer: past a third of it, the third is a launch of its own
+    assert mm_mod.matmul_fits_fan(big[:21845], None, big[:21845], None, layers=3)
+    assert not mm_mod.matmul_fits_fan(big[:21846], None, big[:21846], None, layers=3)
+    # the third layer: b3 and bias3 laid out as b and bias, a3 with a's run stride and rows along K
+    x = torch.randn(2, 3, 2, 4)  # (runs, batch, length, K)
+    rows, readout, wt = x.reshape(2, 6, 4), x[:, :, 0], torch.randn(2, 3, 4).transpose(-1, -2)
+    assert len(matmul_fan(rows, wt, None, wt, None, third=(readout, wt, None))) == 3
+    with pytest.raises(ValueError, match="the third layer's b3 and bias3 must have b's and bias's layouts"):
+        matmul_fan(rows, wt, None, wt, None, third=(readout, wt.contiguous(), None))
+    with pytest.raises(ValueError, match="the third layer's b3 and bias3 must have b's and bias's layouts"):
+        matmul_fan(rows, wt, None, wt, None, third=(torch.randn(3, 3, 4)[:2], wt, None))  # another run stride
 
 
 def test_a_pair_on_the_cpu_sums_in_the_float32_out(monkeypatch):

@@ -32,15 +32,22 @@ def _jit_functions(tree):
     return [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and any(map(jit, node.decorator_list))]
 
 
+# Launched once per tensor at a model's start, in no step: no chain of kernels to overlap (and Triton 3.6
+# sets up its stack frame before any first statement; see kernels/_compile.py's pdl_specs).
+NO_PDL = {("init.py", "_init_kernel")}
+
+
 def test_every_launch_passes_the_pdl_keywords():
     found = 0
     for path in SOURCES:
         for call in _launches(ast.parse(path.read_text())):
+            if (path.name, ast.unparse(call.func.value)) in NO_PDL:
+                continue
             found += 1
             spread = [k.value for k in call.keywords if k.arg is None]
             assert any(isinstance(v, ast.Call) and ast.unparse(v.func) == "pdl" for v in spread), \
                 f"{path.name}:{call.lineno} launches {ast.unparse(call.func)} without **pdl(...)"
-    assert found >= 15  # every kernel module's launches were seen
+    assert found >= 14  # every kernel module's launches were seen
 
 
 def test_every_kernel_with_pdl_waits_first():
@@ -54,7 +61,7 @@ def test_every_kernel_with_pdl_waits_first():
             assert params[-1] == "PDL" and ast.unparse(fn.args.defaults[-1]) == "False", fn.name
             body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
             assert ast.unparse(body[0]) == "enter(PDL)", f"{path.name}: {fn.name} starts with {ast.unparse(body[0])}"
-    assert kernels_with_pdl >= 16
+    assert kernels_with_pdl >= 15
 
 
 def test_the_switch_gives_nothing_off_a_gpu():

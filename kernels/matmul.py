@@ -432,11 +432,17 @@ def matmul_fits_pair(a: torch.Tensor, b: torch.Tensor, a2: torch.Tensor, b2: tor
 
 
 def matmul_fits_fan(w: torch.Tensor, bias: torch.Tensor | None, w2: torch.Tensor, bias2: torch.Tensor | None,
-                    layers: int = 2) -> bool:
+                    layers: int = 2, a: torch.Tensor | None = None, a3: torch.Tensor | None = None) -> bool:
     """Whether two layers' weights (N, K) / (R, N, K) and biases can share a ``matmul_fan`` launch (the second
-    with the first; ``layers`` 3: as its third layer), whose grid holds ``layers`` programs' rows per run."""
+    with the first; ``layers`` 3: as its third layer), whose grid holds ``layers`` programs' rows per run; with
+    ``a`` and ``a3``, also whether the third's rows a3 can be read with a's run and K strides."""
     runs = 1 if w.dim() == 2 else w.shape[0]
-    return _same_layout(w, w2) and _same_layout(bias, bias2) and layers * runs <= _MAX_GRID_Y
+    rows_fit = a is None or _third_rows_fit(a, a3)
+    return _same_layout(w, w2) and _same_layout(bias, bias2) and layers * runs <= _MAX_GRID_Y and rows_fit
+
+
+def _third_rows_fit(a: torch.Tensor, a3: torch.Tensor) -> bool:
+    return a3.dim() == a.dim() and a3.stride(-1) == a.stride(-1) and (a.dim() == 2 or a3.stride(0) == a.stride(0))
 
 
 def matmul_fan(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, b2: torch.Tensor,
@@ -448,18 +454,17 @@ def matmul_fan(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, b2: 
 
     ``third`` = (a3, b3, bias3): a third layer in the same launch, ``a3 @ b3 + bias3`` appended to the result,
     reading its own rows of the input -- the query at the readout row: a3 (M3, K) / (R, M3, K), rows of any
-    stride, with a's run stride and unit stride along K (``x[..., p, :]`` of the ``x`` whose rows are a); b3
-    and bias3 laid out as b and bias."""
+    stride, with a's run stride and stride along K (``x[..., p, :]`` of the ``x`` whose rows are a); b3 and
+    bias3 laid out as b and bias."""
     _check(a, b, bias)
     if not (_same_layout(b, b2) and _same_layout(bias, bias2)):
         raise ValueError("matmul_fan: b2 and bias2 must have b's and bias's shapes, dtypes and strides")
     if third is not None:
         a3, b3, bias3 = third
         _check(a3, b3, bias3)
-        if not (_same_layout(b, b3) and _same_layout(bias, bias3)) or a3.dim() != a.dim() or a3.stride(-1) != 1 \
-                or a.stride(-1) != 1 or (a.dim() == 3 and a3.stride(0) != a.stride(0)):
+        if not (_same_layout(b, b3) and _same_layout(bias, bias3) and _third_rows_fit(a, a3)):
             raise ValueError("matmul_fan: the third layer's b3 and bias3 must have b's and bias's layouts, and a3 "
-                             "a's run stride and unit stride along K")
+                             "a's run stride and stride along K")
     if not use_triton(a, b, bias, b2, bias2, *(third or ())) or a.numel() == 0 or b.numel() == 0:
         return (matmul_reference(a, b, bias), matmul_reference(a, b2, bias2),
                 *(() if third is None else (matmul_reference(*third),)))

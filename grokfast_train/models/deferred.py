@@ -176,7 +176,8 @@ class _Linears(torch.autograd.Function):
                     lambda i, j: kernels.matmul_fits_fan(ws[i], bs[i], ws[j], bs[j]))
         third = None if fan is None else next(
             (t for t, (pos, act) in enumerate(plan) if t not in fan and act is None
-             and kernels.matmul_fits_fan(ws[fan[0]], bs[fan[0]], ws[t], bs[t], layers=3)), None)
+             and kernels.matmul_fits_fan(ws[fan[0]], bs[fan[0]], ws[t], bs[t], layers=3, a=_flat(xc, runs),
+                                         a3=_flat(_rows(xc, pos), runs))), None)
         outs, saved = [None] * len(plan), [xc] + [None] * (2 * len(plan))
         for i, (pos, act) in enumerate(plan):
             xi, w, pre = _flat(_rows(xc, pos), runs), ws[i], None

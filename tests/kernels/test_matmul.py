@@ -240,6 +240,10 @@ def test_two_layers_need_one_layout():
         matmul_fan(rows, wt, None, wt, None, third=(readout, wt.contiguous(), None))
     with pytest.raises(ValueError, match="the third layer's b3 and bias3 must have b's and bias's layouts"):
         matmul_fan(rows, wt, None, wt, None, third=(torch.randn(3, 3, 4)[:2], wt, None))  # another run stride
+    # ... which the model asks first, falling back to a launch of its own
+    assert mm_mod.matmul_fits_fan(wt, None, wt, None, layers=3, a=rows, a3=readout)
+    assert not mm_mod.matmul_fits_fan(wt, None, wt, None, layers=3, a=rows, a3=torch.randn(3, 3, 4)[:2])
+    assert not mm_mod.matmul_fits_fan(wt, None, wt, None, layers=3, a=rows, a3=readout.transpose(-1, -2))
 
 
 def test_a_pair_on_the_cpu_sums_in_the_float32_out(monkeypatch):

@@ -38,11 +38,10 @@ def test_the_switch_gives_the_launch_keywords_on_this_gpu():
     assert pdl(x) == {} and _with_pdl(lambda: pdl(x)) == {"PDL": True, "launch_pdl": True}
 
 
-@pytest.mark.parametrize("cuda_graph", ["on", "off"])
-def test_a_run_is_the_same_with_and_without_pdl(tmp_path, cuda_graph):
-    """A modular run, captured and op by op; shuffled batches of 32 (epochs that the replays do not divide),
-    Grokfast on, a ragged evaluation chunk."""
-    args = [*SMALL, "--steps", "60", "--cuda-graph", cuda_graph, "--order", "shuffle", "--batch-size", "32",
+def test_a_run_is_the_same_with_and_without_pdl(tmp_path):
+    """A captured modular run (in a graph the kernels follow each other closest: where a race would show);
+    shuffled batches of 32 (epochs that the replays do not divide), Grokfast on, a ragged evaluation chunk."""
+    args = [*SMALL, "--steps", "60", "--cuda-graph", "on", "--order", "shuffle", "--batch-size", "32",
             "--grokfast-alpha", "0.9"]
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
     assert _with_pdl(lambda: main([*args, "--out", str(tmp_path / "pdl")])) == 0

@@ -121,8 +121,9 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileReport:
     return CompileReport(spec, arch, compiled.metadata.shared, compiled.metadata.num_warps, regs, spill, ptx)
 
 
-def all_specs() -> list[CompileSpec]:
-    """Every shipped configuration of every kernel in the package, and its PDL builds (``pdl_specs``)."""
+def all_specs(pdl_every: bool = False) -> list[CompileSpec]:
+    """Every shipped configuration of every kernel in the package, and its PDL builds (``pdl_specs``: each
+    kernel's first and last configuration, or with ``pdl_every`` all of them)."""
     import importlib
 
     specs: list[CompileSpec] = []
@@ -131,7 +132,7 @@ def all_specs() -> list[CompileSpec]:
         mod = importlib.import_module(f"kernels.{module}")
         if hasattr(mod, "compile_specs"):
             specs.extend(mod.compile_specs())
-    return specs + pdl_specs(specs)
+    return specs + pdl_specs(specs, every=pdl_every)
 
 
 def pdl_specs(specs: list[CompileSpec], every: bool = False) -> list[CompileSpec]:
@@ -202,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="build every configuration with PDL too (sm_90), not each kernel's first and last")
     args = parser.parse_args(argv)
     failed = 0
-    specs = all_specs()
-    if args.pdl_all:
-        base = [spec for spec in specs if not spec.constexprs.get("PDL")]
-        specs = base + pdl_specs(base, every=True)
-    for spec in specs:
+    for spec in all_specs(pdl_every=args.pdl_all):
         for arch in args.arch or ARCHS:
             if arch not in spec.archs:
                 continue

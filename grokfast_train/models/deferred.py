@@ -172,21 +172,21 @@ class _Linears(torch.autograd.Function):
         # the first two layers reading every position with one weight layout (k and v; q and k where q reads every
         # row): one launch for both -- and a third layer without activation in it too, on its own rows (q at the
         # readout row)
+        xs = [_flat(_rows(xc, pos), runs) for pos, _ in plan]  # each layer's rows of x, as its operand
         fan = _pair([i for i, (pos, act) in enumerate(plan) if pos is None and act is None],
                     lambda i, j: kernels.matmul_fits_fan(ws[i], bs[i], ws[j], bs[j]))
         third = None if fan is None else next(
-            (t for t, (pos, act) in enumerate(plan) if t not in fan and act is None
-             and kernels.matmul_fits_fan(ws[fan[0]], bs[fan[0]], ws[t], bs[t], layers=3, a=_flat(xc, runs),
-                                         a3=_flat(_rows(xc, pos), runs))), None)
+            (t for t, (_, act) in enumerate(plan) if t not in fan and act is None
+             and kernels.matmul_fits_fan(ws[fan[0]], bs[fan[0]], ws[t], bs[t], layers=3, a=xs[fan[0]], a3=xs[t])),
+            None)
         outs, saved = [None] * len(plan), [xc] + [None] * (2 * len(plan))
         for i, (pos, act) in enumerate(plan):
-            xi, w, pre = _flat(_rows(xc, pos), runs), ws[i], None
+            xi, w, pre = xs[i], ws[i], None
             if fan and i in (fan[1], third):
                 continue  # (made with fan[0])
             if fan and i == fan[0]:
                 j = fan[1]
-                more = None if third is None else (_flat(_rows(xc, plan[third][0]), runs),
-                                                   ws[third].transpose(-1, -2), bs[third])
+                more = None if third is None else (xs[third], ws[third].transpose(-1, -2), bs[third])
                 y, outs[j], *rest = kernels.matmul_fan(xi, w.transpose(-1, -2), bs[i], ws[j].transpose(-1, -2), bs[j],
                                                        third=more)
                 saved[1 + 2 * j] = ws[j]

@@ -171,12 +171,14 @@ class GraphSteps:
 class GraphEval:
     """The test set's (loss sum, correct count) and the weight norm from a captured chunked evaluation.
 
-    ``__call__`` returns a float64 device tensor ``[loss sum, correct, weight norm]`` -- (3,) for a run,
-    (R, 3) for a pack -- queued, valid until the next call (read it once). Two graphs: one chunk
-    (``run.eval_chunk``, replayed ``chunks`` times at the offset ``start``), and a finish (weight norms,
-    results out, sums and offset reset for the next evaluation). The first call runs both eagerly
-    (``eager()``, a warm-up: kernels compile at the chunk's shape), then captures. ``eager()`` alone
-    runs on any device: the CPU tests check the chunking with it, and a pack on the CPU evaluates with it.
+    ``__call__`` returns two device tensors, queued, valid until the next call (read them once): the float64
+    ``[loss sum, correct, rows]`` -- (3,) for a run, (R, 3) for a pack -- and the fp32 weight norm, () or (R,).
+    Two graphs: one chunk (``run.eval_chunk``, replayed ``chunks`` times at the offset ``start``), and a
+    finish (the weight norms; past one chunk, the sums out and they and the offset reset for the next
+    evaluation). A test set of one chunk is summed straight into the result, which its loss overwrites:
+    nothing to copy or reset (the finish is the norm alone). The first call runs both eagerly (``eager()``,
+    a warm-up: kernels compile at the chunk's shape), then captures. ``eager()`` alone runs on any device:
+    the CPU tests check the chunking with it, and a pack on the CPU evaluates with it.
     """
 
     def __init__(self, run, pool=None):
@@ -188,27 +190,29 @@ class GraphEval:
         self.start = torch.zeros((), dtype=torch.long, device=dev)  # first row of the next chunk
         self.lanes = torch.arange(self.chunk, device=dev)
         self.ones = torch.ones(self.n, device=dev) if self.chunks == 1 else None
-        # (..., 3): loss sum, correct, rows, added to by each chunk; (3,) for a run, (R, 3) for a pack
+        # (..., 3): loss sum, correct, rows; (3,) for a run, (R, 3) for a pack. Past one chunk, each adds to sums.
         self.sums = torch.zeros(*run.runs_shape, 3, dtype=torch.float64, device=dev)
-        self.result = torch.zeros_like(self.sums)  # loss sum, correct, weight norm
+        self.result = torch.zeros_like(self.sums)
+        self.norms = torch.zeros(run.runs_shape, device=dev)
+        self.counter = torch.zeros(max(1, self.sums[..., 0].numel()), dtype=torch.int32, device=dev)  # the loss's
         self.pool = pool
         self.graphs: tuple | None = None
 
     def _chunk(self) -> None:
-        if self.chunks == 1:  # the whole test set, every row weighed 1 (made once)
-            self.run.eval_chunk(None, self.ones, self.sums)
+        if self.chunks == 1:  # the whole test set, every row weighed 1 (made once), its sums set in the result
+            self.run.eval_chunk(None, self.ones, self.result, accumulate=False, counter=self.counter)
             return
         rows = self.start + self.lanes
         weight = (rows < self.n).float()  # the ragged tail re-reads the last row, weighed 0: out of the sums
-        self.run.eval_chunk(rows.clamp_max(self.n - 1), weight, self.sums)
+        self.run.eval_chunk(rows.clamp_max(self.n - 1), weight, self.sums, counter=self.counter)
         self.start += self.chunk
 
     def _finish(self) -> None:
-        self.result[..., :2] = self.sums[..., :2]  # (the rows counted, sums[..., 2], are n by construction)
-        self.result[..., 2] = self.run.weight_norms()
-        self.sums.zero_()
         if self.chunks > 1:
+            self.result.copy_(self.sums)
+            self.sums.zero_()
             self.start.zero_()
+        self.run.weight_norms(out=self.norms)
 
     def _eager(self) -> None:
         for _ in range(self.chunks):
@@ -216,14 +220,14 @@ class GraphEval:
         self._finish()
 
     @torch.no_grad()
-    def eager(self) -> torch.Tensor:
+    def eager(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The same evaluation, launched op by op (no graph)."""
         with _eval_mode(self.run.model):
             self._eager()
-        return self.result
+        return self.result, self.norms
 
     @torch.no_grad()
-    def __call__(self) -> torch.Tensor:
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         _check_cuda(self.run)
         with _eval_mode(self.run.model):
             if self.graphs is None:
@@ -233,7 +237,7 @@ class GraphEval:
                 for _ in range(self.chunks):
                     chunk.replay()
                 finish.replay()
-        return self.result
+        return self.result, self.norms
 
     def _warm_up_and_capture(self) -> None:
         main = torch.cuda.current_stream(self.run.device)
@@ -268,13 +272,13 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
-def eager_test_sums(run) -> torch.Tensor:
+def eager_test_sums(run) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain computation of an evaluation: the modules' forward in batches (``metrics.evaluate_sums``: no
     fused products, no chunk offsets) and a norm per parameter tensor (``metrics.weight_norm_tensor``, not the
-    optimiser's flat buffer): [loss sum, correct, weight norm], float64, on the device -- what ``GraphEval`` is
-    checked against."""
+    optimiser's flat buffer): float64 [loss sum, correct, rows] and the fp32 weight norm, on the device -- what
+    ``GraphEval`` is checked against."""
     from .metrics import evaluate_sums, weight_norm_tensor
 
     task = run.task
     sums = evaluate_sums(run.model, task.test_x, task.test_y, task.test_mask, run.cfg.eval_batch_size, run.autocast)
-    return torch.cat([sums, weight_norm_tensor(run.model.parameters()).double().reshape(1)])
+    return torch.cat([sums, sums.new_tensor([task.test_x.shape[0]])]), weight_norm_tensor(run.model.parameters())

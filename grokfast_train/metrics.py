@@ -19,11 +19,12 @@ class IntervalMeter:
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct count, examples
+        self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # the fused loss's scratch, left zero
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, backend: str = "torch") -> torch.Tensor:
         """The batch-mean cross-entropy to backpropagate; the same call adds the batch's loss sum, correct
         count and size to the interval's sums (on the triton backend, inside the loss's own fused kernel)."""
-        return ops.cross_entropy(logits, labels, sums=self.sums, backend=backend)
+        return ops.cross_entropy(logits, labels, sums=self.sums, backend=backend, counter=self.counter)
 
     def read_and_reset(self) -> tuple[float, float]:
         """Mean loss and accuracy since the last read; the one host sync of an interval."""

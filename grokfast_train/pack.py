@@ -164,6 +164,7 @@ class PackedRun:
                                    [m.cfg.seed for m in self.members], dev, cfg.order)
         self.weights = (self.sampler.valid / self.sampler.batch[:, None]).float()  # per-lane loss weights
         self.sums = torch.zeros(R, 3, dtype=torch.float64, device=dev)  # per run: loss sum, correct, examples
+        self.counter = torch.zeros(R, dtype=torch.int32, device=dev)  # the fused loss's scratch, left zero
         # the backward's seed, one per run's loss, made once (no sum of the losses, no fill for a seed)
         self.seed = kernels.unit_seed((R,), dev)
         self.active = list(range(R))
@@ -198,7 +199,7 @@ class PackedRun:
             with self.autocast():
                 logits = self.model(x, mask)  # (R, width, classes)
             # each run's mean over its own batch: its valid lanes, weighted 1 / its batch size
-            losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend)
+            losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend, counter=self.counter)
             losses.backward(self.seed)  # runs share no weight: each gets the gradient of its own loss
 
     def _run_by_run_grads(self, x, y, mask) -> None:
@@ -211,7 +212,8 @@ class PackedRun:
             model = self.run_models[r]
             with self.autocast():
                 logits = model(xr, None if mask is None else mask[r, :b])
-            loss = ops.cross_entropy(logits, yr, sums=self.sums[r], backend=self.cfg.backend)
+            loss = ops.cross_entropy(logits, yr, sums=self.sums[r], backend=self.cfg.backend,
+                                     counter=self.counter[r:r + 1])
             loss.backward()  # into fresh tensors (bind_run left .grad None) ...
             self.opt.set_run_grads(r, [p.grad for p in model.parameters()])  # ... copied into run r's row
             model.zero_grad(set_to_none=True)  # and dropped: none outlives its run (no heap fragments)
@@ -223,9 +225,10 @@ class PackedRun:
         return n
 
     # -- evaluation ----------------------------------------------------------------------------
-    def eval_chunk(self, rows: torch.Tensor | None, weight: torch.Tensor, sums: torch.Tensor) -> None:
-        """Adds each run's [loss sum, correct, rows] over the shared test rows ``rows`` (None: all) of nonzero
-        ``weight`` to its row of ``sums`` (R, 3)."""
+    def eval_chunk(self, rows: torch.Tensor | None, weight: torch.Tensor, sums: torch.Tensor,
+                   accumulate: bool = True, counter: torch.Tensor | None = None) -> None:
+        """Adds (``accumulate=False``: sets) each run's [loss sum, correct, rows] over the shared test rows
+        ``rows`` (None: all) of nonzero ``weight`` to its row of ``sums`` (R, 3)."""
         R = len(self.members)
         x, y, mask = graph.test_rows(self.task, rows)
         with deferred(on=self.cfg.backend == "triton"), self.autocast():
@@ -233,18 +236,19 @@ class PackedRun:
                 logits = self.model(x.expand(R, -1, -1), None if mask is None else mask.expand(R, -1, -1))
             else:
                 logits = torch.stack([model(x, mask) for model in self.run_models])
-        ops.cross_entropy(logits, y, weight, sums, self.cfg.backend)
+        ops.cross_entropy(logits, y, weight, sums, self.cfg.backend, accumulate, counter)
 
-    def weight_norms(self) -> torch.Tensor:
-        return self.opt.weight_norms()
+    def weight_norms(self, out: torch.Tensor) -> None:
+        self.opt.weight_norms(out=out)
 
     def evaluate(self, elapsed_s: float) -> list[dict]:
-        test = self.test_sums()
+        test, norms = self.test_sums()
         train = self.sums.clone()
         self.sums.zero_()
         n = self.task.test_x.shape[0]
         rows = []
-        for (loss_sum, correct, count), (test_loss_sum, test_correct, norm) in zip(train.tolist(), test.tolist()):
+        for (loss_sum, correct, count), (test_loss_sum, test_correct, _), norm in zip(train.tolist(), test.tolist(),
+                                                                                        norms.tolist()):
             count = max(count, 1.0)
             rows.append({"step": self.step, "train_acc": correct / count, "train_loss": loss_sum / count,
                          "test_acc": test_correct / n, "test_loss": test_loss_sum / n, "weight_norm": norm,

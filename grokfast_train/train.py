@@ -117,21 +117,23 @@ class Run:
             self.grad_filter.apply_()
         self.opt.step()
 
-    def eval_chunk(self, rows: torch.Tensor | None, weight: torch.Tensor, sums: torch.Tensor) -> None:
-        """Adds [loss sum, correct, rows] over the test rows ``rows`` (None: all) of nonzero ``weight`` to ``sums``
-        (GraphEval's chunk). On triton the forward takes the step's fused products (``deferred``, with no gradient
-        to defer)."""
+    def eval_chunk(self, rows: torch.Tensor | None, weight: torch.Tensor, sums: torch.Tensor,
+                   accumulate: bool = True, counter: torch.Tensor | None = None) -> None:
+        """Adds (``accumulate=False``: sets) [loss sum, correct, rows] over the test rows ``rows`` (None: all) of
+        nonzero ``weight`` to ``sums`` (GraphEval's chunk; ``counter``, the loss kernel's scratch). On triton the
+        forward takes the step's fused products (``deferred``, with no gradient to defer)."""
         x, y, mask = graph.test_rows(self.task, rows)
         with deferred(on=self.cfg.backend == "triton"), self.autocast():
             logits = self.model(x, mask)
-        ops.cross_entropy(logits, y, weight, sums, self.cfg.backend)
+        ops.cross_entropy(logits, y, weight, sums, self.cfg.backend, accumulate, counter)
 
-    def weight_norms(self) -> torch.Tensor:
-        """The L2 norm of every weight: one reduction over FusedAdamW's flat buffer, which holds each parameter
-        (a tied one once) and zeros between groups."""
+    def weight_norms(self, out: torch.Tensor) -> None:
+        """The L2 norm of every weight into ``out`` (fp32, 0-dim): one reduction over FusedAdamW's flat buffer,
+        which holds each parameter (a tied one once) and zeros between groups."""
         if self._norm_from_optimizer:
-            return self.opt.weight_norm()
-        return weight_norm_tensor(self.model.parameters())
+            self.opt.weight_norm(out=out)
+        else:
+            out.copy_(weight_norm_tensor(self.model.parameters()))
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -173,9 +175,9 @@ class Run:
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, elapsed_s: float) -> dict:
-        test = self.test_sums()  # queued: (test loss sum, correct, weight norm), read after the meter's sync
-        train_loss, train_acc = self.meter.read_and_reset()
-        test_loss_sum, correct, norm = test.tolist()
+        test, norm = self.test_sums()  # queued: [test loss sum, correct, rows] and the weight norm, read after
+        train_loss, train_acc = self.meter.read_and_reset()  # the meter's sync
+        (test_loss_sum, correct, _), norm = test.tolist(), norm.item()
         n = self.task.test_x.shape[0]
         return {"step": self.step, "train_acc": train_acc, "train_loss": train_loss, "test_acc": correct / n,
                 "test_loss": test_loss_sum / n, "weight_norm": norm, "elapsed_s": round(elapsed_s, 3)}

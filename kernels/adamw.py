@@ -363,10 +363,11 @@ class FusedAdamW(Optimizer):
         """Whether the flat buffer holds exactly these parameters (each once)."""
         return {id(p) for p, _, _, _ in self._bindings} == {id(p) for p in params}
 
-    def weight_norm(self) -> torch.Tensor:
-        """The L2 norm of every parameter together, 0-dim fp32 on the device: one reduction over the flat buffer
-        (the zeros between groups stay zero -- no gradient reaches them -- and add nothing)."""
-        return torch.linalg.vector_norm(self._flat_param)
+    def weight_norm(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The L2 norm of every parameter together, 0-dim fp32 on the device (or written into ``out``): one
+        reduction over the flat buffer (the zeros between groups stay zero -- no gradient reaches them -- and
+        add nothing)."""
+        return torch.linalg.vector_norm(self._flat_param, out=out)
 
     def grad_views(self) -> dict[torch.Tensor, torch.Tensor]:
         """Each parameter's view of the flat gradient buffer. A gradient written into its view, with ``.grad``

@@ -191,6 +191,7 @@ class PackedAdamW:
     def set_step_count(self, t: int) -> None:
         self._steps.fill_(t)
 
-    def weight_norms(self) -> torch.Tensor:
-        """Each run's L2 weight norm, (R,) fp32 on the device (the padding is zero and adds nothing)."""
-        return torch.linalg.vector_norm(self.flat["param"], dim=1)
+    def weight_norms(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Each run's L2 weight norm, (R,) fp32 on the device, or written into ``out`` (the padding is zero and
+        adds nothing)."""
+        return torch.linalg.vector_norm(self.flat["param"], dim=1, out=out)

@@ -110,11 +110,14 @@ def token_position_embedding(x: torch.Tensor, tok: nn.Module, pos: nn.Module, ba
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-                  sums: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
+                  sums: torch.Tensor | None = None, backend: str = "torch", accumulate: bool = True,
+                  counter: torch.Tensor | None = None) -> torch.Tensor:
     """Per run ``sum_b weight[b] * CE(logits[b], targets[b])`` (default: the batch mean), and with ``sums``
-    (float64 (3,), or (R, 3) for a pack) += [CE sum, correct, rows] over the rows of nonzero weight: the
-    step's loss and its metrics (``kernels.cross_entropy``; one forward launch and one reduction under
-    triton, PyTorch ops under torch -- the kernel's reference, and the path for more classes than it takes)."""
+    (float64 (3,), or (R, 3) for a pack) += (``accumulate=False``: =) [CE sum, correct, rows] over the rows of
+    nonzero weight: the step's loss and its metrics (``kernels.cross_entropy``, one launch under triton, given
+    the caller's zeroed int32 ``counter`` of R elements -- else it costs a fill; PyTorch ops under torch -- the
+    kernel's reference, and the path for more classes than it takes)."""
     ce = importlib.import_module("kernels.fused_cross_entropy")
-    fused = backend == "triton" and logits.shape[-1] <= ce.MAX_V
-    return (ce.cross_entropy if fused else ce.cross_entropy_reference)(logits, targets, weight, sums)
+    if backend == "triton" and logits.shape[-1] <= ce.MAX_V:
+        return ce.cross_entropy(logits, targets, weight, sums, accumulate, counter)
+    return ce.cross_entropy_reference(logits, targets, weight, sums, accumulate)

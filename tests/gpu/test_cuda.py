@@ -79,7 +79,9 @@ def test_layer_norm_matches_reference(dtype, rows, n):
 @pytest.mark.parametrize("shape", [(512, 117), (2873, 117), (128, 2), (64, 512, 117), (8, 128, 2), (5, 3000)])
 def test_cross_entropy_matches_reference(dtype, shape):
     """Loss, gradient and sums against the float64 reference; argmax ties to the lowest class (which the
-    interpreter cannot check); the same bits on every call (no atomics)."""
+    interpreter cannot check); the same bits on every call (the run's last program sums the partials in a
+    fixed order); the counter that picks that program reused and left zero by every call, as the trainer's
+    meter keeps it; and the sums set, not added, into strided rows (a one-chunk evaluation's result)."""
     g = torch.Generator(device="cuda").manual_seed(shape[-2])
     logits = (torch.randn(shape, device="cuda", generator=g) * 3).to(dtype)
     logits[..., :7, :] = 1.0  # ties everywhere in these rows: predicted class 0
@@ -90,14 +92,21 @@ def test_cross_entropy_matches_reference(dtype, shape):
     weight[..., ::5] = 0
     runs = shape[:-2]
     got = []
+    counter = torch.zeros(max((1, *runs)), dtype=torch.int32, device="cuda")
     for _ in range(2):
         x = logits.clone().requires_grad_()
         sums = torch.zeros(*runs, 3, dtype=torch.float64, device="cuda")
-        loss = kernels.cross_entropy(x, targets, weight, sums)
+        loss = kernels.cross_entropy(x, targets, weight, sums, counter=counter)
         loss.backward(torch.ones_like(loss))
         got.append((loss.detach(), x.grad, sums))
     for a, b in zip(*got):
         assert torch.equal(a, b)
+    assert counter.abs().sum().item() == 0
+    wide = torch.full((*runs, 5), float("nan"), dtype=torch.float64, device="cuda")
+    with torch.no_grad():
+        kernels.cross_entropy(logits, targets, weight, wide[..., 1:4], accumulate=False, counter=counter)
+    torch.testing.assert_close(wide[..., 1:4], got[0][2], rtol=1e-12, atol=0)
+    assert torch.isnan(wide[..., 0]).all() and torch.isnan(wide[..., 4]).all() and counter.abs().sum().item() == 0
     x64 = logits.double().cpu().requires_grad_()
     sums64 = torch.zeros(*runs, 3, dtype=torch.float64)
     ref = kernels.cross_entropy_reference(x64, targets.cpu(), weight.cpu(), sums64)

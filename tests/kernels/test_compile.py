@@ -30,7 +30,7 @@ def test_every_kernel_ships_configurations():
     names = {spec.name.split("[")[0] for spec in all_specs()}
     for kernel in ("attn_fwd", "attn_dkdv", "attn_dq", "fused_adamw", "scaled_init",
                    "layer_norm_fwd", "layer_norm_bwd", "embedding_layer_norm_fwd", "embedding_layer_norm_bwd",
-                   "cross_entropy_fwd", "cross_entropy_reduce", "draw_batch", "weight_grads", "matmul", "token_embedding_fwd",
+                   "cross_entropy", "draw_batch", "weight_grads", "matmul", "token_embedding_fwd",
                    "token_embedding_bwd"):
         assert kernel in names, (kernel, sorted(names))
 

@@ -198,6 +198,30 @@ def test_empty_batch():
     sums = torch.zeros(2, 3, dtype=torch.float64)
     loss = cross_entropy(logits, torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0), sums)
     assert loss.tolist() == [0.0, 0.0] and sums.abs().sum().item() == 0.0
+    sums.fill_(7.0)
+    cross_entropy(logits, torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0), sums, accumulate=False)
+    assert sums.abs().sum().item() == 0.0  # set: the sums of no rows
+
+
+@pytest.mark.parametrize("runs", [(), (3,)])
+def test_sums_set_into_a_strided_row_and_the_counter_left_zero(runs):
+    """``accumulate=False`` sets the sums -- what they held, NaN here, is not read -- into rows of a wider
+    buffer (an evaluation's result), each run's own row, the column past them untouched; the caller's counter,
+    taken by every program of a run (360 of them at the modular full batch), is left zero for the next call."""
+    logits, targets, weight = _inputs((*runs, 2873, 117), torch.float32, True, seed=11)
+    wide = torch.full((*runs, 5), float("nan"), dtype=torch.float64)
+    wide[..., 4] = 42.0
+    counter = torch.zeros(max((1, *runs)), dtype=torch.int32)
+    want = torch.zeros(*runs, 3, dtype=torch.float64)
+    ref = cross_entropy_reference(logits.double(), targets, weight, want)
+    for _ in range(2):
+        loss = cross_entropy(logits, targets, weight, wide[..., 1:4], accumulate=False, counter=counter)
+        _close("loss", loss, ref, 1e-5)
+        _close("loss sum", wide[..., 1], want[..., 0], 1e-5)
+        assert torch.equal(wide[..., 2:4], want[..., 1:])
+        assert torch.isnan(wide[..., 0]).all() and (wide[..., 4] == 42.0).all()
+        assert counter.abs().sum().item() == 0
+        wide[..., 1:4] = float("nan")  # the second call sets them again
 
 
 def test_bf16_gradient_rounds_the_fp32_gradient():
@@ -219,18 +243,23 @@ def test_bf16_gradient_rounds_the_fp32_gradient():
     (dict(weight=torch.zeros(3, dtype=torch.float64)), "weight must be float32"),
     (dict(sums=torch.zeros(2, dtype=torch.float64)), "sums must be"),
     (dict(sums=torch.zeros(3, dtype=torch.float32)), "sums must be"),
+    (dict(sums=torch.zeros(6, dtype=torch.float64)[::2]), "each row contiguous"),
+    (dict(logits=torch.zeros(2, 3, 4), sums=torch.zeros(3, dtype=torch.float64).expand(2, 3)), "apart"),
+    (dict(counter=torch.zeros(1, dtype=torch.int64)), "counter must be"),
+    (dict(counter=torch.zeros(0, dtype=torch.int32)), "counter must be"),
 ])
 def test_bad_arguments_raise_one_clear_error(args, match):
-    kw = dict(logits=torch.zeros(3, 4), targets=torch.zeros(3, dtype=torch.long), weight=None, sums=None) | args
+    kw = dict(logits=torch.zeros(3, 4), targets=torch.zeros(3, dtype=torch.long), weight=None, sums=None,
+              counter=None) | args
     with pytest.raises(ValueError, match=match):
-        cross_entropy(kw["logits"], kw["targets"], kw["weight"], kw["sums"])
+        cross_entropy(kw["logits"], kw["targets"], kw["weight"], kw["sums"], counter=kw["counter"])
 
 
 def test_compile_specs_cover_every_dispatched_configuration(monkeypatch):
     """Every (BLOCK_V, BLOCK_B, warps, weight, gradient, dtype) the launcher picks is one compile_specs()
     ships, and every pointer it passes has the shipped type (an absent weight or gradient included)."""
-    spy = LaunchSpy(ce_mod._ce_fwd_kernel)
-    monkeypatch.setattr(ce_mod, "_ce_fwd_kernel", spy)
+    spy = LaunchSpy(ce_mod._ce_kernel)
+    monkeypatch.setattr(ce_mod, "_ce_kernel", spy)
     shipped = {(s.constexprs["BLOCK_V"], s.constexprs["BLOCK_B"], s.num_warps, s.constexprs["HAS_WEIGHT"],
                 s.constexprs["STORE_GRAD"], s.signature["LOGITS"]) for s in ce_mod.compile_specs()
                if "BLOCK_V" in s.constexprs}
@@ -246,6 +275,7 @@ def test_compile_specs_cover_every_dispatched_configuration(monkeypatch):
                             names[dtype]) in shipped
                     assert kw["STORE_GRAD"] == grad
                     assert args[2].dtype == args[3].dtype == torch.float32  # WEIGHT, DLOGITS: *fp32
+                    assert args[6].dtype == torch.float64 and args[7].dtype == torch.int32  # SUMS, COUNTER
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

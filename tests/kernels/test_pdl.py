@@ -47,7 +47,7 @@ def test_every_launch_passes_the_pdl_keywords():
             spread = [k.value for k in call.keywords if k.arg is None]
             assert any(isinstance(v, ast.Call) and ast.unparse(v.func) == "pdl" for v in spread), \
                 f"{path.name}:{call.lineno} launches {ast.unparse(call.func)} without **pdl(...)"
-    assert found >= 14  # every kernel module's launches were seen
+    assert found >= 13  # every kernel module's launches were seen
 
 
 def test_every_kernel_with_pdl_waits_first():
@@ -61,7 +61,7 @@ def test_every_kernel_with_pdl_waits_first():
             assert params[-1] == "PDL" and ast.unparse(fn.args.defaults[-1]) == "False", fn.name
             body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
             assert ast.unparse(body[0]) == "enter(PDL)", f"{path.name}: {fn.name} starts with {ast.unparse(body[0])}"
-    assert kernels_with_pdl >= 15
+    assert kernels_with_pdl >= 14
 
 
 def test_the_switch_gives_nothing_off_a_gpu():

@@ -151,11 +151,12 @@ def test_chunked_evaluation_masks_the_ragged_last_chunk(tmp_path, chunk):
         t[[j, n - 1]] = t[[n - 1, j]]
     ev = graph.GraphEval(run)
     assert ev.chunk == min(chunk, n) and ev.chunks == -(-n // min(chunk, n))
-    want = graph.eager_test_sums(run)
+    want, want_norm = graph.eager_test_sums(run)
     for _ in range(2):  # the finish resets the sums and offset for the next evaluation
-        got = ev.eager().clone()
+        got, norm = (t.clone() for t in ev.eager())
         torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
-    assert 0 < want[1] < n
+        assert torch.equal(norm, want_norm)
+    assert 0 < want[1] < n and want[2] == n
     assert ev.start.item() == 0 and ev.sums.abs().sum().item() == 0
 
 
@@ -173,14 +174,15 @@ def test_a_triton_evaluation_takes_the_fused_forward_and_matches_the_plain_modul
     task.test_y[::2] = logits[::2].argmax(-1)  # half the answers right, so that the correct count is checked too
     ev = graph.GraphEval(run)
     assert ev.chunks == (1 if chunk == 1000 else 3)
-    got = ev.eager().clone()
+    got, norm = (t.clone() for t in ev.eager())
     want_loss = torch.nn.functional.cross_entropy(logits, task.test_y, reduction="sum").item()
     want_correct = (logits.argmax(-1) == task.test_y).sum().item()
     unique = {id(p): p for p in run.model.parameters()}.values()
     want_norm = sum(p.double().square().sum() for p in unique).sqrt().item()
     assert abs(got[0].item() - want_loss) <= 1e-5 * want_loss
     assert want_correct > 0 and abs(got[1].item() - want_correct) <= 1  # (a near tie may fall either way)
-    assert abs(got[2].item() - want_norm) <= 1e-6 * want_norm
+    assert got[2].item() == task.test_x.shape[0]
+    assert abs(norm.item() - want_norm) <= 1e-6 * want_norm
 
 
 def test_graph_eval_call_refuses_cpu(tmp_path):

@@ -210,7 +210,8 @@ def test_decoder_matches_openai_gpt(hidden, heads, n_layers, L, alpha, dtype, pa
     for r in (L - 1, L // 2):
         ours.zero_grad(), hf.zero_grad()
         first, _ = rows_seen(ours, lambda: out.append(ours(x, mask, readout_pos=r)))
-        assert first == (VOCAB if batch > VOCAB else r + 1)  # the tables' rows, or the positions up to r
+        # the tables' rows, or the positions up to r (which a readout first layer attends to without keys)
+        assert first == (VOCAB if batch > VOCAB else r + 1 if n_layers > 1 else ("x", r + 1))
         logits = out.pop()
         ref = hf(input_ids=x, attention_mask=hf_mask).logits[:, r]
         assert_close(logits, ref, f"logits at {r}")
@@ -221,18 +222,21 @@ def test_decoder_matches_openai_gpt(hidden, heads, n_layers, L, alpha, dtype, pa
 
 # --- readout-only vs the full computation ---
 
-def rows_seen(model: nn.Module, run) -> tuple[int, int]:
-    """Rows entering the first layer's keys (positions per sequence, or the token table's rows where
-    the decoder projects the embedding tables) and the last layer's FFN during ``run()``."""
+def rows_seen(model: nn.Module, run) -> tuple[int | tuple[str, int], int]:
+    """What the first layer's keys come from during ``run()`` -- the rows entering its key projection
+    (positions per sequence, or the token table's rows where the decoder projects the embedding tables),
+    or ("x", positions) where it projects no key (a readout layer on the torch backend attends from its
+    input x itself: readout_attention.py) -- and the rows entering the last layer's FFN."""
     seen = {}
     hooks = [model.layers[0].k.register_forward_hook(lambda m, i, o: seen.__setitem__("first", i[0].shape[-2])),
+             model.layers[0].register_forward_pre_hook(lambda m, i: seen.__setitem__("input", i[0].shape[-2])),
              model.layers[-1].fc1.register_forward_hook(lambda m, i, o: seen.__setitem__("last", i[0].shape[-2]))]
     try:
         run()
     finally:
         for h in hooks:
             h.remove()
-    return seen["first"], seen["last"]
+    return seen.get("first", ("x", seen["input"])), seen["last"]
 
 
 def readout_vs_full(model: nn.Module, run, seed: int):
@@ -260,7 +264,7 @@ def test_encoder_readout_only_equals_full(n_layers, alpha, dtype):
     randomise_(model, 0.02, alpha, seed=10 + n_layers)
     x, mask = padded_batch(5, L, seed=12)
     fast, full = readout_vs_full(model, lambda: model(x, mask), seed=13)
-    assert fast == (L, 1) and full == (L, L)
+    assert fast == ((L if n_layers > 1 else ("x", L)), 1) and full == (L, L)
 
 
 @pytest.mark.parametrize("n_layers", [1, 3])
@@ -277,7 +281,7 @@ def test_decoder_readout_only_equals_full(n_layers, r, padded, alpha, dtype, bat
     x, mask = padded_batch(batch, L, seed=22)
     mask = mask if padded else None
     fast, full = readout_vs_full(model, lambda: model(x, mask, readout_pos=r), seed=23)
-    first = VOCAB if batch > VOCAB else r + 1  # positions after r never computed
+    first = VOCAB if batch > VOCAB else r + 1 if n_layers > 1 else ("x", r + 1)  # positions after r never computed
     assert fast == (first, 1) and full == (L, L)
 
 
@@ -298,6 +302,44 @@ def test_attention_masks_against_explicit_softmax(Lq, Lk):
                 allowed = allowed & mask[:, None, None, :]
             s = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~allowed, float("-inf"))
             torch.testing.assert_close(ops.attention(q, k, v, mask, causal), s.softmax(-1) @ v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("runs", [None, 3])
+def test_readout_attention_equals_attention_over_the_projected_keys(runs):
+    """``readout_attention`` (no key or value projected) against ``ops.attention`` over x's projected keys and
+    values, in float64, output and every gradient: a key padding mask that leaves one sequence no key at all
+    (its output 0, as SDPA's), heads of 8, solo and as a pack (each run its own weights and rows)."""
+    from grokfast_train.models.readout_attention import readout_attention
+
+    gen = torch.Generator().manual_seed(40)
+    lead, R = ((5,), ()) if runs is None else ((runs, 5), (runs,))
+    H, D, L = 3, 8, 7
+    C = H * D
+    leaves = [torch.randn(*lead, 1, C, generator=gen), torch.randn(*lead, L, C, generator=gen)] + [
+        torch.randn(*R, *shape, generator=gen) for shape in ((C, C), (C,), (C, C), (C,))]
+    q, x, wk, bk, wv, bv = (t.double().requires_grad_() for t in leaves)
+    mask = torch.rand(*lead, L, generator=gen) < 0.6
+    mask[..., 1, :] = False  # a sequence with no key
+    mask[..., 2, :] = True
+
+    def plain():
+        per_run = (lambda t: t) if runs is None else (lambda t: t.unsqueeze(1))  # noqa: E731 (a pack's weights)
+        k = x @ per_run(wk).transpose(-1, -2) + bk.unsqueeze(-2).unsqueeze(-2)
+        v = x @ per_run(wv).transpose(-1, -2) + bv.unsqueeze(-2).unsqueeze(-2)
+        heads = lambda t: t.reshape(-1, t.shape[-2], H, D).transpose(1, 2)  # noqa: E731
+        a = ops.attention(heads(q), heads(k), heads(v), mask.reshape(-1, L))
+        return a.transpose(1, 2).reshape(*lead, 1, C)
+
+    out = {}
+    for name, fn in (("readout", lambda: readout_attention(q, x, wk, bk, wv, bv, H, mask)), ("plain", plain)):
+        y = fn()
+        (y * torch.linspace(-1, 2, C, dtype=torch.float64)).sum().backward()
+        out[name] = [y.detach()] + [t.grad.clone() for t in (q, x, wk, bk, wv, bv)]
+        for t in (q, x, wk, bk, wv, bv):
+            t.grad = None
+    assert out["readout"][0][..., 1, :, :].abs().max() == 0  # no key: 0
+    for name, a, b in zip(("y", "dq", "dx", "dwk", "dbk", "dwv", "dbv"), out["readout"], out["plain"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
 def test_attention_refuses_a_float_mask():

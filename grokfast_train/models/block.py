@@ -8,7 +8,7 @@ attended to, but the query, the attention output, both residuals, both LayerNorm
 on one row. That is exact -- the other rows of the output are simply not computed -- and it is what
 the last layer needs when the loss reads one position (DESIGN.md, "Compute only what the loss
 reads"). On the torch backend such a layer projects no key or value either: its one query attends
-to the input rows themselves (``readout_attention.py``; IMDB's CPU step 2.4x faster).
+to the input rows themselves (``readout_attention.py``; IMDB's CPU step ~3x faster).
 
 ``runs=R`` builds the packed layer (``runs.py``): R independent copies, activations (R, B, L, C).
 The forward is written for any leading dimensions, so one body serves both.
@@ -64,8 +64,8 @@ class Block(nn.Module):
         if query_pos is not None and self.backend == "torch" and isinstance(x, torch.Tensor):
             # one query row: its attention from x itself, no key or value projected (readout_attention.py). (Where
             # x is an EmbeddingSum the keys and values are projected from the tables, as cheaply.)
-            a = readout_attention(self.q(xq), x, self.k.weight, self.k.bias, self.v.weight, self.v.bias, self.heads,
-                                  mask)
+            a, xq = readout_attention(x, self.q.weight, self.q.bias, self.k.weight, self.k.bias, self.v.weight,
+                                      self.v.bias, self.heads, mask, row=query_pos)
         else:
             a, xq = self._attention(x, xq, mask, query_pos)
             a = a.reshape(*lead, xq.shape[-2], C)

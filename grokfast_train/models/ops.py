@@ -89,10 +89,11 @@ def embeddings(x: torch.Tensor, word: nn.Embedding, pos: nn.Embedding, type_: nn
             return deferred.embedding_layer_norm(x, word, pos, type_, ln)
         return _kernel("embedding_layer_norm")(x, word.weight, pos.weight, type_.weight, ln.weight, ln.bias, ln.eps,
                                                padding_idx=word.padding_idx)
+    # the small tables summed first: one pass over the (B, L, C) rows each way, not two
     if word.weight.dim() == 3:
-        return layer_norm(word(x) + leading_rows(type_.weight, 1) + leading_rows(pos.weight, x.shape[-1]), ln,
+        return layer_norm(word(x) + (leading_rows(type_.weight, 1) + leading_rows(pos.weight, x.shape[-1])), ln,
                           backend=backend)
-    return layer_norm(word(x) + type_.weight[0] + pos.weight[:x.shape[1]], ln, backend=backend)
+    return layer_norm(word(x) + (type_.weight[0] + pos.weight[:x.shape[1]]), ln, backend=backend)
 
 
 def token_position_embedding(x: torch.Tensor, tok: nn.Module, pos: nn.Module, backend: str = "torch") -> torch.Tensor:

@@ -305,40 +305,46 @@ def test_attention_masks_against_explicit_softmax(Lq, Lk):
 
 
 @pytest.mark.parametrize("runs", [None, 3])
-def test_readout_attention_equals_attention_over_the_projected_keys(runs):
-    """``readout_attention`` (no key or value projected) against ``ops.attention`` over x's projected keys and
-    values, in float64, output and every gradient: a key padding mask that leaves one sequence no key at all
-    (its output 0, as SDPA's), heads of 8, solo and as a pack (each run its own weights and rows)."""
+@pytest.mark.parametrize("row", [0, 6])
+def test_readout_attention_equals_attention_over_the_projected_keys(runs, row):
+    """``readout_attention`` (no key or value projected; its backward written out) against ``ops.attention``
+    over x's projected query row, keys and values, in float64: the output, the residual row, and the gradients
+    of x and of every weight and bias; a key padding mask that leaves one sequence no key at all (its output
+    0, as SDPA's), heads of 8, the query at the first row and the last, solo and as a pack (each run its own
+    weights and rows)."""
     from grokfast_train.models.readout_attention import readout_attention
 
     gen = torch.Generator().manual_seed(40)
     lead, R = ((5,), ()) if runs is None else ((runs, 5), (runs,))
     H, D, L = 3, 8, 7
     C = H * D
-    leaves = [torch.randn(*lead, 1, C, generator=gen), torch.randn(*lead, L, C, generator=gen)] + [
-        torch.randn(*R, *shape, generator=gen) for shape in ((C, C), (C,), (C, C), (C,))]
-    q, x, wk, bk, wv, bv = (t.double().requires_grad_() for t in leaves)
+    leaves = [torch.randn(*lead, L, C, generator=gen)] + [
+        torch.randn(*R, *shape, generator=gen) for shape in ((C, C), (C,)) * 3]
+    x, wq, bq, wk, bk, wv, bv = (t.double().requires_grad_() for t in leaves)
     mask = torch.rand(*lead, L, generator=gen) < 0.6
     mask[..., 1, :] = False  # a sequence with no key
     mask[..., 2, :] = True
 
     def plain():
         per_run = (lambda t: t) if runs is None else (lambda t: t.unsqueeze(1))  # noqa: E731 (a pack's weights)
-        k = x @ per_run(wk).transpose(-1, -2) + bk.unsqueeze(-2).unsqueeze(-2)
-        v = x @ per_run(wv).transpose(-1, -2) + bv.unsqueeze(-2).unsqueeze(-2)
+        q, k, v = (x @ per_run(w).transpose(-1, -2) + b.unsqueeze(-2).unsqueeze(-2)
+                   for w, b in ((wq, bq), (wk, bk), (wv, bv)))
         heads = lambda t: t.reshape(-1, t.shape[-2], H, D).transpose(1, 2)  # noqa: E731
-        a = ops.attention(heads(q), heads(k), heads(v), mask.reshape(-1, L))
-        return a.transpose(1, 2).reshape(*lead, 1, C)
+        a = ops.attention(heads(q[..., row:row + 1, :]), heads(k), heads(v), mask.reshape(-1, L))
+        return a.transpose(1, 2).reshape(*lead, 1, C), x[..., row:row + 1, :]
 
     out = {}
-    for name, fn in (("readout", lambda: readout_attention(q, x, wk, bk, wv, bv, H, mask)), ("plain", plain)):
-        y = fn()
-        (y * torch.linspace(-1, 2, C, dtype=torch.float64)).sum().backward()
-        out[name] = [y.detach()] + [t.grad.clone() for t in (q, x, wk, bk, wv, bv)]
-        for t in (q, x, wk, bk, wv, bv):
+    weights = torch.linspace(-1, 2, C, dtype=torch.float64)
+    for name, fn in (("readout", lambda: readout_attention(x, wq, bq, wk, bk, wv, bv, H, mask, row)),
+                     ("plain", plain)):
+        y, res = fn()
+        ((y * weights).sum() + (res * weights.flip(0)).sum() * 0.5).backward()
+        out[name] = [y.detach(), res.detach()] + [t.grad.clone() for t in (x, wq, bq, wk, bk, wv, bv)]
+        for t in (x, wq, bq, wk, bk, wv, bv):
             t.grad = None
     assert out["readout"][0][..., 1, :, :].abs().max() == 0  # no key: 0
-    for name, a, b in zip(("y", "dq", "dx", "dwk", "dbk", "dwv", "dbv"), out["readout"], out["plain"]):
+    for name, a, b in zip(("y", "residual", "dx", "dwq", "dbq", "dwk", "dbk", "dwv", "dbv"), out["readout"],
+                          out["plain"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 

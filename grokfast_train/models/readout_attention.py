@@ -102,6 +102,7 @@ class _ReadoutAttention(torch.autograd.Function):
 
 
 def _widest(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The dtype every one of the given tensors promotes to (Nones skipped)."""
     dtypes = [t.dtype for t in tensors if t is not None]
     widest = dtypes[0]
     for d in dtypes[1:]:

@@ -166,7 +166,7 @@ def _launch(logits, targets, weight, sums, accumulate: bool, counter, store_grad
     part = _empty((runs * tiles, _PARTS), torch.float32, x.device)
     if counter is None:
         counter = torch.zeros(runs, dtype=torch.int32, device=x.device)
-    # (an absent weight, gradient or sums is never read or written: ``part`` and ``loss`` stand in, of its type)
+    # (an absent weight, gradient or sums is never read or written: ``part`` (fp32) or ``_no_sums`` (fp64) stands in)
     _ce_kernel[(runs * tiles,)](
         x, t, part if w is None else w, dlogits if store_grad else part, part, loss,
         _no_sums(x.device) if sums is None else sums, counter, b, v, tiles,

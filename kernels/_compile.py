@@ -128,7 +128,7 @@ def all_specs(pdl_every: bool = False) -> list[CompileSpec]:
 
     specs: list[CompileSpec] = []
     for module in ("fused_attention", "adamw", "init", "fused_layer_norm", "fused_embedding",
-                   "fused_cross_entropy", "batch_draw", "weight_grads", "token_embedding", "matmul"):
+                   "fused_cross_entropy", "batch_draw", "weight_grads", "token_embedding", "matmul", "readout_attention"):
         mod = importlib.import_module(f"kernels.{module}")
         if hasattr(mod, "compile_specs"):
             specs.extend(mod.compile_specs())

@@ -41,7 +41,7 @@ from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
 from ._pdl import enter, pdl
 
-MAX_PROBLEMS = 16  # a 1-layer encoder's step: 8 linear layers and 8 sums (2 LayerNorms', the embedding block's 4)
+MAX_PROBLEMS = 17  # a 1-layer encoder's step: 8 linear layers and 9 sums (2 LayerNorms', the embedding block's 4, bk's)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 _META = 13  # ints per problem in the launch's table (see _meta)
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps) per operand dtype

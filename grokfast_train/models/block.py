@@ -7,8 +7,8 @@
 attended to, but the query, the attention output, both residuals, both LayerNorms and the FFN run
 on one row. That is exact -- the other rows of the output are simply not computed -- and it is what
 the last layer needs when the loss reads one position (DESIGN.md, "Compute only what the loss
-reads"). On the torch backend such a layer projects no key or value either: its one query attends
-to the input rows themselves (``readout_attention.py``; IMDB's CPU step ~3x faster).
+reads"). Such a layer projects no key or value either: its one query attends to the input rows
+themselves (``readout_attention.py``; IMDB's CPU step ~3x faster; on the triton backend one kernel each way).
 
 ``runs=R`` builds the packed layer (``runs.py``): R independent copies, activations (R, B, L, C).
 The forward is written for any leading dimensions, so one body serves both.
@@ -23,6 +23,7 @@ from torch import nn
 from . import deferred, ops
 from .deferred import Linear
 from .embedding_sum import EmbeddingSum
+from .readout_attention import fits as readout_fits
 from .readout_attention import readout_attention
 from .runs import RunLayerNorm, RunLinear
 
@@ -61,11 +62,13 @@ class Block(nn.Module):
             if self.causal:  # keys after the query are never seen; don't project them
                 x = _positions(x, 0, query_pos + 1)
                 mask = None if mask is None else mask[..., :query_pos + 1]
-        if query_pos is not None and self.backend == "torch" and isinstance(x, torch.Tensor):
-            # one query row: its attention from x itself, no key or value projected (readout_attention.py). (Where
-            # x is an EmbeddingSum the keys and values are projected from the tables, as cheaply.)
+        if query_pos is not None and isinstance(x, torch.Tensor) and (self.backend == "torch"
+                                                                    or readout_fits(C, self.heads, x.shape[-2])):
+            # one query row: its attention from x itself, no key or value projected (readout_attention.py; on the
+            # triton backend one kernel each way). (Where x is an EmbeddingSum the keys and values are projected
+            # from the tables, as cheaply.)
             a, xq = readout_attention(x, self.q.weight, self.q.bias, self.k.weight, self.k.bias, self.v.weight,
-                                      self.v.bias, self.heads, mask, row=query_pos)
+                                      self.v.bias, self.heads, mask, row=query_pos, backend=self.backend)
         else:
             a, xq = self._attention(x, xq, mask, query_pos)
             a = a.reshape(*lead, xq.shape[-2], C)

@@ -16,24 +16,44 @@ is the same for every key), so that bk's gradient is what the projected keys giv
 
 The backward is written out (``_ReadoutAttention``) so that x's gradient is one product, both of x's uses
 at once, with the residual's gradient at the query row added in place -- where autograd would add three
-tensors of x's size (the two uses and the row's zero-padded slice). The torch backend's path (``Block``);
-the triton backend keeps its fused projections and attention kernels.
+tensors of x's size (the two uses and the row's zero-padded slice).
+
+``backend="triton"`` runs the same identity as one kernel each way (``kernels.readout_attention``: the query,
+the scores, softmax, the mix and the value projection in one launch forward; x's gradient, its row's included,
+and the query's in one launch backward), and leaves the weight gradients to the step's weight-gradient launch
+inside ``deferred()`` (``_ReadoutKernels``): where ``fits`` says, sequences of at least
+``kernels.readout_attention.MIN_KEYS`` positions (IMDB's 256, not the modular task's 6) of widths up to ``MAX_C``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import deferred
+
 
 def readout_attention(x: torch.Tensor, q_weight: torch.Tensor, q_bias: torch.Tensor, k_weight: torch.Tensor,
                       k_bias: torch.Tensor, v_weight: torch.Tensor, v_bias: torch.Tensor, heads: int,
-                      mask: torch.Tensor | None = None, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                      mask: torch.Tensor | None = None, row: int = 0,
+                      backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """``attention(q, x Wkᵀ + bk, x Wvᵀ + bv)`` over ``heads`` heads, heads merged, for the one query
     ``q = x[..., row, :] Wqᵀ + bq``; and that row of x as the residual. x (..., L, C), the layer's input at the
     keys' positions; mask bool (..., L), True at keys that take part (a query with none gets 0, as
     ``ops.attention``'s). Weights (C, C) and biases (C,), or a pack's (R, C, C) and (R, C) with x (R, B, L, C).
     -> ((..., 1, C), ``x[..., row:row + 1, :]``), the second a view whose gradient joins x's in one tensor."""
+    if backend == "triton":
+        pending = deferred._active[-1] if deferred.active() else None
+        return _ReadoutKernels.apply(x, pending, heads, mask, row, q_weight, q_bias, k_weight, k_bias, v_weight,
+                                     v_bias)
     return _ReadoutAttention.apply(x, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, heads, mask, row)
+
+
+def fits(hidden: int, heads: int, keys: int) -> bool:
+    """Whether the triton backend runs a readout layer of this shape through its kernels (else it projects keys
+    and values): ``kernels.readout_attention.fits``, wide sequences of a narrow model."""
+    from kernels.readout_attention import fits as kernel_fits
+
+    return kernel_fits(hidden, heads, keys)
 
 
 class _ReadoutAttention(torch.autograd.Function):
@@ -99,6 +119,62 @@ class _ReadoutAttention(torch.autograd.Function):
                 dx[..., row:row + 1, :] += d_row.to(dtype)  # the residual
             grads[0] = dx
         return tuple(grads)
+
+
+class _ReadoutKernels(torch.autograd.Function):
+    """The triton backend's readout attention: ``kernels.readout_attention``'s two launches; the weight gradients
+    as four (x, dy) problems of the weight-gradient launch (inside ``deferred()``; else computed here)."""
+
+    @staticmethod
+    def forward(ctx, x, pending, heads, mask, row, wq, bq, wk, bk, wv, bv):
+        from kernels.readout_attention import readout_attention_forward
+
+        L, C = x.shape[-2:]
+        xs = x.reshape(-1, L, C)  # a pack's runs one after another: run r's B sequences meet its weights
+        masks = None if mask is None else mask.reshape(-1, L)
+        saved = readout_attention_forward(xs, row, wq, bq, wk, bk, wv, bv, heads, masks)
+        ctx.save_for_backward(xs, masks, *saved[1:])
+        ctx.pending, ctx.heads, ctx.row, ctx.shape, ctx.params = pending, heads, row, x.shape, (wq, bq, wk, bk, wv, bv)
+        kept = x[..., row:row + 1, :]
+        return saved.out.view(*x.shape[:-2], 1, C).to(x.dtype), kept.view_as(kept)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_row):
+        import kernels
+        from kernels.readout_attention import Saved, readout_attention_backward
+
+        xs, masks, *rest = ctx.saved_tensors
+        N, L, C = xs.shape
+        wq, bq, wk, bk, wv, bv = ctx.params
+        if d_out is None:
+            d_out = xs.new_zeros(N, C)
+        saved = Saved(None, *rest)
+        g = readout_attention_backward(d_out.reshape(N, C), None if d_row is None else d_row.reshape(N, C), xs,
+                                       ctx.row, saved, wq, wk, bk, wv, ctx.heads, masks)
+        # the weight gradients as linear layers' (x, dy) pairs over rows, (R, rows, C) for a pack; a bias alone is
+        # a sum (no x); what needs no gradient is left out
+        runs = (wq.shape[0],) if wq.dim() == 3 else ()
+        need = dict(zip(ctx.params, ctx.needs_input_grad[5:]))
+        problems = []
+        for a, dy, w, b in ((xs[:, ctx.row], g.dq, wq, bq), (g.d_q_in, g.q_heads, wk, None),
+                            (None, g.bk_rows, None, bk), (saved.mixed, g.dout_heads, wv, bv)):
+            w, b = (p if p is not None and need[p] else None for p in (w, b))
+            if w is not None or b is not None:
+                problems.append((a.float().reshape(*runs, -1, C) if w is not None else None,
+                                 dy.reshape(*runs, -1, C), w, b))
+        grads = {}
+        if ctx.pending is not None:
+            ctx.pending.items.extend(problems)
+        else:
+            made = []
+            for a, dy, w, b in problems:
+                dw, db = (None if p is None else torch.empty_like(p, dtype=torch.float32) for p in (w, b))
+                made.append(kernels.WeightGrad(a, dy, dw, db))
+                grads.update({p: t for p, t in ((w, dw), (b, db)) if p is not None})
+            kernels.linear_weight_grads(made)
+        dx = g.dx.view(ctx.shape).to(xs.dtype) if ctx.needs_input_grad[0] else None
+        return (dx, None, None, None, None, *(grads.get(p) for p in ctx.params))
 
 
 def _widest(*tensors: torch.Tensor | None) -> torch.dtype:

@@ -375,6 +375,41 @@ def test_triton_backend_matches_torch(cls, readout_only):
         assert_close(a.grad, b.grad, f"grad {n}")
 
 
+@pytest.mark.parametrize("runs", [None, 2])
+def test_triton_readout_kernels_match_the_torch_backend(runs):
+    """Sequences of ``MIN_KEYS`` or more: the triton backend's readout layer is ``kernels.readout_attention``'s two
+    launches (no key projected), its weight gradients the weight-gradient launch's inside ``deferred()`` -- the
+    step's path -- and match the torch backend's, solo and packed (a pack's weights strided views of the
+    optimiser's buffer, where the gradients land)."""
+    from grokfast_train.models.deferred import deferred
+    from kernels.readout_attention import MIN_KEYS
+
+    L = MIN_KEYS + 3
+    kw = dict(hidden=32, n_layers=1, heads=4, ffn=64, max_len=L, runs=runs)
+    ref, fused = EncoderClassifier(VOCAB, **kw), EncoderClassifier(VOCAB, backend="triton", **kw)
+    randomise_(ref, 0.02, 1.0, seed=41)
+    fused.load_state_dict(ref.state_dict())
+    x, mask = padded_batch(3 * (runs or 1), L, seed=42)
+    mask[1] = False  # a sequence with no key
+    if runs:
+        x, mask = x.view(runs, 3, L), mask.view(runs, 3, L)
+    views = (kernels.FusedAdamW(list(fused.parameters())) if runs is None else
+             kernels.PackedAdamW(list(fused.parameters()), [{}] * runs, kernel=False)).grad_views()
+    seen = []
+    hook = fused.layers[0].k.register_forward_hook(lambda *a: seen.append(1))
+    with deferred(into=views):
+        out = fused(x, mask)
+        loss_of(out, 43).backward()
+    hook.remove()
+    ref_out = ref(x, mask)
+    loss_of(ref_out, 43).backward()
+    assert not seen  # no key projected
+    assert_close(out, ref_out, "logits")
+    for (n, a), b in zip(fused.named_parameters(), ref.parameters()):
+        assert a.grad is views[a], n
+        assert_close(a.grad, b.grad, f"grad {n}")
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         EncoderClassifier(VOCAB, hidden=32, backend="cuda")

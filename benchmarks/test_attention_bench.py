@@ -77,3 +77,64 @@ def test_attention(benchmark, mode, impl, lq, dtype):
     for _ in range(3):  # compile the Triton kernels and warm the allocator outside the timing
         step()
     benchmark(step)
+
+
+# --- the readout layer's attention at IMDB's shape: one query per sequence, keys and values from x (B, L, C) ---
+
+C = H * D
+
+
+def _readout_inputs():
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(B, L, C, device="cuda", generator=g, requires_grad=True)
+    ws = [(torch.randn(C, C, device="cuda", generator=g) * C ** -0.5).requires_grad_() for _ in range(3)]
+    bs = [(torch.randn(C, device="cuda", generator=g) * 0.1).requires_grad_() for _ in range(3)]
+    lengths = torch.randint(32, L + 1, (B,), device="cuda", generator=g)
+    mask = torch.arange(L, device="cuda")[None, :] < lengths[:, None]
+    return x, [t for pair in zip(ws, bs) for t in pair], mask, torch.randn(B, 1, C, device="cuda", generator=g)
+
+
+def _projected(x, params, mask):
+    """Keys and values projected at every position (cuBLAS), then SDPA for the one query."""
+    wq, bq, wk, bk, wv, bv = params
+    heads = lambda t: t.view(B, -1, H, D).transpose(1, 2)  # noqa: E731
+    q, k, v = (heads(F.linear(t, w, b)) for t, w, b in ((x[:, :1], wq, bq), (x, wk, bk), (x, wv, bv)))
+    return _sdpa(q, k, v, mask).transpose(1, 2).reshape(B, 1, C)
+
+
+def _readout(backend):
+    from grokfast_train.models.readout_attention import readout_attention
+
+    def run(x, params, mask):
+        return readout_attention(x, *params, H, mask, row=0, backend=backend)[0]
+    return run
+
+
+READOUT_IMPLS = {"readout-triton": _readout("triton"), "readout-torch": _readout("torch"), "projected-sdpa": _projected}
+
+
+@pytest.mark.parametrize("impl", list(READOUT_IMPLS))
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_readout_attention(benchmark, mode, impl):
+    """The readout layer's q, k, v and attention as a step runs them: the triton backend's two kernels (weight
+    gradients computed apart, as outside a step's deferred block), the torch backend's einsums, and the plain
+    projection + SDPA."""
+    fn = READOUT_IMPLS[impl]
+    x, params, mask, dout = _readout_inputs()
+    benchmark.group = f"readout attention {mode} B{B} L{L} C{C} H{H} fp32"
+    _info(benchmark, impl, 1, torch.float32, mode)
+
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(x, params, mask)
+            torch.cuda.synchronize()
+    else:
+        def step():
+            out = fn(x, params, mask)
+            torch.autograd.grad(out, (x, *params), dout)
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    benchmark(step)

@@ -19,6 +19,8 @@ from .token_embedding import (token_position_embedding, token_position_embedding
 from .matmul import (MAX_NORM_N, matmul, matmul_act_grad, matmul_act_grad_reference, matmul_fan, matmul_fits_fan,
                      matmul_fits_pair, matmul_layer_norm, matmul_layer_norm_grad, matmul_layer_norm_grad_reference,
                      matmul_layer_norm_reference, matmul_reference)
+from .readout_attention import (readout_attention_backward, readout_attention_backward_reference,
+                                readout_attention_forward, readout_attention_forward_reference)
 from ._pdl import pdl_enabled, set_pdl
 
 __all__ = [
@@ -37,5 +39,7 @@ __all__ = [
     "matmul_fits_pair",
     "matmul_layer_norm", "matmul_layer_norm_reference", "matmul_layer_norm_grad", "matmul_layer_norm_grad_reference",
     "MAX_NORM_N",
+    "readout_attention_forward", "readout_attention_forward_reference", "readout_attention_backward",
+    "readout_attention_backward_reference",
     "set_pdl", "pdl_enabled",
 ]

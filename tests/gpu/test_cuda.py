@@ -536,3 +536,30 @@ def test_trainer_triton_backend_follows_torch_on_cuda(tmp_path):
             for b in ("torch", "triton")]
     for a, b in zip(*rows, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2, abs=1e-3)
+
+
+@pytest.mark.parametrize("runs", [None, 8])
+def test_readout_attention_matches_reference_at_the_imdb_shape(runs):
+    # 128 sequences x 256 keys x 128 wide, 4 heads (a pack: 8 runs of 16 sequences, its weights (8, C, C)), IMDB-like
+    # padding and one sequence without keys, the readout at row 0; against the reference in float64 on the device
+    from kernels.readout_attention import (readout_attention_backward, readout_attention_backward_reference,
+                                           readout_attention_forward, readout_attention_forward_reference)
+
+    g = torch.Generator(device="cuda").manual_seed(9)
+    N, L, C, heads = 128, 256, 128, 4
+    lead = () if runs is None else (runs,)
+    x = torch.randn(N, L, C, device="cuda", generator=g)
+    w = [torch.randn(*lead, C, C, device="cuda", generator=g) * C ** -0.5 if i % 2 == 0 else
+         torch.randn(*lead, C, device="cuda", generator=g) * 0.1 for i in range(6)]
+    lengths = torch.randint(1, L + 1, (N,), device="cuda", generator=g)
+    mask = torch.arange(L, device="cuda")[None, :] < lengths[:, None]
+    mask[3] = False
+    dout, drow = torch.randn(N, C, device="cuda", generator=g), torch.randn(N, C, device="cuda", generator=g)
+    saved = readout_attention_forward(x, 0, *w, heads, mask)
+    ref = readout_attention_forward_reference(x.double(), 0, *(t.double() for t in w), heads, mask)
+    grads = readout_attention_backward(dout, drow, x, 0, saved, w[0], w[2], w[3], w[4], heads, mask)
+    ref_grads = readout_attention_backward_reference(dout.double(), drow.double(), x.double(), 0, ref, w[0].double(),
+                                                     w[2].double(), w[3].double(), w[4].double(), heads, mask)
+    for name, a, b in [*zip(saved._fields, saved, ref), *zip(grads._fields, grads, ref_grads)]:
+        a, b = torch.nan_to_num(a.double(), posinf=0.0), torch.nan_to_num(b, posinf=0.0)
+        assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item()), name

@@ -376,18 +376,23 @@ def test_triton_backend_matches_torch(cls, readout_only):
 
 
 @pytest.mark.parametrize("runs", [None, 2])
-def test_triton_readout_kernels_match_the_torch_backend(runs):
+def test_triton_readout_kernels_match_the_torch_backend(runs, monkeypatch):
     """Sequences of ``MIN_KEYS`` or more: the triton backend's readout layer is ``kernels.readout_attention``'s two
     launches (no key projected), its weight gradients the weight-gradient launch's inside ``deferred()`` -- the
     step's path -- and match the torch backend's, solo and packed (a pack's weights strided views of the
-    optimiser's buffer, where the gradients land)."""
+    optimiser's buffer, where the gradients land). Weights at std 0.2, so that the attention is far from uniform
+    and every gradient large enough to compare relative to its own size (bk's, exactly 0, is rounding: absolute)."""
+    import kernels.readout_attention as kra
     from grokfast_train.models.deferred import deferred
-    from kernels.readout_attention import MIN_KEYS
 
-    L = MIN_KEYS + 3
+    calls = []
+    for name in ("readout_attention_forward", "readout_attention_backward"):
+        real = getattr(kra, name)
+        monkeypatch.setattr(kra, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    L = kra.MIN_KEYS + 3
     kw = dict(hidden=32, n_layers=1, heads=4, ffn=64, max_len=L, runs=runs)
     ref, fused = EncoderClassifier(VOCAB, **kw), EncoderClassifier(VOCAB, backend="triton", **kw)
-    randomise_(ref, 0.02, 1.0, seed=41)
+    randomise_(ref, 0.2, 1.0, seed=41)
     fused.load_state_dict(ref.state_dict())
     x, mask = padded_batch(3 * (runs or 1), L, seed=42)
     mask[1] = False  # a sequence with no key
@@ -395,19 +400,20 @@ def test_triton_readout_kernels_match_the_torch_backend(runs):
         x, mask = x.view(runs, 3, L), mask.view(runs, 3, L)
     views = (kernels.FusedAdamW(list(fused.parameters())) if runs is None else
              kernels.PackedAdamW(list(fused.parameters()), [{}] * runs, kernel=False)).grad_views()
-    seen = []
-    hook = fused.layers[0].k.register_forward_hook(lambda *a: seen.append(1))
     with deferred(into=views):
         out = fused(x, mask)
         loss_of(out, 43).backward()
-    hook.remove()
     ref_out = ref(x, mask)
     loss_of(ref_out, 43).backward()
-    assert not seen  # no key projected
+    assert calls == ["readout_attention_forward", "readout_attention_backward"]
     assert_close(out, ref_out, "logits")
     for (n, a), b in zip(fused.named_parameters(), ref.parameters()):
         assert a.grad is views[a], n
-        assert_close(a.grad, b.grad, f"grad {n}")
+        if n.endswith("k.bias"):
+            assert_close(a.grad, b.grad, f"grad {n}")
+        else:
+            err = (a.grad - b.grad).abs().max().item() / b.grad.abs().max().item()
+            assert err <= 1e-4, f"grad {n}: {err:.3g} of its largest"
 
 
 def test_unknown_backend():

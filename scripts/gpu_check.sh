@@ -9,7 +9,7 @@
 #   30 %, eval every 10 steps), timed (its steady rate, if the cap stops it first);  7. the pack benchmarks
 #   (benchmarks/test_pack_bench.py: R runs packed vs the same R runs solo), JSON out, then the linear layers'
 #   products (benchmarks/test_matmul_bench.py: kernels.matmul vs PyTorch) and its candidate tiles
-#   (scripts/tune_matmul.py);  8. if time is left,
+#   (scripts/tune_matmul.py) and the readout attention's (scripts/tune_readout.py);  8. if time is left,
 #   a profile of a 64-run pack, the max-autotune compile rows, then the kernel benchmarks;  9. the tables,
 #   last: the step table (scripts/bench_table.py), then the pack table (scripts/pack_table.py).
 # The compile rows have their own pytest runs and JSON files: their warm-up compiles for a minute or
@@ -94,7 +94,7 @@ EOF
 # (the sum of their caps and the tables' ~5 s). Every section at its cap: versions ~5, tests 120, step
 # benchmarks 55 (modular) + 65 (imdb), profile 35, compile reduce-overhead 40 + 50, end-to-end 40, pack
 # benchmarks 65, tables 5: 480 s. pytest starts no test in the last min(cap / 3, 20) s of a section's
-# cap. What is left at the end goes to the matmul rows, the pack profile, the max-autotune rows, then the kernel benchmarks. The first
+# cap. What is left at the end goes to the matmul rows and tiles, the readout tiles, the pack profile, the max-autotune rows, then the kernel benchmarks. The first
 # H200 run (2026-11-27) took 86 s for the tests (one eager run fewer than now), ~30 s of modular rows
 # and ~65 s of pack rows; the compile rows' warm-ups are the unknowns.
 bench() {  # bench NAME CAP RESERVE JSON -k EXPR: one pytest-benchmark run of the step benchmarks
@@ -164,6 +164,8 @@ section "matmul benchmarks" 40 5 "$PY" -m pytest -q -p no:cacheprovider -p scrip
   --benchmark-columns=min,median,rounds
 # kernels.matmul's candidate tiles at the same shapes, spill-checked for this GPU, then timed (time left only)
 section "matmul tiles" 40 5 "$PY" scripts/tune_matmul.py
+# kernels.readout_attention's candidate tiles at IMDB's shape, spill-checked for this GPU, then timed (time left only)
+section "readout tiles" 30 5 "$PY" scripts/tune_readout.py
 # where a 64-run pack's ~90 us per run goes, and whether the table projection pays there (time left only)
 section "pack profile" 45 5 "$PY" scripts/step_profile.py --dataset modular --pack "$profile_pack" --steps "$profile_steps"
 if ((!rehearsal)); then

@@ -92,7 +92,7 @@ def fits(hidden: int, heads: int, keys: int) -> bool:
     keys and values: up to ``MAX_C`` wide and ``MAX_HEADS`` heads, and at least ``MIN_KEYS`` keys. Each program
     reads the three (C, C) weights, 3·C² floats, for its one sequence; the projections cost 2·L·C² multiply-adds a
     sequence on the tensor cores, with the weights shared by every row. By H100 datasheet rates (L2 ~8 TB/s,
-    tf32x3 ~130 TFLOP/s) the two cross near L = 45: IMDB's 256 keys are well past it, the modular task's 6 are
+    tf32x3 ~130 TFLOP/s) the two cross near L = 50: IMDB's 256 keys are well past it, the modular task's 6 are
     far below (its step would read ~100 MB of weights where it projects 0.2 GFLOP). A rule, not measured."""
     return hidden <= MAX_C and heads <= MAX_HEADS and hidden % heads == 0 and keys >= MIN_KEYS
 

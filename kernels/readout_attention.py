@@ -301,12 +301,13 @@ def readout_attention_forward_reference(x, row, wq, bq, wk, bk, wv, bv, heads, m
     s = torch.einsum("nhc,nlc->nhl", q_in, x) + q_bk[..., None]
     keys = torch.ones(N, L, dtype=torch.bool, device=x.device) if mask is None else mask
     s = s.masked_fill(~keys[:, None, :], float("-inf"))
-    seen = keys.any(-1)[:, None].expand(N, heads)
-    lse = torch.where(seen, s.logsumexp(-1) - q_bk, float("inf"))
-    p = torch.where(seen[..., None], (s - s.logsumexp(-1, keepdim=True)).exp(), 0.0)
+    seen = keys.any(-1)[:, None]  # (N, 1): a sequence with a key at all
+    lse = s.logsumexp(-1, keepdim=True)
+    p = torch.where(seen[..., None], (s - lse).exp(), 0.0)
+    lse = torch.where(seen, lse.squeeze(-1) - q_bk, float("inf"))
     mixed = torch.einsum("nhl,nlc->nhc", p, x)
     out = torch.einsum("nhdc,nhc->nhd", wv.view(N, heads, D, C), mixed).reshape(N, C) + bv
-    out = torch.where(keys.any(-1)[:, None], out, 0.0)
+    out = torch.where(seen, out, 0.0)
     return Saved(out, q, q_in, mixed, lse)
 
 
@@ -361,14 +362,22 @@ def _check(x, row, weights, biases, heads, mask) -> None:
         raise ValueError(f"readout_attention: mask must be bool {(N, L)}, got {mask.dtype} {tuple(mask.shape)}")
 
 
-def _operand(t: torch.Tensor, runs: bool) -> torch.Tensor:
-    """A weight or bias as the kernels read it: fp32, each run's part contiguous (a pack's run stride any)."""
-    t = t.float()
-    return t if (t[0] if runs else t).is_contiguous() else t.contiguous()
+def _operands(n: int, weights, biases) -> tuple[list[torch.Tensor], list[torch.Tensor], int, int, int]:
+    """Weights and biases as the kernels read them -- fp32, each run's part contiguous, one run stride for all the
+    weights and one for all the biases (a pack's buffer views keep theirs; otherwise copied) -- with those strides
+    and the sequences per run, for n sequences."""
+    runs = weights[0].dim() == 3
 
+    def fp32(t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        return t if (t[0] if runs else t).is_contiguous() else t.contiguous()
 
-def _run_strides(w: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
-    return (w.stride(0), b.stride(0)) if w.dim() == 3 else (0, 0)
+    ws, bs = [fp32(w) for w in weights], [fp32(b) for b in biases]
+    if not runs:
+        return ws, bs, 0, 0, n
+    if len({w.stride(0) for w in ws}) > 1 or len({b.stride(0) for b in bs}) > 1:
+        ws, bs = [w.contiguous() for w in ws], [b.contiguous() for b in bs]
+    return ws, bs, ws[0].stride(0), bs[0].stride(0), n // ws[0].shape[0]
 
 
 def _launch_args(direction: str, x: torch.Tensor, mask: torch.Tensor | None):
@@ -403,12 +412,7 @@ def readout_attention_forward(x: torch.Tensor, row: int, wq, bq, wk, bk, wv, bv,
                                                    heads, mask)
     x = _as_x(x)
     N, L, C = x.shape
-    wq, bq, wk, bk, wv, bv = (_operand(t, wq.dim() == 3) for t in (wq, bq, wk, bk, wv, bv))
-    w_rs, b_rs = _run_strides(wq, bq)
-    if any(_run_strides(w, b) != (w_rs, b_rs) for w, b in ((wk, bk), (wv, bv))):
-        wq, bq, wk, bk, wv, bv = (t.contiguous() for t in (wq, bq, wk, bk, wv, bv))
-        w_rs, b_rs = _run_strides(wq, bq)
-    per_run = N // wq.shape[0] if wq.dim() == 3 else N
+    (wq, wk, wv), (bq, bk, bv), w_rs, b_rs, per_run = _operands(N, (wq, wk, wv), (bq, bk, bv))
     consts, mask_arg, mask_len = _launch_args("fwd", x, mask)
     out, q = _empty((N, C), x.device), _empty((N, C), x.device)
     q_in, mixed, lse = _empty((N, heads, C), x.device), _empty((N, heads, C), x.device), _empty((N, heads), x.device)
@@ -431,12 +435,7 @@ def readout_attention_backward(dout: torch.Tensor, drow: torch.Tensor | None, x:
         return readout_attention_backward_reference(dout.float(), None if drow is None else drow.float(), x.float(),
                                                     row, saved, *(t.float() for t in (wq, wk, bk, wv)), heads, mask)
     x = _as_x(x)
-    wq, wk, bk, wv = (_operand(t, wq.dim() == 3) for t in (wq, wk, bk, wv))
-    w_rs, b_rs = _run_strides(wq, bk)
-    if any(w.dim() == 3 and w.stride(0) != w_rs for w in (wk, wv)):
-        wq, wk, bk, wv = (t.contiguous() for t in (wq, wk, bk, wv))
-        w_rs, b_rs = _run_strides(wq, bk)
-    per_run = N // wq.shape[0] if wq.dim() == 3 else N
+    (wq, wk, wv), (bk,), w_rs, b_rs, per_run = _operands(N, (wq, wk, wv), (bk,))
     consts, mask_arg, mask_len = _launch_args("bwd", x, mask)
     dout = dout.float().contiguous()
     drow_arg = dout if drow is None else drow.float()

@@ -5,8 +5,8 @@ its own ``out``) together: one model whose every parameter is (R, ...) (``models
 ``PackSampler`` gather per step, one ``PackedAdamW`` launch, metrics summed per run on the device.
 On CUDA the step runs that stacked model, every op serving all R runs in one launch. On the CPU, which
 has no launches to save, it runs each run's forward and backward in turn through a solo model bound to
-the pack's weights (``bind_run``), each run's activations cache-sized, then the one optimiser step.
-What may differ between the runs: the seed, the training subset (``--frac`` / ``--train-size``),
+the pack's weights (``bind_run``), each run's activations cache-sized, each run's gradients handed
+straight to its update (``PackedAdamW.step_runs``). What may differ between the runs: the seed, the training subset (``--frac`` / ``--train-size``),
 ``--init-scale`` / ``--init-std``, lr, weight decay, betas, eps and the Grokfast filter. Everything
 that fixes the step's shapes and schedule must match (``pack_key``).
 
@@ -138,14 +138,16 @@ class PackedRun:
         model = build_model(cfg, first, runs=R)
         model.load_state_dict(stack_states(solos))
         self.model = model.to(dev).train()
+        # each backend's solo optimiser: the triton backend's the kernel, the torch backend's torch's AdamW
+        # (PackedAdamW's rows path: the solo run's arithmetic)
         self.opt = PackedAdamW([p for p in self.model.parameters()],
                                [dict(lr=m.cfg.lr, betas=m.cfg.betas, eps=m.cfg.eps, weight_decay=m.cfg.weight_decay,
                                      grokfast_alpha=m.cfg.grokfast_alpha, grokfast_lamb=m.cfg.grokfast_lamb)
-                                for m in self.members])
+                                for m in self.members], kernel=None if cfg.backend == "triton" else False)
         self.grad_views = self.opt.grad_views()
         # How a step computes. Stacked: every op serves all R runs (one launch: what a GPU needs). Run by
         # run: the solo models above, bound to the pack's weights (``bind_run``), each run's forward and
-        # backward in turn, then the one optimiser step. A CPU has no launches to save, and one
+        # backward in turn, each followed by its update (``step_runs``). A CPU has no launches to save, and one
         # run's activations stay in its caches where R runs' do not: there run by run measured 0.98-1.06x
         # the runs one after another, stacked 0.93-1.02x (BENCHMARKS.md).
         self.stacked = dev.type == "cuda" if stacked is None else stacked
@@ -187,8 +189,11 @@ class PackedRun:
     def train_step(self) -> None:
         # (R, width) rows of the concatenated training sets, one launch on CUDA
         x, y, mask = self.sampler.draw(self.train_x, self.train_y, self.train_mask, self.base)
-        (self._stacked_grads if self.stacked else self._run_by_run_grads)(x, y, mask)
-        self.opt.step()
+        if self.stacked:
+            self._stacked_grads(x, y, mask)
+            self.opt.step()
+        else:  # each live run's gradients made in turn, each taken by its update at once
+            self.opt.step_runs(lambda r: self._run_grads(r, x, y, mask), self.active)
 
     def _stacked_grads(self, x, y, mask) -> None:
         """Every run's gradient from one stacked forward and backward; each run's loss sum, correct count and
@@ -202,21 +207,19 @@ class PackedRun:
             losses = ops.cross_entropy(logits, y, self.weights, self.sums, self.cfg.backend, counter=self.counter)
             losses.backward(self.seed)  # runs share no weight: each gets the gradient of its own loss
 
-    def _run_by_run_grads(self, x, y, mask) -> None:
-        """The same, one live run at a time on its own batch (its valid lanes, a prefix): its solo step's
-        forward, loss and backward, its gradients then copied into its row of the optimiser's buffer (a
-        frozen run is skipped: its weights are zeros, its lr 0, and the optimiser leaves its row alone)."""
-        for r in self.active:
-            b = self.sampler.runs[r].batch_size
-            xr, yr = x[r, :b], y[r, :b]
-            model = self.run_models[r]
-            with self.autocast():
-                logits = model(xr, None if mask is None else mask[r, :b])
-            loss = ops.cross_entropy(logits, yr, sums=self.sums[r], backend=self.cfg.backend,
-                                     counter=self.counter[r:r + 1])
-            loss.backward()  # into fresh tensors (bind_run left .grad None) ...
-            self.opt.set_run_grads(r, [p.grad for p in model.parameters()])  # ... copied into run r's row
-            model.zero_grad(set_to_none=True)  # and dropped: none outlives its run (no heap fragments)
+    def _run_grads(self, r: int, x, y, mask) -> list[torch.Tensor]:
+        """Run r's gradients from its solo step's forward, loss and backward on its own batch (its valid lanes,
+        a prefix), one per parameter; its loss sum, correct count and batch size added to its row of ``sums``."""
+        b = self.sampler.runs[r].batch_size
+        model = self.run_models[r]
+        with self.autocast():
+            logits = model(x[r, :b], None if mask is None else mask[r, :b])
+        loss = ops.cross_entropy(logits, y[r, :b], sums=self.sums[r], backend=self.cfg.backend,
+                                 counter=self.counter[r:r + 1])
+        loss.backward()  # into fresh tensors (bind_run left .grad None) ...
+        grads = [p.grad for p in model.parameters()]
+        model.zero_grad(set_to_none=True)  # ... which the optimiser then holds alone: none outlives its run
+        return grads
 
     def advance(self, limit: int) -> int:
         self.sampler.prepare(self.step)

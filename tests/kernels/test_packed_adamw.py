@@ -2,7 +2,9 @@
 
 Each run has its own lr, betas, eps, weight decay and filter; the pack must move every run's slice
 exactly as that run's own optimiser moves its solo parameters. Both implementations are checked:
-the Triton kernel (under the interpreter) and the vectorised PyTorch rows of the CPU path.
+the Triton kernel (under the interpreter) and the PyTorch rows of the CPU path -- the latter bit for bit
+against the torch backend's solo optimiser (``torch.optim.AdamW(fused=True)`` + ``GrokfastEMA``), also
+when each run's gradients are handed to it one run at a time (``step_runs``).
 """
 
 import pytest
@@ -17,8 +19,9 @@ HYPER = [dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=1.0, grokfast_a
          dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.0, grokfast_alpha=0.9, grokfast_lamb=1.0)]
 
 
-def _solo(params, h):
-    opt = torch.optim.AdamW(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"])
+def _solo(params, h, fused=None):
+    opt = torch.optim.AdamW(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
+                            fused=fused)
     filt = GrokfastEMA(params, h["grokfast_alpha"], h["grokfast_lamb"]) if h["grokfast_alpha"] else None
     return opt, filt
 
@@ -105,3 +108,68 @@ def test_bad_parameters_are_refused():
         PackedAdamW([torch.nn.Parameter(torch.zeros(2, 3))], HYPER[:3])
     with pytest.raises(ValueError, match="dtype"):
         PackedAdamW([torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))], HYPER[:2])
+
+
+@pytest.mark.parametrize("by_run", [False, True], ids=["step", "step_runs"])
+def test_the_rows_are_the_torch_backends_solo_optimiser_bit_for_bit(by_run):
+    """The rows path against torch.optim.AdamW(fused=True) + GrokfastEMA, one per run (what a torch-backend solo
+    run builds): equal to the bit, so a pack computed run by run on the CPU takes its solo runs' steps. With
+    ``step_runs`` each run's gradients come from a callback, in run order, and never enter the buffer."""
+    gen = torch.Generator().manual_seed(11)
+    init = [torch.randn(3, *s, generator=gen) for s in SHAPES]
+    packed = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = PackedAdamW(packed, HYPER, kernel=False)
+    solos = [[torch.nn.Parameter(t[r].clone()) for t in init] for r in range(3)]
+    solo_opts = [_solo(ps, h, fused=True) for ps, h in zip(solos, HYPER)]
+    for _ in range(6):
+        grads = [torch.randn(3, *s, generator=gen) for s in SHAPES]
+        if by_run:
+            asked = []
+            opt.step_runs(lambda r: asked.append(r) or [g[r].clone() for g in grads], [0, 1, 2])
+            assert asked == [0, 1, 2]
+            assert all(torch.equal(gv, torch.zeros_like(gv)) for gv in opt.views["grad"])  # nothing copied in
+        else:
+            opt.zero_grad()
+            sum((p * g).sum() for p, g in zip(packed, grads)).backward()
+            opt.step()
+        for r, (o, filt) in enumerate(solo_opts):
+            for p, g in zip(solos[r], grads):
+                p.grad = g[r].clone()
+            if filt is not None:
+                filt.apply_()
+            o.step()
+    for r in range(3):
+        for i in range(len(SHAPES)):
+            assert torch.equal(packed[i][r], solos[r][i]), (r, i)
+            assert torch.equal(opt.run_state(r)["exp_avg_sq"][i], solo_opts[r][0].state[solos[r][i]]["exp_avg_sq"])
+        if solo_opts[r][1] is not None:
+            assert all(torch.equal(a, b) for a, b in zip(opt.run_state(r)["grokfast_h"], solo_opts[r][1].h))
+    assert opt.step_count == 6
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["triton", "torch-rows"])
+def test_step_runs_is_step_with_the_gradients_in_the_buffer(kernel):
+    """``step_runs`` (the kernel's path: each run's gradients copied into its row, then one launch) against
+    ``step()`` after one backward into the buffer, with and without ``zero_grad()`` before it; a frozen run is
+    not asked for its gradients and stays at 0."""
+    gen = torch.Generator().manual_seed(4)
+    init = [torch.randn(3, *s, generator=gen) for s in SHAPES]
+    a = [torch.nn.Parameter(t.clone()) for t in init]
+    b = [torch.nn.Parameter(t.clone()) for t in init]
+    opt_a, opt_b = PackedAdamW(a, HYPER, kernel=kernel), PackedAdamW(b, HYPER, kernel=kernel)
+    for opt in (opt_a, opt_b):
+        opt.freeze(1)
+    for step in range(4):
+        grads = [torch.randn(3, *s, generator=gen) for s in SHAPES]
+        asked = []
+        if step % 2:
+            opt_a.zero_grad()  # .grad dropped: the kernel's path binds it to the buffer again
+        opt_a.step_runs(lambda r: asked.append(r) or [g[r] for g in grads], [0, 2])
+        assert asked == [0, 2]
+        opt_b.zero_grad()
+        sum((p * g).sum() for p, g in zip(b, grads)).backward()
+        opt_b.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+        assert torch.equal(pa[1], torch.zeros_like(pa[1]))
+    assert opt_a.step_count == opt_b.step_count == 4

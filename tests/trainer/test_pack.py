@@ -1,8 +1,9 @@
 """Packed runs: every run of a pack is its solo run -- same weights, same batches, same trajectory, same files.
 
 The solo runs (``train.Run``, torch.optim.AdamW + GrokfastEMA, nn.Linear ...) are the independent
-computation the pack is compared with. In this suite ``TRITON_INTERPRET=1``, so the pack's optimiser
-runs the Triton kernel under the interpreter: a cross-implementation check as well.
+computation the pack is compared with. A torch-backend pack's optimiser is ``PackedAdamW``'s rows (the solo
+run's arithmetic); a triton-backend pack's runs the Triton kernel, in this suite under the interpreter
+(``TRITON_INTERPRET=1``): a cross-implementation check as well.
 """
 
 import dataclasses
@@ -172,16 +173,33 @@ def solo_and_packed(request, tmp_path_factory):
     results = PackedRun([cfg(root / f"pack{i}", **r) for i, r in enumerate(RUNS)], log=quiet,
                         stacked=request.param).fit()
     assert all(res is not None and "error" not in res for res in results)
-    return root
+    return root, request.param
 
 
 def test_each_packed_run_follows_its_solo_trajectory(solo_and_packed):
+    """Stacked, within fp32 tolerance (R runs' products in one, summed in another order). Run by run, to the
+    bit: the same solo model's forward and backward on the run's own weights, then the solo run's own
+    update (torch's fused AdamW after GrokfastEMA, ``PackedAdamW``'s rows) -- every weight and optimiser
+    state it checkpoints and every training loss and accuracy are the solo run's. (The test loss and the
+    weight norm are sums in another order: the pack evaluates all runs through the stacked model and takes
+    each run's norm over its row of the flat buffer.)"""
+    root, stacked = solo_and_packed
     for i in range(len(RUNS)):
-        assert_same_trajectory(solo_and_packed / f"pack{i}", solo_and_packed / f"solo{i}")
+        assert_same_trajectory(root / f"pack{i}", root / f"solo{i}")
+        if stacked:
+            continue
+        for p, s in zip(rows(root / f"pack{i}"), rows(root / f"solo{i}"), strict=True):
+            assert (p["train_loss"], p["train_acc"]) == (s["train_loss"], s["train_acc"]), (i, p["step"])
+        pk = torch.load(root / f"pack{i}" / "checkpoint.pt", weights_only=True)
+        sk = torch.load(root / f"solo{i}" / "checkpoint.pt", weights_only=True)
+        for k, v in sk["model"].items():
+            assert torch.equal(pk["model"][k], v), (i, k)
+        for j, state in sk["optimizer"]["state"].items():
+            assert all(torch.equal(pk["optimizer"]["state"][j][k], state[k]) for k in state), (i, j)
 
 
 def test_each_packed_run_writes_the_files_of_its_solo_run(solo_and_packed):
-    root = solo_and_packed
+    root, _ = solo_and_packed
     for i in range(len(RUNS)):
         p, s = root / f"pack{i}", root / f"solo{i}"
         assert sorted(f.name for f in p.iterdir()) == sorted(f.name for f in s.iterdir())
@@ -201,7 +219,7 @@ def test_each_packed_run_writes_the_files_of_its_solo_run(solo_and_packed):
 
 
 def test_a_packed_checkpoint_resumes_solo_and_a_solo_one_in_a_pack(solo_and_packed, tmp_path):
-    root = solo_and_packed
+    root, _ = solo_and_packed
     for i, r in enumerate(RUNS):  # the references: solo runs of 50 steps straight through
         assert Run(cfg(tmp_path / f"long{i}", steps=50, **r), log=quiet).fit() is not None
     # packed to 30, then solo to 50

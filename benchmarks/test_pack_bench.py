@@ -3,7 +3,7 @@
 For R runs of one shape, rows measured side by side on one device:
   pack          one ``PackedRun`` step as the device computes it by default: R run-steps in one
                 stacked model on CUDA (one gather, one launch sequence, one PackedAdamW launch); run
-                by run on the CPU (each run's forward and backward in turn, one optimiser step)
+                by run on the CPU (each run's forward, backward and update in turn)
   pack-stacked  (CPU only) the stacked model on the CPU as well: what the CPU default is chosen against
   pack-bf16     (CUDA only, the widest R of each shape) the pack under ``--dtype bf16``: tensor-core products
                 where fp32 (the paper's setting, no TF32) has none; compared with the same fp32 solo runs

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
               f"backend {backend}, cuda_graph {graph}")
     print_sources(headers, missing)
     print("- pack computes: stacked = one model whose every op serves all R runs; run by run = each run's forward "
-          "and backward in turn through a solo model bound to the pack's weights, then one optimiser step; "
+          "and backward in turn through a solo model bound to the pack's weights, each run's update straight after its backward; "
           "bf16 = under --dtype bf16, against the same fp32 solo runs; PDL = every kernel launched with programmatic "
           "dependent launch, against the same solo runs launched without it")
     print("- pack step = one step of R packed runs; R solo steps = one step of each of R runs in turn (each the "

@@ -23,6 +23,7 @@ from torch import nn
 from . import ops
 from .block import Block
 from .embedding_sum import EmbeddingSum
+from .rows import Embedding
 from .runs import RunEmbedding, leading_rows, tied_head
 
 
@@ -36,7 +37,7 @@ class Decoder(nn.Module):
         self.readout_pos = readout_pos  # default for forward(); negative counts from the end
         self.readout_only = readout_only  # False: run everything everywhere, then pick readout_pos
         self.backend = ops.check_backend(backend)
-        embedding = nn.Embedding if runs is None else lambda n, c: RunEmbedding(runs, n, c)
+        embedding = Embedding if runs is None else lambda n, c: RunEmbedding(runs, n, c)
         self.tok_emb = embedding(vocab_size, hidden)
         self.pos_emb = embedding(max_len, hidden)
         self.layers = nn.ModuleList(

@@ -21,8 +21,8 @@ its ids (R, B, L); every op here takes run r's rows to run r's weights.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from .rows import gather
 from .runs import gather_rows, tied_head
 
 
@@ -61,5 +61,5 @@ class EmbeddingSum:
 
 
 def _gather(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return F.embedding(ids, table) if table.dim() == 2 else gather_rows(table, ids)
+    return gather(table, ids) if table.dim() == 2 else gather_rows(table, ids)
 

@@ -16,6 +16,7 @@ from torch import nn
 from . import deferred, ops
 from .block import Block
 from .deferred import Linear
+from .rows import Embedding
 from .runs import RunEmbedding, RunLayerNorm, RunLinear
 
 
@@ -30,7 +31,7 @@ class EncoderClassifier(nn.Module):
         self.readout_only = readout_only
         self.backend = ops.check_backend(backend)
         if runs is None:
-            embedding, linear, norm = nn.Embedding, Linear, lambda n: nn.LayerNorm(n, eps=ln_eps)
+            embedding, linear, norm = Embedding, Linear, lambda n: nn.LayerNorm(n, eps=ln_eps)
         else:
             embedding = lambda n, c, padding_idx=None: RunEmbedding(runs, n, c, padding_idx)  # noqa: E731
             linear, norm = (lambda i, o: RunLinear(runs, i, o)), (lambda n: RunLayerNorm(runs, n, ln_eps))

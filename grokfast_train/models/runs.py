@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import deferred
+from .rows import rows_grad
 
 
 class RunLinear(nn.Module):
@@ -154,8 +155,8 @@ def _as_rows(table: torch.Tensor) -> torch.Tensor | None:
 
 class _RunRows(torch.autograd.Function):
     """``weight[r, ids[r]]`` for every run r; the backward adds each row's gradient into run r's table
-    (one embedding backward over the flattened (R·V) rows) and zeroes ``padding_idx``'s row in every run.
-    That backward is ``nn.Embedding``'s: on CUDA it sums each row's gradients in a fixed order (past
+    (one ``rows_grad`` over the flattened (R·V) rows) and zeroes ``padding_idx``'s row in every run.
+    On CUDA that is ``nn.Embedding``'s backward, which sums each row's gradients in a fixed order (past
     3,072 ids by sorting them, in several kernels), where ``index_add_`` adds them with atomics in
     whatever order they land, so a pack's trajectory could differ in rounding from one execution to
     the next (likely what made a pack's graph and eager runs differ in ``k.bias`` on an H200)."""
@@ -165,7 +166,7 @@ class _RunRows(torch.autograd.Function):
         R, V = weight.shape[:2]
         flat = ids + V * torch.arange(R, device=ids.device).view(-1, *[1] * (ids.dim() - 1))
         ctx.save_for_backward(flat)
-        ctx.shape, ctx.padding_idx = weight.shape, padding_idx
+        ctx.shape, ctx.padding_idx, ctx.dtype = weight.shape, padding_idx, weight.dtype
         rows = _as_rows(weight)
         if rows is None:
             return weight[flat // V, ids]
@@ -177,8 +178,7 @@ class _RunRows(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         (flat,) = ctx.saved_tensors
         R, V, C = ctx.shape
-        grad = torch.ops.aten.embedding_dense_backward(dy.reshape(-1, C), flat.flatten(), R * V, -1,
-                                                      False).view(R, V, C)
+        grad = rows_grad(dy, flat, R * V, dtype=ctx.dtype).view(R, V, C)
         if ctx.padding_idx is not None:
             grad[:, ctx.padding_idx] = 0
         return grad, None, None

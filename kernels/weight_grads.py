@@ -6,9 +6,15 @@ model's step every one of them is a launch too short to hide, and the weight gra
 layers are independent of each other. So the trainer's linear layers can leave theirs for later
 (``grokfast_train/models/deferred.py``, ``deferred()``): the backward computes the ``dx`` chain
 alone, and then this kernel computes every layer's ``dW`` and ``db`` at once. A program owns one
-(BLOCK_N, BLOCK_K) tile of one layer's (one run's) ``dW``: it walks the M rows, ``acc += dyᵀ x`` on the
-tensor cores, and the programs of a layer's first column of tiles also sum ``dy`` for ``db``. Every
-element is written by exactly one program, in a fixed order: deterministic, no atomics.
+(BLOCK_N, BLOCK_K) tile of one layer's (one run's) ``dW`` and a chunk of its M rows: it walks them,
+``acc += dyᵀ x`` on the tensor cores, and the programs of a layer's first column of tiles also sum ``dy`` for
+``db``. Where M is long (k and v over every position of a batch: 3,072 rows at the modular benchmark's batch,
+17,238 at the paper's full batch) a tile's rows are split among several programs (``_splits``): each stores
+its partial sums and takes a ticket from the tile's counter, and the program that draws the last ticket adds
+the partials up in split order and writes the tile, as ``kernels.cross_entropy`` reduces its partials. One
+program walking all the rows was measured on an H200 (2026-11-28): the modular step's weight-gradient launch
+took 119 µs of its 431, the longest problem's ~100 tiles-steps of 32 rows one after another. Every element is
+written by exactly one program, the partials summed in a fixed order: deterministic, whichever program is last.
 
 A problem is ``WeightGrad(x, dy, dw, db=None, accumulate=False)``:
 - ``x`` (M, K) or (R, M, K) and ``dy`` (M, N) or (R, M, N), float32 or bfloat16 (both the same), rows of
@@ -43,7 +49,12 @@ from ._pdl import enter, pdl
 
 MAX_PROBLEMS = 17  # a 1-layer encoder's step: 8 linear layers and 9 sums (2 LayerNorms', the embedding block's 4, bk's)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
-_META = 13  # ints per problem in the launch's table (see _meta)
+_META = 17  # ints per problem in the launch's table (see _meta)
+# Rows split by a rule, not by measurement: a program walks at least ROWS_PER_SPLIT rows (the H200 took ~1 µs a
+# 32-row step, so ~8 µs of walking), and a problem gets at most MAX_PROGRAMS programs (its partials then take
+# at most MAX_PROGRAMS x 4.2 KB of scratch; a wide pack's runs give it programs enough unsplit).
+ROWS_PER_SPLIT = 256
+MAX_PROGRAMS = 2048
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps) per operand dtype
 _TILES = {torch.float32: (32, 32, 32, 4), torch.bfloat16: (32, 32, 32, 4)}
 
@@ -68,17 +79,19 @@ def _pick(p, slots, P: tl.constexpr):
 
 @triton.jit
 def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
+                        SCRATCH, COUNTER,  # split tiles' partials and tickets (counters zero between launches)
                         P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr = False):
     enter(PDL)
     pid = tl.program_id(0)
     p = pid * 0  # which problem: the last whose first program is <= pid (the table lists them in order)
     for i in tl.static_range(1, P):
-        p = tl.where(pid >= tl.load(META + i * 13 + 10), i, p)
-    meta = META + p * 13
+        p = tl.where(pid >= tl.load(META + i * 17 + 10), i, p)
+    meta = META + p * 17
     m, n, k, n_out = tl.load(meta + 0), tl.load(meta + 1), tl.load(meta + 2), tl.load(meta + 12)
     x_rs, x_ms, dy_rs, dy_ms = tl.load(meta + 4), tl.load(meta + 5), tl.load(meta + 6), tl.load(meta + 7)
     dw_rs, db_rs, first, flags = tl.load(meta + 8), tl.load(meta + 9), tl.load(meta + 10), tl.load(meta + 11)
+    splits, chunk = tl.load(meta + 13), tl.load(meta + 14)
     X, DY, DW, DB = _pick(p, X, P), _pick(p, DY, P), _pick(p, DW, P), _pick(p, DB, P)
 
     # a sum alone (k = 0): one column of tiles, no product, its dw store off; its tiles span db's n_out >= n
@@ -86,8 +99,10 @@ def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
     tiles_k = tl.maximum(tl.cdiv(k, BLOCK_K), 1)
     tiles = tl.cdiv(n_out, BLOCK_N) * tiles_k
     local = pid - first
-    run = (local // tiles).to(tl.int64)
-    tile_n, tile_k = (local % tiles) // tiles_k, (local % tiles) % tiles_k
+    split = local % splits  # a tile's splits are neighbours: programs that finish together
+    slot = local // splits  # (run, tile): the tile's ticket counter
+    run = (slot // tiles).to(tl.int64)
+    tile_n, tile_k = (slot % tiles) // tiles_k, (slot % tiles) % tiles_k
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tile_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rows = tl.arange(0, BLOCK_M)
@@ -96,7 +111,7 @@ def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
 
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     bsum = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for m0 in range(0, m, BLOCK_M):
+    for m0 in range(split * chunk, tl.minimum(m, split * chunk + chunk), BLOCK_M):
         r = m0 + rows
         r_ok = (r < m)[:, None]
         dy = tl.load(DY + r.to(tl.int64)[:, None] * dy_ms + offs_n[None, :], mask=r_ok & (offs_n < n)[None, :],
@@ -109,6 +124,34 @@ def _weight_grad_kernel(META, X, DY, DW, DB,  # tuples: one pointer per problem
             acc = tl.dot(tl.trans(dy), x, acc, input_precision=DOT_PRECISION)
         bsum += tl.sum(dy.to(tl.float32), axis=0)
 
+    if splits == 1:
+        _write(DW, DB, run, dw_rs, db_rs, offs_n, offs_k, n, k, n_out, flags, tile_k, acc, bsum)
+    else:
+        # this split's partial, then a ticket; the last of the tile's tickets sums the partials in split order
+        PART: tl.constexpr = BLOCK_N * BLOCK_K + BLOCK_N
+        lanes_n, lanes_k = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_K)
+        tile_part = SCRATCH + tl.load(meta + 15) + slot.to(tl.int64) * splits * PART
+        part = tile_part + split * PART
+        tl.store(part + lanes_n[:, None] * BLOCK_K + lanes_k[None, :], acc)
+        tl.store(part + BLOCK_N * BLOCK_K + lanes_n, bsum)
+        # one thread takes the program's ticket, so the barrier first: every warp of the program has stored
+        tl.debug_barrier()
+        counter = COUNTER + tl.load(meta + 16) + slot
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+        if ticket == splits - 1:
+            acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+            bsum = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for s in range(0, splits):  # from L2 (.cg), where the other programs' stores are
+                part = tile_part + s * PART
+                acc += tl.load(part + lanes_n[:, None] * BLOCK_K + lanes_k[None, :], cache_modifier=".cg")
+                bsum += tl.load(part + BLOCK_N * BLOCK_K + lanes_n, cache_modifier=".cg")
+            tl.store(counter, 0)  # ready for the next launch (the launch boundary orders it before any later read)
+            _write(DW, DB, run, dw_rs, db_rs, offs_n, offs_k, n, k, n_out, flags, tile_k, acc, bsum)
+
+
+@triton.jit
+def _write(DW, DB, run, dw_rs, db_rs, offs_n, offs_k, n, k, n_out, flags, tile_k, acc, bsum):
+    """A tile's dw (and, in the first column of tiles, db), written or added to (flags: 1 a bias, 2 accumulate)."""
     accumulate = (flags & 2) != 0
     out = DW + run * dw_rs + offs_n[:, None] * k + offs_k[None, :]
     ok = (offs_n < n)[:, None] & (offs_k < k)[None, :]
@@ -128,36 +171,73 @@ def _rows(t: torch.Tensor) -> tuple[int, int]:
     return (0, t.stride(0)) if t.dim() == 2 else (t.stride(0), t.stride(1))
 
 
-def _meta(problems: Sequence[WeightGrad], tiles: tuple[int, int, int]) -> tuple[list[int], int]:
-    """The launch's table, one row of ``_META`` ints per problem, and its number of programs."""
-    _, block_n, block_k = tiles
-    rows, first = [], 0
+def _splits(m: int, tiles: int, block_m: int) -> tuple[int, int]:
+    """(programs per tile, rows per program) for a problem of m rows and ``tiles`` tiles (all runs'): each
+    program walks at least ROWS_PER_SPLIT rows, and the problem takes at most MAX_PROGRAMS programs."""
+    splits = max(1, min(triton.cdiv(m, ROWS_PER_SPLIT), MAX_PROGRAMS // max(tiles, 1)))
+    chunk = triton.cdiv(triton.cdiv(max(m, 1), splits), block_m) * block_m
+    return triton.cdiv(max(m, 1), chunk), chunk
+
+
+def _meta(problems: Sequence[WeightGrad], tiles: tuple[int, int, int]) -> tuple[list[int], int, int, int]:
+    """The launch's table, one row of ``_META`` ints per problem; its number of programs, and the floats of
+    scratch and the counters its split tiles take."""
+    block_m, block_n, block_k = tiles
+    part = block_n * block_k + block_n
+    rows, first, scratch, counters = [], 0, 0, 0
     for x, dy, dw, db, acc in problems:
         runs = 1 if dy.dim() == 2 else dy.shape[0]
         m, k, n = dy.shape[-2], 0 if x is None else x.shape[-1], dy.shape[-1]  # k = 0: a sum alone
         n_out = n if db is None else db.shape[-1]  # > n: a sum's zero tail
+        slots = runs * triton.cdiv(n_out, block_n) * max(triton.cdiv(k, block_k), 1)  # (run, tile) pairs
+        splits, chunk = _splits(m, slots, block_m)
         rows += [m, n, k, runs, *((0, 0) if x is None else _rows(x)), *_rows(dy),
                  0 if dw is None or dw.dim() == 2 else dw.stride(0),
-                 0 if db is None or db.dim() == 1 else db.stride(0), first, (db is not None) | (2 * acc), n_out]
-        first += runs * triton.cdiv(n_out, block_n) * max(triton.cdiv(k, block_k), 1)
-    return rows, first
+                 0 if db is None or db.dim() == 1 else db.stride(0), first, (db is not None) | (2 * acc), n_out,
+                 splits, chunk, scratch, counters]
+        first += slots * splits
+        if splits > 1:
+            scratch += slots * splits * part
+            counters += slots
+    return rows, first, scratch, counters
 
 
 def _launch(problems: list[WeightGrad]) -> None:
     dtype = problems[0].dy.dtype
     block_m, block_n, block_k, warps = _TILES[dtype]
-    rows, programs = _meta(problems, (block_m, block_n, block_k))
+    rows, programs, scratch, counters = _meta(problems, (block_m, block_n, block_k))
     if programs == 0:
         return
-    meta = _table(rows, problems[0].dy.device)
+    device = problems[0].dy.device
+    meta = _table(rows, device)
     # a slot a problem does not have gets a pointer of the right type that no program reads (masked off)
     xs = tuple(q.dy if q.x is None else q.x for q in problems)
     dws = tuple(q.db if q.dw is None else q.dw for q in problems)
     dbs = tuple(q.dw if q.db is None else q.db for q in problems)
-    _weight_grad_kernel[(programs,)](meta, xs, tuple(q.dy for q in problems), dws, dbs, P=len(problems),
-                                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    _weight_grad_kernel[(programs,)](meta, xs, tuple(q.dy for q in problems), dws, dbs,
+                                     _buffer(device, torch.float32, scratch), _buffer(device, torch.int32, counters),
+                                     P=len(problems), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                                      DOT_PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype == torch.bfloat16,
                                      num_warps=warps, **pdl(meta))
+
+
+# Split tiles' scratch and ticket counters, one of each per device and dtype, grown as a launch needs (and never
+# freed: a captured graph replays with the very tensor it was captured with). The counters are zeros, and each
+# launch leaves them so. One stream at a time: two launches in flight at once would share them.
+_BUFFERS: dict[tuple, list[torch.Tensor]] = {}
+
+
+def _buffer(device: torch.device, dtype: torch.dtype, n: int) -> torch.Tensor:
+    held = _BUFFERS.setdefault((device, dtype), [])
+    if held and held[-1].numel() >= max(n, 1):
+        return held[-1]
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if capturing:  # a buffer made inside a capture is zeroed only when the graph replays: the graph's alone
+        new = torch.zeros(max(n, 1), dtype=dtype, device=device)
+        _CAPTURED.append((new, new))
+        return new
+    held.append(torch.zeros(max(n, 1, 2 * (held[-1].numel() if held else 0)), dtype=dtype, device=device))
+    return held[-1]
 
 
 # A step's table depends only on its shapes and strides: made once per distinct table and device, kept
@@ -261,6 +341,7 @@ def compile_specs() -> list[CompileSpec]:
                 sig = {"META": "*i64"}
                 for name, t in (("X", ty), ("DY", ty), ("DW", "fp32"), ("DB", "fp32")):
                     sig[name] = (f"*{t}",) * p  # a tuple: one pointer per problem
+                sig.update(SCRATCH="*fp32", COUNTER="*i32")
                 sig.update(P="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
                            DOT_PRECISION="constexpr", UPCAST="constexpr")
                 specs.append(CompileSpec(

@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="steps per timed block and profiled")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per variant")
     parser.add_argument("--pack", type=int, default=0, metavar="R", help="profile a stacked pack of R runs instead")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT", choices=("eager", "graph", "graph + PDL",
+                                                                         "graph + table projection"),
+                        help="profile these variants alone (a short device call)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             variants = [f"pack of {args.pack}, {v}" for v in (variants[1:] if cuda else variants)]
         if dataset != "modular":
             variants = [v for v in variants if "table" not in v]
+        if args.only:
+            variants = [v for v in variants if v.split(", ")[-1] in args.only]
         for variant in variants:
             try:
                 profile(dataset, device, variant, args, activities, sync, cuda)

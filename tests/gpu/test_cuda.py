@@ -228,6 +228,23 @@ def test_linear_weight_grads_match_reference_at_the_step_shapes(dtype):
                 assert (a.double() - b).abs().max().item() <= 5e-5 * max(1.0, b.abs().max().item())
 
 
+def test_split_weight_grads_repeat_to_the_bit_whichever_program_is_last():
+    # the paper's full-batch modular k projection: 17,238 rows, so each of the 16 tiles' rows split among 68
+    # programs; the tile's last ticket sums their partials in split order, so five launches give the same bits
+    g = torch.Generator(device="cuda").manual_seed(9)
+    x = torch.randn(17238, 128, device="cuda", generator=g)
+    dy = torch.randn(17238, 128, device="cuda", generator=g)
+    outs = []
+    for _ in range(5):
+        dw, db = torch.empty(128, 128, device="cuda"), torch.empty(128, device="cuda")
+        kernels.linear_weight_grads([kernels.WeightGrad(x, dy, dw, db)])
+        outs.append((dw, db))
+    assert all(torch.equal(a, outs[0][0]) and torch.equal(b, outs[0][1]) for a, b in outs[1:])
+    want = dy.double().t() @ x.double()
+    assert (outs[0][0].double() - want).abs().max().item() <= 5e-5 * want.abs().max().item()
+    torch.testing.assert_close(outs[0][1].double(), dy.double().sum(0), rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_matmul_matches_reference_at_the_step_shapes(dtype):
     # the modular step's products (k/v at 3,072 positions, the FFN with its GELU, the tied head), a 64-run

@@ -142,3 +142,54 @@ def test_bad_problems_get_one_clear_error(bad, message):
     q.update(bad)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         linear_weight_grads([WeightGrad(**q)])
+
+
+def _split_counts(problems):
+    rows, *_ = wg_mod._meta(problems, wg_mod._TILES[problems[0].dy.dtype][:3])
+    return [rows[i * wg_mod._META + 13] for i in range(len(problems))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_problems_split_their_rows_and_sum_the_partials_in_a_fixed_order(dtype, monkeypatch):
+    """Rows split among programs (here every 32 rows: the kernel's BLOCK_M), each tile's partials summed by the
+    program with its last ticket: against the reference, the same bits on a second launch, and every ticket
+    counter back at zero. Layers, a pack, a sum wider than its partials, added to and fresh, in one launch."""
+    monkeypatch.setattr(wg_mod, "ROWS_PER_SPLIT", 32)
+    spy = LaunchSpy(wg_mod._weight_grad_kernel)
+    monkeypatch.setattr(wg_mod, "_weight_grad_kernel", spy)
+    g = torch.Generator().manual_seed(7)
+    problems = [_problem(g, None, 200, 40, 37, True, False, dtype),  # 7 splits, the last ragged
+                _problem(g, 3, 70, 24, 17, True, True, dtype),  # a pack's layer, added to: 3 splits per run
+                WeightGrad(None, torch.randn(2, 97, 33, generator=g).to(dtype), None,
+                           torch.full((2, 70), float("nan")), False),  # a sum, zeros past its 33 columns
+                _problem(g, None, 20, 16, 9, True, False, dtype)]  # one split: written directly
+    assert _split_counts(problems) == [7, 3, 4, 1]
+    before = [(q.dw.clone() if q.dw is not None else None, q.db.clone()) for q in problems]
+    _check(problems)
+    assert len(spy.calls) == 1
+    first = [(q.dw.clone() if q.dw is not None else None, q.db.clone()) for q in problems]
+    for q, (dw, db) in zip(problems, before):  # again, from the same starting values
+        if q.dw is not None:
+            q.dw.copy_(dw)
+        q.db.copy_(db)
+    linear_weight_grads(problems)
+    for q, (dw, db) in zip(problems, first):
+        assert (q.dw is None or torch.equal(q.dw, dw)) and torch.equal(q.db, db)
+    counters = wg_mod._BUFFERS[(torch.device("cpu"), torch.int32)][-1]
+    assert torch.equal(counters, torch.zeros_like(counters))
+
+
+def test_the_split_rule_caps_a_problems_programs(monkeypatch):
+    # the modular step's k and v (3,072 rows, 16 tiles of 32 x 32): 12 programs of 256 rows a tile; the paper's full
+    # batch (17,238 rows): 68; a wide pack's layer has programs enough without splitting
+    assert wg_mod._splits(3072, 16, 32) == (12, 256)
+    assert wg_mod._splits(17238, 16, 32) == (68, 256)
+    assert wg_mod._splits(512, 64 * 16, 32) == (2, 256)
+    assert wg_mod._splits(512, 4096, 32) == (1, 512)
+    assert wg_mod._splits(0, 16, 32) == (1, 32)
+    monkeypatch.setattr(wg_mod, "MAX_PROGRAMS", 8)
+    monkeypatch.setattr(wg_mod, "ROWS_PER_SPLIT", 32)
+    g = torch.Generator().manual_seed(8)
+    problems = [_problem(g, None, 300, 40, 37, True, False)]  # 4 tiles: at most 2 programs each
+    assert _split_counts(problems) == [2]
+    _check(problems)

@@ -10,7 +10,7 @@ Rows (one pytest-benchmark group per shape and device, so every ratio is side by
                              interval: 8 for IMDB, 5 for modular); -k1: one step per replay; -bf16: --dtype bf16;
                              -pdl: every kernel launched with programmatic dependent launch (sm_90+; kernels._pdl)
   trainer-triton             the same kernels launched op by op (--cuda-graph off)
-  trainer-torch              the trainer's torch backend (PyTorch ops, torch.optim.AdamW foreach)
+  trainer-torch              the trainer's torch backend (PyTorch ops, torch.optim.AdamW(fused=True))
   trainer-torch-full         the same without "compute only what the loss reads" (every position, every layer)
   compile-<mode>             torch.compile of the trainer's torch-backend model (batch gather, forward, loss,
                              metric) + torch.optim.AdamW(fused=True): max-autotune-no-cudagraphs and

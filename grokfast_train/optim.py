@@ -6,7 +6,7 @@ The torch backend uses ``torch.optim.AdamW`` plus ``GrokfastEMA``; the triton ba
 torch's AdamW runs ``fused``: one pass over each parameter's state where ``foreach`` makes a pass per
 operation. On the CPU that took the paper's IMDB step from ~37 to ~26 ms (one thread, BENCHMARKS.md);
 its arithmetic differs from foreach's by rounding only. A checkpoint keeps its optimiser's flags, so a
-run written with foreach resumes with foreach, on its own trajectory.
+solo run written with foreach resumes with foreach, on its own trajectory (a pack always steps fused).
 """
 
 from __future__ import annotations

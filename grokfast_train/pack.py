@@ -2,7 +2,7 @@
 
 ``PackedRun(cfgs).fit()`` trains the runs ``cfgs`` describe (one resolved ``Config`` each, each with
 its own ``out``) together: one model whose every parameter is (R, ...) (``models/runs.py``), one
-``PackSampler`` gather per step, one ``PackedAdamW`` launch, metrics summed per run on the device.
+``PackSampler`` gather per step, one ``PackedAdamW`` step, metrics summed per run on the device.
 On CUDA the step runs that stacked model, every op serving all R runs in one launch. On the CPU, which
 has no launches to save, it runs each run's forward and backward in turn through a solo model bound to
 the pack's weights (``bind_run``), each run's activations cache-sized, each run's gradients handed

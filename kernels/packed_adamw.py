@@ -3,7 +3,8 @@
 ``PackedAdamW(params, hyper)``: every parameter has a leading run axis R; ``hyper[r]`` is run r's
 ``dict(lr, betas, eps, weight_decay, grokfast_alpha, grokfast_lamb)`` (``grokfast_alpha=None``: no
 filter for that run). Run r's slice of every parameter follows ``torch.optim.AdamW`` (+ Grokfast's EMA,
-``h`` starting at the first gradient) with run r's settings -- the arithmetic of ``FusedAdamW``.
+``h`` starting at the first gradient) with run r's settings: in the kernel, the arithmetic of ``FusedAdamW``;
+on the rows path, that of the torch backend's solo run (below).
 
 Layout, and why: the state lives in run-major flat buffers of shape (R, S) -- row r holds run r's slice
 of every parameter, one after another, S padded to a multiple of ``BLOCK`` -- and every parameter
@@ -166,39 +167,44 @@ class PackedAdamW:
                 self.set_run_grads(r, grads_of(r))
             self.step()
             return
-        t = self._count_step()
+        t, step = self._next_step()
         for r in runs:
             if r not in self.frozen:
-                self._update_run(r, grads_of(r), t)
+                self._update_run(r, grads_of(r), t, step)
+        self._steps.add_(1)  # counted once every run has stepped (a callback that raises leaves the count)
 
     def _step_rows(self) -> None:
         """The rows path of ``step()``: each live run updated from its row of the gradient buffer."""
-        t = self._count_step()
+        t, step = self._next_step()
         for r in range(self.runs):
             if r not in self.frozen:
-                self._update_run(r, [g[r] for g in self.views["grad"]], t)
-
-    def _count_step(self) -> int:
+                self._update_run(r, [g[r] for g in self.views["grad"]], t, step)
         self._steps.add_(1)
-        return int(self._steps[0])
+
+    def _next_step(self) -> tuple[int, torch.Tensor]:
+        """This step's number t (1-based), and t as the fused op reads it: one tensor per step, on the device."""
+        t = int(self._steps[0]) + 1
+        return t, torch.tensor(float(t), device=self.device)
 
     @torch.no_grad()
-    def _update_run(self, r: int, grads: list[torch.Tensor], t: int) -> None:
+    def _update_run(self, r: int, grads: list[torch.Tensor], t: int, step: torch.Tensor) -> None:
         """Run r's update, as the torch backend's solo run makes it: ``GrokfastEMA``'s filter (h starts at the
         first gradient, then ``lerp``), then torch's fused AdamW (``torch.optim.AdamW(fused=True)``'s one
         pass), on per-parameter views of run r's rows. So run r of a pack on this path takes its solo run's
         steps bit for bit (tests/kernels/test_packed_adamw.py); the kernel's arithmetic (``FusedAdamW``'s)
         differs from it by rounding."""
         lr, b1, b2, eps, wd, alpha, lamb, _ = self.rows[r]
+        if len(grads) != len(self.params):
+            raise ValueError(f"PackedAdamW: run {r} has {len(grads)} gradients for {len(self.params)} parameters")
+        grads = [g.contiguous() for g in grads]  # the fused op reads each as dense (autograd's already are)
         row = {k: [v[r] for v in views] for k, views in self.views.items() if k != "grad"}
-        if lamb:
+        if alpha or lamb:  # a filter (GrokfastEMA keeps h up to date even at lamb 0, as the kernel does)
             h = row["grokfast_h"]
             if t == 1:
                 torch._foreach_copy_(h, grads)
             else:
                 torch._foreach_lerp_(h, grads, 1.0 - alpha)
             grads = torch._foreach_add(grads, h, alpha=lamb)
-        step = torch.tensor(float(t), device=self.device)  # read, not counted, by the fused op
         torch._fused_adamw_(row["param"], grads, row["exp_avg"], row["exp_avg_sq"], [], [step] * len(grads),
                             lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
 

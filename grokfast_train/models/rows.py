@@ -4,7 +4,7 @@ The gradient of ``table[ids]`` is dense: zeros, then each id's row gradient adde
 order. ATen's ``embedding_dense_backward`` does that on the CPU by dispatching every row's addition
 through a TensorIterator, ~150 ns of overhead per id: 5.4 of the ~27 ms of the paper's IMDB step on one
 thread (32,768 ids). ``index_add_`` adds each row with one vectorised loop, in the same order, so the
-same bits in less than half the time. On CUDA ``index_add_`` adds with atomics in whatever order they
+same bits (for fp32 tables, the models' own) in less than half the time. On CUDA ``index_add_`` adds with atomics in whatever order they
 land, so there the sorted, deterministic ``embedding_dense_backward`` stays. The models' solo tables are
 ``Embedding`` (an ``nn.Embedding`` whose backward is this), a pack's gather its own (``runs.py``).
 """
@@ -51,7 +51,13 @@ class _Rows(torch.autograd.Function):
 
 
 class Embedding(nn.Embedding):
-    """``nn.Embedding`` (same parameters, same state dict) whose backward is ``rows_grad``."""
+    """``nn.Embedding`` (same parameters, same state dict) whose backward is ``rows_grad``: a plain table, so
+    ``max_norm``, ``scale_grad_by_freq`` and ``sparse`` are refused rather than ignored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.max_norm is not None or self.scale_grad_by_freq or self.sparse:
+            raise ValueError("Embedding: max_norm, scale_grad_by_freq and sparse are not supported (use nn.Embedding)")
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return gather(self.weight, ids, self.padding_idx)

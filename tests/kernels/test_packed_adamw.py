@@ -116,17 +116,19 @@ def test_the_rows_are_the_torch_backends_solo_optimiser_bit_for_bit(by_run):
     run builds): equal to the bit, so a pack computed run by run on the CPU takes its solo runs' steps. With
     ``step_runs`` each run's gradients come from a callback, in run order, and never enter the buffer."""
     gen = torch.Generator().manual_seed(11)
-    init = [torch.randn(3, *s, generator=gen) for s in SHAPES]
+    hyper = [*HYPER, dict(HYPER[1], grokfast_alpha=0.9, grokfast_lamb=0.0)]  # a filter of gain 0: h kept all the same
+    R = len(hyper)
+    init = [torch.randn(R, *s, generator=gen) for s in SHAPES]
     packed = [torch.nn.Parameter(t.clone()) for t in init]
-    opt = PackedAdamW(packed, HYPER, kernel=False)
-    solos = [[torch.nn.Parameter(t[r].clone()) for t in init] for r in range(3)]
-    solo_opts = [_solo(ps, h, fused=True) for ps, h in zip(solos, HYPER)]
+    opt = PackedAdamW(packed, hyper, kernel=False)
+    solos = [[torch.nn.Parameter(t[r].clone()) for t in init] for r in range(R)]
+    solo_opts = [_solo(ps, h, fused=True) for ps, h in zip(solos, hyper)]
     for _ in range(6):
-        grads = [torch.randn(3, *s, generator=gen) for s in SHAPES]
+        grads = [torch.randn(R, *s, generator=gen) for s in SHAPES]
         if by_run:
             asked = []
-            opt.step_runs(lambda r: asked.append(r) or [g[r].clone() for g in grads], [0, 1, 2])
-            assert asked == [0, 1, 2]
+            opt.step_runs(lambda r: asked.append(r) or [g[r].clone() for g in grads], range(R))
+            assert asked == list(range(R))
             assert all(torch.equal(gv, torch.zeros_like(gv)) for gv in opt.views["grad"])  # nothing copied in
         else:
             opt.zero_grad()
@@ -138,7 +140,7 @@ def test_the_rows_are_the_torch_backends_solo_optimiser_bit_for_bit(by_run):
             if filt is not None:
                 filt.apply_()
             o.step()
-    for r in range(3):
+    for r in range(R):
         for i in range(len(SHAPES)):
             assert torch.equal(packed[i][r], solos[r][i]), (r, i)
             assert torch.equal(opt.run_state(r)["exp_avg_sq"][i], solo_opts[r][0].state[solos[r][i]]["exp_avg_sq"])
@@ -173,3 +175,19 @@ def test_step_runs_is_step_with_the_gradients_in_the_buffer(kernel):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
         assert torch.equal(pa[1], torch.zeros_like(pa[1]))
     assert opt_a.step_count == opt_b.step_count == 4
+
+
+def test_step_runs_counts_the_step_only_once_every_run_has_stepped():
+    params = [torch.nn.Parameter(torch.randn(2, *s)) for s in SHAPES]
+    opt = PackedAdamW(params, HYPER[:2], kernel=False)
+
+    def grads_of(r):
+        if r == 1:
+            raise RuntimeError("run 1's backward failed")
+        return [torch.randn(*s) for s in SHAPES]
+
+    with pytest.raises(RuntimeError, match="run 1"):
+        opt.step_runs(grads_of, [0, 1])
+    assert opt.step_count == 0
+    with pytest.raises(ValueError, match="2 gradients for 3 parameters"):
+        opt.step_runs(lambda r: [torch.randn(*s) for s in SHAPES[:2]], [0])

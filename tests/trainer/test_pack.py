@@ -108,8 +108,9 @@ def test_packed_model_computes_each_runs_logits_and_gradients(dataset, backend, 
 
 
 def test_a_solo_model_bound_to_a_run_trains_that_runs_slice():
-    """bind_run + PackedAdamW.set_run_grads, the CPU pack's run-by-run step: run r trained through a solo
-    model whose weights are views of run r's slice of the pack's, its gradients copied into run r's row."""
+    """bind_run + PackedAdamW.set_run_grads (the kernel's way of taking a run-by-run pack's gradients): run r
+    trained through a solo model whose weights are views of run r's slice of the pack's, its gradients copied
+    into run r's row."""
     torch.manual_seed(0)
     cfgs = [cfg(Path("unused") / str(i), **r) for i, r in enumerate(RUNS)]
     tasks = [load_task(c, log=quiet) for c in cfgs]

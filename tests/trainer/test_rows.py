@@ -52,3 +52,9 @@ def test_embedding_is_nn_embedding_with_the_same_gradient():
     out.backward(dy)
     assert torch.equal(emb.weight.grad, ref.weight.grad)
     assert torch.equal(emb.weight.grad[0], torch.zeros(8))  # the padding row gets none
+
+
+@pytest.mark.parametrize("kw", [dict(max_norm=1.0), dict(scale_grad_by_freq=True), dict(sparse=True)])
+def test_embedding_refuses_what_it_would_ignore(kw):
+    with pytest.raises(ValueError, match="not supported"):
+        Embedding(5, 3, **kw)

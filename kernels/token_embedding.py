@@ -9,9 +9,11 @@ launch each way:
 
 - forward: each program gathers a block of rows' token and position rows and adds them;
 - backward: each program owns a (BLOCK_V, BLOCK_D) block of one table's gradient -- token rows, or
-  position rows -- and walks every id of the batch: ``d += onehot(ids == v)ᵀ dx`` on the tensor cores
-  (for positions the "ids" are the rows' positions). A position row past L gets 0. No atomics and no
-  sort: every element is written by one program, in a fixed order, so a step repeats to the bit.
+  position rows -- and walks the batch's ids: ``d += onehot(ids == v)ᵀ dx`` on the tensor cores
+  (for positions the "ids" are the rows' positions). A position row past L gets 0. A long batch's ids are
+  split among a block's programs, the last to finish summing their partials in split order (``_split.py``;
+  one program walking the modular benchmark's 3,072 ids took 48 µs on an H200). No sort: every element is
+  written by one program, in a fixed order, so a step repeats to the bit.
 
 The one-hot product costs (V + max_len) / BLOCK_V programs' walks over the batch, which is what the
 modular task's 117 tokens afford and a 30,522-word vocabulary does not: ``MAX_V`` caps the tables
@@ -32,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _split
 from ._compile import CompileSpec
 from ._dispatch import check_dtype, use_triton
 from ._pdl import enter, pdl
@@ -71,30 +74,58 @@ def _embed_fwd_kernel(IDS, TOK, POS, OUT, n_rows, L, C, ids_rs, ids_bs, tok_rs, 
 
 
 @triton.jit
-def _embed_bwd_kernel(IDS, DX, DTOK, DPOS, n_rows, L, C, V, P, ids_rs, ids_bs, dtok_rs, dpos_rs, tok_blocks, d_blocks,
+def _embed_bwd_kernel(IDS, DX, DTOK, DPOS, SCRATCH, COUNTER, n_rows, L, C, V, P, ids_rs, ids_bs, dtok_rs, dpos_rs,
+                      tok_blocks, d_blocks, splits, chunk,
                       BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PRECISION: tl.constexpr, PDL: tl.constexpr = False):
     enter(PDL)
     run = tl.program_id(1).to(tl.int64)
-    blk = tl.program_id(0) // d_blocks
-    cols = (tl.program_id(0) % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    split = tl.program_id(0) % splits  # a block's splits are neighbours
+    slot = tl.program_id(0) // splits  # (table block, column block): the block's ticket counter
+    blocks = tl.num_programs(0) // splits
+    blk = slot // d_blocks
+    cols = (slot % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     is_tok = blk < tok_blocks
     first = tl.where(is_tok, blk, blk - tok_blocks) * BLOCK_V
     table_rows = first + tl.arange(0, BLOCK_V)
-    # a position block past L has nothing to gather: its walk is empty and it stores zeros
-    walk = tl.where(is_tok | (first < L), n_rows, 0)
+    # a position block past L has nothing to gather: its first split stores zeros, the others nothing
+    walks = is_tok | (first < L)
     acc = tl.zeros([BLOCK_V, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, walk, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        live = rows < n_rows
-        if is_tok:
-            key = tl.load(IDS + run * ids_rs + (rows // L).to(tl.int64) * ids_bs + rows % L, mask=live, other=-1)
-        else:
-            key = tl.where(live, rows % L, -1).to(tl.int64)
-        onehot = (key[None, :] == table_rows[:, None]).to(tl.float32)
-        dx = tl.load(DX + (run * n_rows + rows)[:, None] * C + cols[None, :], mask=live[:, None] & (cols < C)[None, :],
-                     other=0.0)
-        acc = tl.dot(onehot, dx, acc, input_precision=DOT_PRECISION)
+    if walks:
+        for n0 in range(split * chunk, tl.minimum(n_rows, split * chunk + chunk), BLOCK_N):
+            rows = n0 + tl.arange(0, BLOCK_N)
+            live = rows < n_rows
+            if is_tok:
+                key = tl.load(IDS + run * ids_rs + (rows // L).to(tl.int64) * ids_bs + rows % L, mask=live,
+                              other=-1)
+            else:
+                key = tl.where(live, rows % L, -1).to(tl.int64)
+            onehot = (key[None, :] == table_rows[:, None]).to(tl.float32)
+            dx = tl.load(DX + (run * n_rows + rows)[:, None] * C + cols[None, :],
+                         mask=live[:, None] & (cols < C)[None, :], other=0.0)
+            acc = tl.dot(onehot, dx, acc, input_precision=DOT_PRECISION)
+    if (splits == 1) | (walks == 0):
+        if split == 0:
+            _store_block(DTOK, DPOS, run, dtok_rs, dpos_rs, table_rows, cols, is_tok, V, P, C, acc)
+    else:
+        # this split's partial, then a ticket; the block's last ticket sums the partials in split order (_split.py)
+        lanes_v, lanes_d = tl.arange(0, BLOCK_V), tl.arange(0, BLOCK_D)
+        block_part = SCRATCH + (run * blocks + slot) * splits * (BLOCK_V * BLOCK_D)
+        tl.store(block_part + split * (BLOCK_V * BLOCK_D) + lanes_v[:, None] * BLOCK_D + lanes_d[None, :], acc)
+        tl.debug_barrier()  # one thread takes the program's ticket: every warp has stored first
+        counter = COUNTER + run * blocks + slot
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+        if ticket == splits - 1:
+            acc = tl.zeros([BLOCK_V, BLOCK_D], dtype=tl.float32)
+            for s in range(0, splits):  # from L2 (.cg), where the other programs' stores are
+                acc += tl.load(block_part + s * (BLOCK_V * BLOCK_D) + lanes_v[:, None] * BLOCK_D + lanes_d[None, :],
+                               cache_modifier=".cg")
+            tl.store(counter, 0)  # ready for the next launch
+            _store_block(DTOK, DPOS, run, dtok_rs, dpos_rs, table_rows, cols, is_tok, V, P, C, acc)
+
+
+@triton.jit
+def _store_block(DTOK, DPOS, run, dtok_rs, dpos_rs, table_rows, cols, is_tok, V, P, C, acc):
     if is_tok:
         tl.store(DTOK + run * dtok_rs + table_rows[:, None] * C + cols[None, :], acc,
                  mask=(table_rows < V)[:, None] & (cols < C)[None, :])
@@ -134,10 +165,16 @@ def _backward(ids, dx, dtok, dpos):
     n_rows, length = ids.shape[-2] * ids.shape[-1], ids.shape[-1]
     block_d = _block_d(c)
     tok_blocks, d_blocks = triton.cdiv(v, _BLOCK_V), triton.cdiv(c, block_d)
-    grid = ((tok_blocks + triton.cdiv(p, _BLOCK_V)) * d_blocks, runs)
-    _embed_bwd_kernel[grid](ids, dx.float().contiguous(), dtok, dpos, n_rows, length, c, v, p, *_id_strides(ids),
-                            _runs(dtok).stride(0), _runs(dpos).stride(0), tok_blocks, d_blocks, BLOCK_V=_BLOCK_V,
-                            BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=_PRECISION, num_warps=4, **pdl(dtok))
+    blocks = (tok_blocks + triton.cdiv(p, _BLOCK_V)) * d_blocks
+    # a long batch's ids split among a block's programs (17,238 at the paper's full batch); counted by the
+    # blocks that walk (the token blocks), the position blocks past L storing zeros alone
+    splits, chunk = _split.split_rows(n_rows, runs * tok_blocks * d_blocks, _BLOCK_N)
+    scratch = _split.scratch(dx.device, torch.float32, runs * blocks * splits * _BLOCK_V * block_d if splits > 1 else 0)
+    counters = _split.scratch(dx.device, torch.int32, runs * blocks if splits > 1 else 0)
+    _embed_bwd_kernel[(blocks * splits, runs)](
+        ids, dx.float().contiguous(), dtok, dpos, scratch, counters, n_rows, length, c, v, p, *_id_strides(ids),
+        _runs(dtok).stride(0), _runs(dpos).stride(0), tok_blocks, d_blocks, splits, chunk, BLOCK_V=_BLOCK_V,
+        BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=_PRECISION, num_warps=4, **pdl(dtok))
     return dtok, dpos
 
 
@@ -237,9 +274,10 @@ def compile_specs() -> list[CompileSpec]:
         for precision in (_PRECISION,):
             specs.append(CompileSpec(
                 name=f"token_embedding_bwd[BLOCK_D={block_d},{precision}]", fn=_embed_bwd_kernel,
-                signature=dict(IDS="*i64", DX="*fp32", DTOK="*fp32", DPOS="*fp32", n_rows="i32", L="i32", C="i32",
+                signature=dict(IDS="*i64", DX="*fp32", DTOK="*fp32", DPOS="*fp32", SCRATCH="*fp32", COUNTER="*i32",
+                               n_rows="i32", L="i32", C="i32",
                                V="i32", P="i32", ids_rs="i32", ids_bs="i32", dtok_rs="i64", dpos_rs="i64",
-                               tok_blocks="i32", d_blocks="i32",
+                               tok_blocks="i32", d_blocks="i32", splits="i32", chunk="i32",
                                BLOCK_V="constexpr",
                                BLOCK_N="constexpr", BLOCK_D="constexpr", DOT_PRECISION="constexpr"),
                 constexprs=dict(BLOCK_V=_BLOCK_V, BLOCK_N=_BLOCK_N, BLOCK_D=block_d, DOT_PRECISION=precision),

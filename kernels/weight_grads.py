@@ -9,12 +9,9 @@ alone, and then this kernel computes every layer's ``dW`` and ``db`` at once. A 
 (BLOCK_N, BLOCK_K) tile of one layer's (one run's) ``dW`` and a chunk of its M rows: it walks them,
 ``acc += dyᵀ x`` on the tensor cores, and the programs of a layer's first column of tiles also sum ``dy`` for
 ``db``. Where M is long (k and v over every position of a batch: 3,072 rows at the modular benchmark's batch,
-17,238 at the paper's full batch) a tile's rows are split among several programs (``_splits``): each stores
-its partial sums and takes a ticket from the tile's counter, and the program that draws the last ticket adds
-the partials up in split order and writes the tile, as ``kernels.cross_entropy`` reduces its partials. One
-program walking all the rows was measured on an H200 (2026-11-28): the modular step's weight-gradient launch
-took 119 µs of its 431, the longest problem's ~100 tiles-steps of 32 rows one after another. Every element is
-written by exactly one program, the partials summed in a fixed order: deterministic, whichever program is last.
+17,238 at the paper's full batch) a tile's rows are split among several programs, the last to finish summing
+their partials in split order (``_split.py``; on an H200 the modular step's launch went from 119 to 41 µs).
+Every element is written by exactly one program, in a fixed order: deterministic, whichever program is last.
 
 A problem is ``WeightGrad(x, dy, dw, db=None, accumulate=False)``:
 - ``x`` (M, K) or (R, M, K) and ``dy`` (M, N) or (R, M, N), float32 or bfloat16 (both the same), rows of
@@ -43,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _split
 from ._compile import SIGNATURE_DTYPES, CompileSpec
 from ._dispatch import INTERPRET, check_dtype, dot_precision, use_triton
 from ._pdl import enter, pdl
@@ -50,11 +48,6 @@ from ._pdl import enter, pdl
 MAX_PROBLEMS = 17  # a 1-layer encoder's step: 8 linear layers and 9 sums (2 LayerNorms', the embedding block's 4, bk's)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 _META = 17  # ints per problem in the launch's table (see _meta)
-# Rows split by a rule, not by measurement: a program walks at least ROWS_PER_SPLIT rows (the H200 took ~1 µs a
-# 32-row step, so ~8 µs of walking), and a problem gets at most MAX_PROGRAMS programs (its partials then take
-# at most MAX_PROGRAMS x 4.2 KB of scratch; a wide pack's runs give it programs enough unsplit).
-ROWS_PER_SPLIT = 256
-MAX_PROGRAMS = 2048
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps) per operand dtype
 _TILES = {torch.float32: (32, 32, 32, 4), torch.bfloat16: (32, 32, 32, 4)}
 
@@ -171,14 +164,6 @@ def _rows(t: torch.Tensor) -> tuple[int, int]:
     return (0, t.stride(0)) if t.dim() == 2 else (t.stride(0), t.stride(1))
 
 
-def _splits(m: int, tiles: int, block_m: int) -> tuple[int, int]:
-    """(programs per tile, rows per program) for a problem of m rows and ``tiles`` tiles (all runs'): each
-    program walks at least ROWS_PER_SPLIT rows, and the problem takes at most MAX_PROGRAMS programs."""
-    splits = max(1, min(triton.cdiv(m, ROWS_PER_SPLIT), MAX_PROGRAMS // max(tiles, 1)))
-    chunk = triton.cdiv(triton.cdiv(max(m, 1), splits), block_m) * block_m
-    return triton.cdiv(max(m, 1), chunk), chunk
-
-
 def _meta(problems: Sequence[WeightGrad], tiles: tuple[int, int, int]) -> tuple[list[int], int, int, int]:
     """The launch's table, one row of ``_META`` ints per problem; its number of programs, and the floats of
     scratch and the counters its split tiles take."""
@@ -190,7 +175,7 @@ def _meta(problems: Sequence[WeightGrad], tiles: tuple[int, int, int]) -> tuple[
         m, k, n = dy.shape[-2], 0 if x is None else x.shape[-1], dy.shape[-1]  # k = 0: a sum alone
         n_out = n if db is None else db.shape[-1]  # > n: a sum's zero tail
         slots = runs * triton.cdiv(n_out, block_n) * max(triton.cdiv(k, block_k), 1)  # (run, tile) pairs
-        splits, chunk = _splits(m, slots, block_m)
+        splits, chunk = _split.split_rows(m, slots, block_m)
         rows += [m, n, k, runs, *((0, 0) if x is None else _rows(x)), *_rows(dy),
                  0 if dw is None or dw.dim() == 2 else dw.stride(0),
                  0 if db is None or db.dim() == 1 else db.stride(0), first, (db is not None) | (2 * acc), n_out,
@@ -215,29 +200,11 @@ def _launch(problems: list[WeightGrad]) -> None:
     dws = tuple(q.db if q.dw is None else q.dw for q in problems)
     dbs = tuple(q.dw if q.db is None else q.db for q in problems)
     _weight_grad_kernel[(programs,)](meta, xs, tuple(q.dy for q in problems), dws, dbs,
-                                     _buffer(device, torch.float32, scratch), _buffer(device, torch.int32, counters),
+                                     _split.scratch(device, torch.float32, scratch),
+                                     _split.scratch(device, torch.int32, counters),
                                      P=len(problems), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                                      DOT_PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype == torch.bfloat16,
                                      num_warps=warps, **pdl(meta))
-
-
-# Split tiles' scratch and ticket counters, one of each per device and dtype, grown as a launch needs (and never
-# freed: a captured graph replays with the very tensor it was captured with). The counters are zeros, and each
-# launch leaves them so. One stream at a time: two launches in flight at once would share them.
-_BUFFERS: dict[tuple, list[torch.Tensor]] = {}
-
-
-def _buffer(device: torch.device, dtype: torch.dtype, n: int) -> torch.Tensor:
-    held = _BUFFERS.setdefault((device, dtype), [])
-    if held and held[-1].numel() >= max(n, 1):
-        return held[-1]
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if capturing:  # a buffer made inside a capture is zeroed only when the graph replays: the graph's alone
-        new = torch.zeros(max(n, 1), dtype=dtype, device=device)
-        _CAPTURED.append((new, new))
-        return new
-    held.append(torch.zeros(max(n, 1, 2 * (held[-1].numel() if held else 0)), dtype=dtype, device=device))
-    return held[-1]
 
 
 # A step's table depends only on its shapes and strides: made once per distinct table and device, kept

@@ -73,6 +73,28 @@ def test_a_pack_reads_and_writes_its_own_tables():
     _case((3, 11, 5), 37, 16, 24, seed=1, run_gap=7)
 
 
+@pytest.mark.parametrize("ids_shape, v, p, c", [
+    ((33, 7), 117, 512, 128),  # the modular tables, 231 ids: 4 programs a block, position blocks past L zeros
+    ((3, 40, 5), 37, 16, 24),  # a pack: 200 ids a run, 4 programs a block
+])
+def test_a_long_batch_splits_its_ids_and_sums_the_partials_in_a_fixed_order(ids_shape, v, p, c, monkeypatch):
+    """Ids split among a block's programs (here every 64 ids: the walk's step), the block's last ticket summing
+    their partials: the gradients by hand, the same bits on a second backward, every ticket counter back at 0."""
+    split_mod = importlib.import_module("kernels._split")
+    monkeypatch.setattr(split_mod, "ROWS_PER_SPLIT", 64)
+    assert split_mod.split_rows(ids_shape[-2] * ids_shape[-1], 8, 64)[0] == 4
+    _case(ids_shape, v, p, c, seed=3, run_gap=5 if len(ids_shape) == 3 else 0)
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, v, ids_shape, generator=g)
+    lead = ids_shape[:1] if len(ids_shape) == 3 else ()
+    dx = torch.randn(*ids_shape, c, generator=g)
+    grads = [token_position_embedding_backward(ids, dx, torch.empty(*lead, v, c), torch.empty(*lead, p, c))
+             for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    counters = split_mod._BUFFERS[(torch.device("cpu"), torch.int32)][-1]
+    assert torch.equal(counters, torch.zeros_like(counters))
+
+
 def test_one_launch_each_way(monkeypatch):
     spies = [LaunchSpy(te_mod._embed_fwd_kernel), LaunchSpy(te_mod._embed_bwd_kernel)]
     monkeypatch.setattr(te_mod, "_embed_fwd_kernel", spies[0])

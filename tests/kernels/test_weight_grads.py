@@ -13,6 +13,7 @@ from kernels.weight_grads import MAX_PROBLEMS, WeightGrad, linear_weight_grads, 
 from tests.kernels.launch_spy import LaunchSpy
 
 wg_mod = importlib.import_module("kernels.weight_grads")
+split_mod = importlib.import_module("kernels._split")
 TOL = 1e-5
 
 
@@ -154,7 +155,7 @@ def test_long_problems_split_their_rows_and_sum_the_partials_in_a_fixed_order(dt
     """Rows split among programs (here every 32 rows: the kernel's BLOCK_M), each tile's partials summed by the
     program with its last ticket: against the reference, the same bits on a second launch, and every ticket
     counter back at zero. Layers, a pack, a sum wider than its partials, added to and fresh, in one launch."""
-    monkeypatch.setattr(wg_mod, "ROWS_PER_SPLIT", 32)
+    monkeypatch.setattr(split_mod, "ROWS_PER_SPLIT", 32)
     spy = LaunchSpy(wg_mod._weight_grad_kernel)
     monkeypatch.setattr(wg_mod, "_weight_grad_kernel", spy)
     g = torch.Generator().manual_seed(7)
@@ -175,20 +176,20 @@ def test_long_problems_split_their_rows_and_sum_the_partials_in_a_fixed_order(dt
     linear_weight_grads(problems)
     for q, (dw, db) in zip(problems, first):
         assert (q.dw is None or torch.equal(q.dw, dw)) and torch.equal(q.db, db)
-    counters = wg_mod._BUFFERS[(torch.device("cpu"), torch.int32)][-1]
+    counters = split_mod._BUFFERS[(torch.device("cpu"), torch.int32)][-1]
     assert torch.equal(counters, torch.zeros_like(counters))
 
 
 def test_the_split_rule_caps_a_problems_programs(monkeypatch):
     # the modular step's k and v (3,072 rows, 16 tiles of 32 x 32): 12 programs of 256 rows a tile; the paper's full
     # batch (17,238 rows): 68; a wide pack's layer has programs enough without splitting
-    assert wg_mod._splits(3072, 16, 32) == (12, 256)
-    assert wg_mod._splits(17238, 16, 32) == (68, 256)
-    assert wg_mod._splits(512, 64 * 16, 32) == (2, 256)
-    assert wg_mod._splits(512, 4096, 32) == (1, 512)
-    assert wg_mod._splits(0, 16, 32) == (1, 32)
-    monkeypatch.setattr(wg_mod, "MAX_PROGRAMS", 8)
-    monkeypatch.setattr(wg_mod, "ROWS_PER_SPLIT", 32)
+    assert split_mod.split_rows(3072, 16, 32) == (12, 256)
+    assert split_mod.split_rows(17238, 16, 32) == (68, 256)
+    assert split_mod.split_rows(512, 64 * 16, 32) == (2, 256)
+    assert split_mod.split_rows(512, 4096, 32) == (1, 512)
+    assert split_mod.split_rows(0, 16, 32) == (1, 32)
+    monkeypatch.setattr(split_mod, "MAX_PROGRAMS", 8)
+    monkeypatch.setattr(split_mod, "ROWS_PER_SPLIT", 32)
     g = torch.Generator().manual_seed(8)
     problems = [_problem(g, None, 300, 40, 37, True, False)]  # 4 tiles: at most 2 programs each
     assert _split_counts(problems) == [2]

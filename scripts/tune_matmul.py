@@ -3,7 +3,8 @@
 For every shape of ``benchmarks/test_matmul_bench.py`` (the modular k/v and FFN products, solo and as a
 64-run pack, and the IMDB k/v projection) and every candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages),
 it compiles the candidate for this GPU's architecture (``kernels._compile``: registers and spills), and
-times the spill-free ones with ``triton.testing.do_bench`` (median µs; the forward ``x Wᵀ + b`` in fp32,
+times the spill-free ones inside a CUDA graph (``device_time.graph_time_us``: median device µs a call, not
+the host's launch time; the forward ``x Wᵀ + b`` in fp32,
 tf32x3). It prints one line per (shape, candidate), the shipped tiles marked, then the fastest spill-free
 candidate per shape. Nothing is changed: the shipped tiles (``kernels/matmul.py``'s ``_TILES``) are chosen
 by reading this table and rerunning the compile check under both Tritons.
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "scripts")]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 CANDIDATES = [(32, 32, 32, 4, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2), (64, 64, 32, 4, 2), (64, 64, 32, 8, 2),
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tune_matmul: no CUDA device; nothing to time")
         return 0
     import triton
-    from triton.testing import do_bench
+    from device_time import graph_time_us
 
     from kernels import _compile
     from test_matmul_bench import SHAPES
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             times = {}
             for tiles in clean:
                 mm._TILES[args.mode] = tiles
-                us = 1e3 * do_bench(lambda: mm.matmul(x, w.transpose(-1, -2), b), return_mode="median")
+                us = graph_time_us(lambda: mm.matmul(x, w.transpose(-1, -2), b))
                 times[tiles] = us
                 mark = "  (shipped)" if tiles == shipped else ""
                 print(f"{name:20s} {str(tiles):24s} {us:9.1f} µs {flop / us / 1e6:7.1f} TFLOP/s{mark}")

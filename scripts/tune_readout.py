@@ -3,8 +3,8 @@
 At the paper's IMDB readout layer (128 sequences x 256 keys, width 128, 4 heads, IMDB-like padding) and at a pack
 of 8 such runs, for each direction (forward; backward) and each candidate (BLOCK_L, warps), it compiles the
 candidate for this GPU's architecture (``kernels._compile``: registers and spills) and times the spill-free ones
-with ``triton.testing.do_bench`` (median µs). One line per (shape, direction, candidate), the shipped tiles marked,
-then the fastest per shape and direction. Nothing is changed: the shipped tiles (``_TILES``) are chosen by reading
+inside a CUDA graph (``device_time.graph_time_us``: median device µs a call, not the host's launch time). One
+line per (shape, direction, candidate), the shipped tiles marked, then the fastest per shape and direction. Nothing is changed: the shipped tiles (``_TILES``) are chosen by reading
 this table and rerunning the compile check under both Tritons.
 
     python scripts/tune_readout.py
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 CANDIDATES = [(16, 4), (16, 8), (32, 4), (32, 8), (64, 4), (64, 8)]  # (BLOCK_L, warps)
 WIDTH, HEADS, KEYS = 128, 4, 256
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tune_readout: no CUDA device; nothing to time")
         return 0
     import triton
-    from triton.testing import do_bench
+    from device_time import graph_time_us
 
     from kernels import _compile
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = {}
                 for tiles in clean[direction]:
                     ra._TILES[direction][WIDTH] = tiles
-                    times[tiles] = 1e3 * do_bench(call, return_mode="median")
+                    times[tiles] = graph_time_us(call)
                     mark = "  (shipped)" if tiles == shipped[direction] else ""
                     print(f"{name:16s} {direction} {str(tiles):9s} {times[tiles]:8.1f} µs{mark}")
                 ra._TILES[direction][WIDTH] = shipped[direction]

